@@ -1,0 +1,7 @@
+"""`python -m dermlow` (and `torchrun -m dermlow`) runs the command-line interface."""
+
+import sys
+
+from dermlow.cli import main
+
+sys.exit(main())

@@ -1,0 +1,18 @@
+"""The one exception type for mistakes a user can fix (bad files, bad flags, bad configs).
+
+The CLI prints such an error as one line and exits non-zero, without a traceback; any other
+exception is a bug in dermlow and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """A problem with the user's input: its message says what is wrong and what to do."""
+
+
+def format_rows(rows: list[int], limit: int = 20) -> str:
+    """'rows 3, 7, 9' for error messages: the first `limit` row numbers and a count of the rest."""
+    rows = sorted(rows)
+    shown = ", ".join(str(r) for r in rows[:limit])
+    more = f" and {len(rows) - limit} more" if len(rows) > limit else ""
+    word = "row" if len(rows) == 1 else "rows"
+    return f"{word} {shown}{more} ({len(rows)} in all)"

@@ -1,0 +1,62 @@
+"""Re-evaluate a finished (or running) run from its best checkpoint: `dermlow evaluate`."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from dermlow import tracking
+from dermlow.config import ModelConfig, from_dict
+from dermlow.data import make_loader
+from dermlow.datasets import build_datasets, read_manifest
+from dermlow.errors import UserError
+from dermlow.metrics import classification_metrics, confusion, format_report, per_class_report
+from dermlow.model import create_model, load_checkpoint
+from dermlow.session import pick_device
+from dermlow.train import evaluate
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]
+    report: pd.DataFrame
+    confusion: np.ndarray
+    codes: list[str]
+
+    def text(self) -> str:
+        return format_report(self.metrics, self.report, self.confusion, self.codes)
+
+
+def evaluate_run(run_dir: str | Path, *, split: str = "test", tta: bool = False, checkpoint: str = "best",
+                 device: str = "auto") -> Evaluation:
+    """Metrics of the run's `checkpoint` (best | last) on `split`, optionally with 8-view TTA."""
+    run_dir = Path(run_dir)
+    name = {"best": tracking.BEST, "last": tracking.CHECKPOINT}.get(checkpoint)
+    if name is None:
+        raise UserError(f"--checkpoint must be best or last, got '{checkpoint}'.")
+    dev = pick_device(device)
+    ckpt = load_checkpoint(run_dir / name, map_location=dev)
+    cfg = from_dict(ckpt["config"])
+    codes, names = ckpt["classes"]["codes"], ckpt["classes"]["names"]
+    model_cfg = ModelConfig(**{**cfg.model.__dict__, "pretrained": False, "weights": None})
+    net = create_model(model_cfg, len(codes), in_chans=ckpt.get("in_chans", 3)).to(dev)
+    net.load_state_dict(ckpt["model"])
+    from dermlow.transforms import normalisation_from_timm
+
+    mean, std = normalisation_from_timm(net)
+    manifest = read_manifest(run_dir / tracking.MANIFEST)
+    datasets = build_datasets(cfg, manifest, mean=mean, std=std)
+    if split not in datasets or split == "train":
+        raise UserError(f"split '{split}' is not in this run; choose one of: {', '.join(s for s in datasets if s != 'train')}.")
+    loader = make_loader(datasets[split], batch_size=cfg.optim.batch_size, shuffle=False, seed=cfg.run.seed,
+                         epoch=0, num_workers=cfg.data.num_workers)
+    autocast = partial(torch.autocast, "cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext
+    _, labels, probs = evaluate(net, loader, dev, autocast, tta=tta)
+    return Evaluation(classification_metrics(labels, probs), per_class_report(labels, probs, codes, names),
+                      confusion(labels, probs.argmax(axis=1), len(codes)), codes)

@@ -1,0 +1,146 @@
+"""The one training loop, shared by ISIC runs and benchmark runs: fit, train_one_epoch, evaluate."""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from dermlow.data import make_loader
+from dermlow.guards import collapse_warnings, weight_stats
+from dermlow.metrics import classification_metrics
+from dermlow.session import Session, start_session
+
+log = logging.getLogger(__name__)
+
+
+def fit(session: Session) -> Path:
+    """Train `session` from its next epoch to the configured last one; returns the run folder.
+
+    Per epoch: train with the chosen loss x weighting, evaluate validation and test, write
+    the epoch's weight rows, metrics, best predictions and checkpoints (checkpoint last, so
+    a run killed mid-epoch resumes from the last epoch whose files are all written).
+    """
+    cfg, s = session.cfg, session
+    for epoch in range(s.start_epoch, cfg.optim.epochs + 1):
+        t0 = time.perf_counter()
+        s.objective.start_epoch(epoch, cfg.optim.epochs)
+        loader = make_loader(
+            s.datasets["train"], batch_size=cfg.optim.batch_size * s.objective.batch_multiplier,
+            shuffle=True, seed=cfg.run.seed, epoch=epoch, num_workers=cfg.data.num_workers,
+            pin_memory=s.device.type == "cuda",
+        )
+        lr = s.optimizer.param_groups[0]["lr"]
+        records = train_one_epoch(s, loader, desc=f"epoch {epoch}/{cfg.optim.epochs}")
+        s.scheduler.step()
+        evals = {split: evaluate(s.model, s.eval_loader(split), s.device, s.autocast) for split in s.eval_splits}
+        row = {"epoch": epoch, "lr": lr, "seconds": round(time.perf_counter() - t0, 3)}
+        row |= _train_summary(records) | weight_stats(records["weight"])
+        for split, (_, labels, probs) in evals.items():
+            row |= {f"{split}_{k}": v for k, v in classification_metrics(labels, probs).items()}
+        row["pred_majority_frac"] = _majority_fraction(evals["val"][2])
+        s.record_epoch(epoch, row, records, evals)
+        for message in collapse_warnings(row, records, evals["val"][1], epoch=epoch):
+            s.warn(message)
+        log.info(_summary_line(row, cfg.optim.epochs))
+    session.finish()
+    return session.run_dir
+
+
+def train_one_epoch(s: Session, loader: DataLoader, *, desc: str = "") -> dict[str, np.ndarray]:
+    """One pass over `loader`; returns the per-sample records of the epoch as numpy arrays.
+
+    Records stay on the device during the epoch and are copied to the host once at its end,
+    so the weighting step adds no host synchronisation (the progress bar syncs every
+    `run.log_every` steps only).
+    """
+    s.model.train()
+    keys = ("index", "label", "per_sample_loss", "g", "weights", "p_true", "predicted")
+    chunks: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
+    zero_share: list[torch.Tensor] = []  # per step: share of the batch with weight 0
+    bar = tqdm(total=len(loader.dataset), desc=desc, unit="img", leave=False, disable=None)
+    for step, (images, labels, index) in enumerate(loader, 1):
+        images = images.to(s.device, non_blocking=True)
+        labels = labels.to(s.device, non_blocking=True)
+        if s.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with s.autocast():
+            out = s.objective(s.model, images, labels)
+        s.optimizer.zero_grad(set_to_none=True)
+        s.scaler.scale(out["loss"]).backward()
+        s.scaler.step(s.optimizer)
+        s.scaler.update()
+        probs = out["logits"].float().softmax(dim=1)
+        chunks["index"].append(index.to(s.device, non_blocking=True))
+        chunks["label"].append(labels)
+        chunks["p_true"].append(probs.gather(1, labels[:, None]).squeeze(1))
+        chunks["predicted"].append(probs.argmax(dim=1))
+        for k in ("per_sample_loss", "g", "weights"):
+            chunks[k].append(out[k].float())
+        zero_share.append((out["weights"] == 0).float().mean())
+        bar.update(len(labels))
+        if step % s.cfg.run.log_every == 0:
+            bar.set_postfix(loss=f"{out['loss'].item():.4f}")
+    bar.close()
+    host = {k: torch.cat(v).cpu().numpy() for k, v in chunks.items()}
+    return {"index": host["index"], "label": host["label"], "loss": host["per_sample_loss"],
+            "g": host["g"], "weight": host["weights"], "p_true": host["p_true"], "predicted": host["predicted"],
+            "step_zero_frac": torch.stack(zero_share).cpu().numpy() if zero_share else np.zeros(0)}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, autocast=nullcontext,
+             *, tta: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(index, label, probabilities) of every sample of `loader`, in loader order."""
+    from dermlow.transforms import tta_variants
+
+    model.eval()
+    indices, labels, probs = [], [], []
+    for images, y, index in loader:
+        images = images.to(device, non_blocking=True)
+        with autocast():
+            views = tta_variants(images) if tta else [images]
+            p = torch.stack([model(v).float().softmax(dim=1) for v in views]).mean(dim=0)
+        indices.append(index)
+        labels.append(y)
+        probs.append(p.cpu())
+    return torch.cat(indices).numpy(), torch.cat(labels).numpy(), torch.cat(probs).numpy()
+
+
+def _train_summary(records: dict[str, np.ndarray]) -> dict[str, float]:
+    weighted = float(np.mean(records["weight"] * records["loss"]))
+    return {
+        "train_loss": weighted,
+        "train_loss_unweighted": float(np.mean(records["loss"])),
+        "train_acc": float(np.mean(records["predicted"] == records["label"])),
+    }
+
+
+def _majority_fraction(probs: np.ndarray) -> float:
+    if len(probs) == 0:
+        return float("nan")
+    return float(np.bincount(probs.argmax(axis=1)).max() / len(probs))
+
+
+def _summary_line(row: dict, epochs: int) -> str:
+    parts = [f"epoch {row['epoch']}/{epochs}", f"loss {row['train_loss']:.4f}", f"train acc {row['train_acc']:.3f}"]
+    for split in ("val", "test"):
+        if f"{split}_bacc" in row:
+            parts.append(f"{split} acc {row[f'{split}_acc']:.3f} bacc {row[f'{split}_bacc']:.3f} "
+                         f"mauc {row[f'{split}_mauc']:.3f}")
+    parts.append(f"w max {row['weight_max']:.2f} zeros {row['weight_zero_frac']:.1%}")
+    parts.append(f"{row['seconds']:.0f}s")
+    return " | ".join(parts)
+
+
+def train(cfg, *, resume: str | Path | None = None) -> Path:
+    """Start (or resume) a run and train it to the end: the library form of `dermlow train`."""
+    return fit(start_session(cfg, resume=resume))
+
