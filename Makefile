@@ -20,7 +20,7 @@ install: $(VENV)/.installed
 .venv-scoring/.installed:
 	$(PYTHON) -m venv .venv-scoring
 	.venv-scoring/bin/python -m pip install --quiet --upgrade pip
-	.venv-scoring/bin/python -m pip install --quiet 'isic-challenge-scoring==5.8.0' 'pandas<3'
+	.venv-scoring/bin/python -m pip install --quiet 'isic-challenge-scoring==5.6.0' 'pandas<3'
 	touch $@
 
 # Headless Chromium for the review app's browser test (Debian package).

@@ -200,7 +200,36 @@ def resolve(*layers: dict[str, Any]) -> Config:
     merged = Config().to_dict()
     for layer in layers:
         merged = _merge(merged, layer, "")
-    return from_dict(merged)
+    return check(from_dict(merged))
+
+
+def check(cfg: Config) -> Config:
+    """Reject values that would only fail later (after minutes of data loading)."""
+    from dermlow.losses import LOSSES
+    from dermlow.weighting import WEIGHTINGS
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise UserError(message)
+
+    need(cfg.loss.name in LOSSES, f"unknown loss '{cfg.loss.name}'. Valid losses: {', '.join(LOSSES)}.")
+    need(cfg.weighting.name in WEIGHTINGS,
+         f"unknown weighting '{cfg.weighting.name}'. Valid weightings: {', '.join(WEIGHTINGS)}.")
+    need(cfg.weighting.lam > 0 and cfg.weighting.lam != float("inf"),
+         f"--lam must be a positive number, got {cfg.weighting.lam:g}: LOW's lambda divides the gradient norms "
+         f"(larger lambda = weights closer to 1; the default is 1).")
+    need(cfg.weighting.grad_scale in ("per_sample", "batch_mean"),
+         f"weighting.grad_scale must be per_sample or batch_mean, got '{cfg.weighting.grad_scale}'.")
+    need(cfg.optim.epochs >= 1, f"--epochs must be at least 1, got {cfg.optim.epochs}.")
+    need(cfg.optim.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.optim.batch_size}.")
+    need(cfg.optim.lr > 0, f"--lr must be positive, got {cfg.optim.lr:g}.")
+    need(cfg.data.split in ("lesion", "random"), f"data.split must be lesion or random, got '{cfg.data.split}'.")
+    need(0 <= cfg.data.flip_labels < 1, f"--flip-labels must be in [0, 1), got {cfg.data.flip_labels:g}.")
+    need(0 < cfg.data.test_fraction < 1 and 0 <= cfg.data.val_fraction < 1,
+         "data.test_fraction must be in (0, 1) and data.val_fraction in [0, 1).")
+    need(cfg.data.crop_size <= cfg.data.image_size,
+         f"data.crop_size ({cfg.data.crop_size}) cannot exceed data.image_size ({cfg.data.image_size}).")
+    return cfg
 
 
 def year_config(year: int) -> Path:

@@ -1,0 +1,109 @@
+"""The paper's benchmark sets (MNIST, CIFAR, digits) as a run's manifest and datasets.
+
+The manifest has the same columns as an ISIC one, so runs on benchmarks are ordinary run
+folders. `image_id` is `<array>-<row>` (row of the benchmark's train or test array, which is
+deterministic given the seed), which is how a resumed run finds its images again. Training
+images are also written once as PNG files under `<data_dir>/png/` so the review app can show them.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from torch.utils.data import Dataset
+
+from dermlow.benchdata import load_benchmark
+from dermlow.config import Config
+from dermlow.data import ArrayDataset, CifarTrainTransform
+from dermlow.datasets import MANIFEST_COLUMNS, RunData
+
+log = logging.getLogger(__name__)
+
+
+def prepare(cfg: Config) -> RunData:
+    """Manifest of a benchmark: imbalanced training set (if asked), a stratified validation part
+    carved from it with the run's seed, and the official test set."""
+    bench = load_benchmark(cfg.data.dataset, cfg.data.data_dir, seed=cfg.run.seed, download=cfg.data.download)
+    train_rows = np.arange(len(bench.train_y))
+    val_mask = _stratified_mask(bench.train_y, cfg.data.val_fraction, seed=cfg.run.seed)
+    parts = [
+        _rows("train", train_rows[~val_mask], bench.train_y[~val_mask], "train"),
+        _rows("train", train_rows[val_mask], bench.train_y[val_mask], "val"),
+        _rows("test", np.arange(len(bench.test_y)), bench.test_y, "test"),
+    ]
+    manifest = pd.concat(parts, ignore_index=True)
+    manifest.insert(0, "index", np.arange(len(manifest)))
+    manifest["label_name"] = [bench.classes[y] for y in manifest["label"]]
+    manifest["lesion_id"] = ""
+    manifest["path"] = _export_pngs(bench, manifest, Path(cfg.data.data_dir) / "png" / bench.name)
+    counts = dict(zip(bench.classes, bench.counts.tolist(), strict=True))
+    log.info("%s training counts per class (before the validation carve-out): %s", bench.name, counts)
+    return RunData(manifest[MANIFEST_COLUMNS], list(bench.classes), list(bench.classes), bench.in_chans)
+
+
+def build_datasets(cfg: Config, manifest: pd.DataFrame, *, mean=None, std=None) -> dict[str, Dataset]:
+    """ArrayDatasets per split, normalised with the training set's own channel statistics."""
+    bench = load_benchmark(cfg.data.dataset, cfg.data.data_dir, seed=cfg.run.seed, download=False)
+    arrays = {"train": bench.train_x, "test": bench.test_x}
+    train_source = manifest[manifest["split"] == "train"]
+    pixels = _gather(arrays, train_source).reshape(-1, bench.in_chans).astype(np.float64) / 255.0
+    mean, std = pixels.mean(axis=0), pixels.std(axis=0)
+    augment = CifarTrainTransform(pad=4) if cfg.data.dataset.startswith("cifar") else None
+    out = {}
+    for split in ("train", "val", "test"):
+        rows = manifest[manifest["split"] == split]
+        if len(rows):
+            out[split] = ArrayDataset(_gather(arrays, rows), rows["label"].to_numpy(), rows["index"].to_numpy(),
+                                      transform=augment if split == "train" else None, mean=mean, std=std)
+    return out
+
+
+def _rows(array: str, rows: np.ndarray, labels: np.ndarray, split: str) -> pd.DataFrame:
+    return pd.DataFrame({"image_id": [f"{array}-{r:05d}" for r in rows], "label": labels.astype(int), "split": split})
+
+
+def _gather(arrays: dict[str, np.ndarray], rows: pd.DataFrame) -> np.ndarray:
+    source = rows["image_id"].str.split("-", n=1)
+    names, numbers = source.str[0].to_numpy(), source.str[1].astype(int).to_numpy()
+    first = arrays[names[0]]
+    out = np.empty((len(rows), *first.shape[1:]), dtype=first.dtype)
+    for name, array in arrays.items():
+        mask = names == name
+        out[mask] = array[numbers[mask]]
+    return out
+
+
+def _stratified_mask(labels: np.ndarray, fraction: float, *, seed: int) -> np.ndarray:
+    """Seeded stratified choice of a `fraction` of each class (at least one image per class)."""
+    rng = np.random.default_rng([seed, 104729])
+    mask = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        take = max(1, int(round(fraction * len(members)))) if fraction > 0 and len(members) > 1 else 0
+        mask[rng.choice(members, size=take, replace=False)] = True
+    return mask
+
+
+def _export_pngs(bench, manifest: pd.DataFrame, folder: Path) -> list[str]:
+    """Write each training/validation image once as PNG (for the review app); returns paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    arrays = {"train": bench.train_x, "test": bench.test_x}
+    for image_id, split in zip(manifest["image_id"], manifest["split"], strict=True):
+        if split == "test":
+            paths.append("")
+            continue
+        path = folder / f"{image_id}.png"
+        if not path.exists():
+            name, row = image_id.split("-", 1)
+            image = arrays[name][int(row)]
+            _, png = cv2.imencode(".png", image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(png.tobytes())
+            tmp.replace(path)
+        paths.append(str(path.resolve()))
+    return paths

@@ -1,0 +1,94 @@
+"""The command line: bad input gives one clear line on stderr and a non-zero exit, no traceback."""
+
+import subprocess
+import sys
+
+import pytest
+
+from dermlow.cli import main
+from dermlow.demo import make_demo
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str]:
+    try:
+        code = main(list(args))
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    return make_demo(tmp_path_factory.mktemp("demo") / "isic2018", n_images=60, size=(32, 24))
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--loss", "hinge"], "unknown loss 'hinge'. Valid losses: ce, balanced_ce, focal"),
+        (["--weighting", "mentor"], "unknown weighting 'mentor'. Valid weightings:"),
+        (["--lam", "0"], "--lam must be a positive number, got 0"),
+        (["--lam", "-1"], "--lam must be a positive number"),
+        (["--epochs", "0"], "--epochs must be at least 1"),
+        (["--set", "optim.lrr=1"], "unknown setting 'optim.lrr'"),
+    ],
+)
+def test_bad_flags_are_one_line_errors(capsys, tmp_path, args, expected):
+    code, err = run_cli(capsys, "train", "--year", "2018", "--out", str(tmp_path), *args)
+    assert code == 2
+    assert expected in err
+    assert err.startswith("dermlow: error:") and "Traceback" not in err and err.count("\n") == 1
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_missing_data_dir(capsys, tmp_path):
+    code, err = run_cli(capsys, "train", "--year", "2018", "--data-dir", str(tmp_path / "nowhere"),
+                        "--out", str(tmp_path / "runs"))
+    assert code == 2 and "nowhere" in err and "dermlow data fetch" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_wrong_year_is_rejected_by_the_parser(capsys):
+    code, err = run_cli(capsys, "train", "--year", "2019")
+    assert code == 2 and "invalid choice: 2019" in err
+
+
+def test_corrupt_weights_file_stops_before_anything_is_written(capsys, tmp_path, demo_dir):
+    weights = tmp_path / "densenet161.pth"
+    weights.write_bytes(b"this is not a checkpoint")
+    code, err = run_cli(capsys, "train", "--year", "2018", "--data-dir", str(demo_dir), "--out", str(tmp_path / "runs"),
+                        "--model", "mobilenetv3_small_050", "--weights", str(weights),
+                        "--set", f"data.cache_dir={tmp_path / 'cache'}")
+    assert code == 2 and "densenet161.pth could not be loaded into mobilenetv3_small_050" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_offline_without_weights_says_how_to_fix_it(capsys, tmp_path, demo_dir, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, err = run_cli(capsys, "train", "--year", "2018", "--data-dir", str(demo_dir), "--out", str(tmp_path / "runs"),
+                        "--model", "mobilenetv3_small_050", "--set", f"data.cache_dir={tmp_path / 'cache'}")
+    assert code == 2 and "--weights FILE" in err and "model.pretrained=false" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_resume_of_a_folder_that_is_not_a_run(capsys, tmp_path):
+    code, err = run_cli(capsys, "train", "--resume", str(tmp_path))
+    assert code == 2 and "not a dermlow run folder" in err
+
+
+def test_console_script_exit_code_and_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "dermlow", "train", "--year", "2018", "--lam", "0"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("dermlow: error: --lam must be a positive number")
+    assert "Traceback" not in proc.stderr
+
+
+def test_help_explains_the_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for command in ("train", "evaluate", "data", "flag", "app"):
+        assert command in out

@@ -1,0 +1,124 @@
+"""End-to-end training on the synthetic ISIC demo data with a tiny timm model."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from dermlow import config, tracking
+from dermlow.demo import make_demo
+from dermlow.train import train
+
+TINY = ["data.image_size=40", "data.crop_size=32", "data.num_workers=0", "model.name=mobilenetv3_small_050",
+        "model.pretrained=false", "optim.batch_size=16", "optim.lr=0.02", "optim.milestones=[2]"]
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory) -> Path:
+    return make_demo(tmp_path_factory.mktemp("demo") / "isic2018", year=2018, n_images=90, seed=0, size=(48, 36))
+
+
+def tiny_config(demo_dir: Path, out: Path, *extra: str) -> config.Config:
+    base = config.read_yaml(config.year_config(2018))
+    flags = [f"data.data_dir={demo_dir}", f"data.cache_dir={out / 'cache'}", f"run.out={out}", "optim.epochs=2",
+             *TINY, *extra]
+    return config.resolve(base, config.parse_overrides(flags))
+
+
+@pytest.fixture(scope="module")
+def low_run(demo_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs")
+    return train(tiny_config(demo_dir, out, "run.name=low", "weighting.lam=0.05"))
+
+
+def test_every_run_file_is_present_with_its_schema(low_run):
+    for name in (tracking.CONFIG, tracking.MANIFEST, tracking.CLASSES, tracking.METRICS, tracking.WEIGHTS,
+                 tracking.PREDICTIONS, tracking.PREDICTIONS_VAL, tracking.CHECKPOINT, tracking.BEST, tracking.DONE):
+        assert (low_run / name).is_file(), name
+    manifest = pd.read_csv(low_run / tracking.MANIFEST)
+    assert list(manifest.columns[:7]) == ["index", "image_id", "path", "label", "label_name", "split", "lesion_id"]
+    codes = json.loads((low_run / tracking.CLASSES).read_text())["codes"]
+    assert codes == ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
+    for name, split in ((tracking.PREDICTIONS, "test"), (tracking.PREDICTIONS_VAL, "val")):
+        preds = pd.read_csv(low_run / name)
+        assert list(preds.columns) == ["image", *codes]  # exactly the ISIC submission layout
+        assert sorted(preds["image"]) == sorted(manifest.loc[manifest["split"] == split, "image_id"])
+        np.testing.assert_allclose(preds[codes].sum(axis=1), 1.0, atol=1e-5)
+    saved = yaml.safe_load((low_run / tracking.CONFIG).read_text())
+    assert saved["weighting"] == {"name": "low", "lam": 0.05, "grad_scale": "per_sample", "options": {}}
+    ckpt = torch.load(low_run / tracking.CHECKPOINT, weights_only=False)
+    assert ckpt["epoch"] == 2 and ckpt["classes"]["codes"] == codes and "rng" in ckpt and "scheduler" in ckpt
+
+
+def test_weight_log_has_every_training_image_once_per_epoch(low_run):
+    manifest = pd.read_csv(low_run / tracking.MANIFEST)
+    weights = pd.read_parquet(low_run / tracking.WEIGHTS)
+    train_ids = set(manifest.loc[manifest["split"] == "train", "index"])
+    assert len(weights) == len(train_ids) * 2
+    for _, epoch in weights.groupby("epoch"):
+        assert set(epoch["index"]) == train_ids and epoch["index"].is_unique
+        # sum_j w_j = M in every batch, so the weights of a whole epoch average exactly 1
+        assert epoch["weight"].mean() == pytest.approx(1.0, abs=1e-5)
+    assert weights["weight"].std() > 1e-3  # LOW weights are not all 1
+    assert (weights["weight"] >= 0).all() and (weights["g"] >= 0).all()
+    assert weights["p_true"].between(0, 1).all()
+    labels = manifest.set_index("index").loc[weights["index"], "label"].to_numpy()
+    np.testing.assert_array_equal(weights["label"].to_numpy(), labels)
+
+
+def test_metrics_are_finite_and_logged_per_epoch(low_run):
+    metrics = pd.read_csv(low_run / tracking.METRICS)
+    assert metrics["epoch"].tolist() == [1, 2]
+    for column in ("train_loss", "val_acc", "val_bacc", "val_mauc", "val_mf1", "test_acc", "test_bacc",
+                   "weight_std", "weight_max", "weight_zero_frac", "lr", "seconds"):
+        assert np.isfinite(metrics[column]).all(), column
+
+
+def test_same_seed_gives_same_order_and_initialisation_for_every_method(demo_dir, tmp_path):
+    from dermlow.session import start_session
+    from dermlow.train import fit
+
+    sessions = [start_session(tiny_config(demo_dir, tmp_path, f"run.name={w}", f"weighting.name={w}",
+                                          "optim.epochs=1")) for w in ("none", "low")]
+    initial = [{k: v.clone() for k, v in s.net.state_dict().items()} for s in sessions]
+    for key, tensor in initial[0].items():
+        assert torch.equal(tensor, initial[1][key]), key
+    logs = [pd.read_parquet(fit(s) / tracking.WEIGHTS) for s in sessions]
+    np.testing.assert_array_equal(logs[0]["index"], logs[1]["index"])  # identical sample order
+    assert (logs[0]["weight"] == 1).all() and not (logs[1]["weight"] == 1).all()
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill_matches_an_uninterrupted_run(demo_dir, tmp_path):
+    full = train(tiny_config(demo_dir, tmp_path, "run.name=full", "optim.epochs=3"))
+    cfg_file = tmp_path / "killed.yaml"
+    cfg = tiny_config(demo_dir, tmp_path, "run.name=killed", "optim.epochs=3")
+    cfg_file.write_text(yaml.safe_dump(cfg.to_dict()))
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "dermlow", "train", "--config", str(cfg_file)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "killed" / tracking.CHECKPOINT
+    deadline = time.time() + 240
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert torch.load(ckpt, weights_only=False)["epoch"] < 3, "the run finished before it could be killed"
+    done = subprocess.run([*cmd[:4], "--resume", str(tmp_path / "killed")], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    a, b = (pd.read_csv(r / tracking.METRICS) for r in (full, tmp_path / "killed"))
+    assert b["epoch"].tolist() == [1, 2, 3]
+    cols = [c for c in a.columns if c != "seconds"]
+    pd.testing.assert_frame_equal(a[cols], b[cols], rtol=1e-5)
+    wa, wb = (pd.read_parquet(r / tracking.WEIGHTS) for r in (full, tmp_path / "killed"))
+    assert len(wb) == len(wa) and not wb.duplicated(["epoch", "index"]).any()
+    pd.testing.assert_frame_equal(wa, wb, rtol=1e-5)
