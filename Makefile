@@ -34,7 +34,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 
 demo: $(VENV)/.installed
-	@test -f $(DEMO_DATA)/ISIC2018_Task3_Training_GroundTruth.csv || $(VENV)/bin/dermlow data demo --out $(DEMO_DATA) --year 2018
+	@test -d $(DEMO_DATA)/ISIC2018_Task3_Training_Input || $(VENV)/bin/dermlow data demo --out $(DEMO_DATA) --year 2018 --n-images 600
 	$(VENV)/bin/dermlow data check --year 2018 --data-dir $(DEMO_DATA)
 	rm -rf runs/demo
 	$(VENV)/bin/dermlow train --config configs/demo.yaml --name demo

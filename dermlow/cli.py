@@ -191,6 +191,11 @@ def _add_data(sub) -> None:
     check.add_argument("--seed", type=int, default=0)
     check.add_argument("--labels-csv", help="generic data sets: CSV with image,label")
     check.add_argument("--image-dir", help="generic data sets: image folder")
+    check.add_argument("--test-fraction", type=float, default=0.2)
+    check.add_argument("--val-fraction", type=float, default=0.1)
+    check.add_argument("--splits-file", type=Path, help="reuse an image_id,split CSV instead of splitting")
+    check.add_argument("--skip-bad-images", action="store_true",
+                       help="report unreadable images and go on instead of stopping")
     check.add_argument("--save-splits", type=Path, help="write the image_id,split table to this CSV")
     check.set_defaults(func=_data_check)
     fetch = dsub.add_parser("fetch", help="download and unpack the official archives (resumable)")
@@ -215,9 +220,14 @@ def _data_check(args: argparse.Namespace) -> int:
     dataset = args.dataset or (f"isic{args.year}" if args.year else None)
     if dataset is None:
         raise UserError("say which data set: --year 2017|2018 or --dataset NAME.")
-    manifest, spec, skipped = load_manifest(args.data_dir, dataset=dataset, split=args.split, seed=args.seed,
-                                            labels_csv=args.labels_csv, image_dir=args.image_dir)
+    manifest, spec, skipped = load_manifest(
+        args.data_dir, dataset=dataset, split=args.split, seed=args.seed, labels_csv=args.labels_csv,
+        image_dir=args.image_dir, test_fraction=args.test_fraction, val_fraction=args.val_fraction,
+        splits_file=args.splits_file, skip_bad_images=args.skip_bad_images)
     print(describe(manifest, spec))
+    if skipped:
+        print(f"\n{len(skipped)} unreadable images would be left out:")
+        print("\n".join(f"  {line}" for line in skipped))
     if args.save_splits:
         save_splits(manifest, args.save_splits)
         print(f"splits written to {args.save_splits}")

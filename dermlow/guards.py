@@ -27,8 +27,12 @@ def weight_stats(weights: np.ndarray) -> dict[str, float]:
 
 
 def collapse_warnings(row: dict, records: dict[str, np.ndarray], val_labels: np.ndarray, *,
-                      epoch: int) -> list[str]:
-    """Human-readable warnings for degenerate weights or predictions collapsed to one class."""
+                      epoch: int, previous_share: float = float("nan")) -> list[str]:
+    """Human-readable warnings for degenerate weights or predictions collapsed to one class.
+
+    A network often predicts the majority class for an epoch or so at the start; only a
+    collapse that lasts two epochs in a row (`previous_share` is the last epoch's) is reported.
+    """
     out = []
     steps = records.get("step_zero_frac")
     if steps is not None and len(steps):
@@ -40,11 +44,12 @@ def collapse_warnings(row: dict, records: dict[str, np.ndarray], val_labels: np.
                 f"Raise --lam (e.g. x10) or lower --lr."
             )
     share = row.get("pred_majority_frac", float("nan"))
-    if len(val_labels) and np.isfinite(share):
+    if len(val_labels) and np.isfinite(share) and np.isfinite(previous_share):
         true_share = np.bincount(val_labels).max() / len(val_labels)
-        if share >= COLLAPSE_SHARE and share > true_share + MAJORITY_MARGIN:
+        limit = max(COLLAPSE_SHARE, true_share + MAJORITY_MARGIN)
+        if share >= limit and previous_share >= limit:
             out.append(
-                f"epoch {epoch}: {share:.0%} of validation predictions are one class (the largest class is "
-                f"{true_share:.0%} of the data): predictions have collapsed. Lower --lr, or raise --lam."
+                f"epoch {epoch}: {share:.0%} of validation predictions are one class for two epochs running (the "
+                f"largest class is {true_share:.0%} of the data): predictions have collapsed. Lower --lr, or raise --lam."
             )
     return out

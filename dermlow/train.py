@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -29,6 +30,7 @@ def fit(session: Session) -> Path:
     a run killed mid-epoch resumes from the last epoch whose files are all written).
     """
     cfg, s = session.cfg, session
+    previous = float("nan")  # last epoch's share of the most-predicted class (collapse guard)
     for epoch in range(s.start_epoch, cfg.optim.epochs + 1):
         t0 = time.perf_counter()
         s.objective.start_epoch(epoch, cfg.optim.epochs)
@@ -47,15 +49,17 @@ def fit(session: Session) -> Path:
             row |= {f"{split}_{k}": v for k, v in classification_metrics(labels, probs).items()}
         row["pred_majority_frac"] = _majority_fraction(evals["val"][2])
         s.record_epoch(epoch, row, records, evals)
-        for message in collapse_warnings(row, records, evals["val"][1], epoch=epoch):
+        for message in collapse_warnings(row, records, evals["val"][1], epoch=epoch, previous_share=previous):
             s.warn(message)
+        previous = row["pred_majority_frac"]
         log.info(_summary_line(row, cfg.optim.epochs))
     session.finish()
     return session.run_dir
 
 
-def train_one_epoch(s: Session, loader: DataLoader, *, desc: str = "") -> dict[str, np.ndarray]:
-    """One pass over `loader`; returns the per-sample records of the epoch as numpy arrays.
+def train_one_epoch(s: Session, loader: Iterable, *, desc: str = "") -> dict[str, np.ndarray]:
+    """One pass over `loader` (a DataLoader, or any iterable of (images, labels, index) batches);
+    returns the per-sample records of the epoch as numpy arrays.
 
     Records stay on the device during the epoch and are copied to the host once at its end,
     so the weighting step adds no host synchronisation (the progress bar syncs every
@@ -65,7 +69,8 @@ def train_one_epoch(s: Session, loader: DataLoader, *, desc: str = "") -> dict[s
     keys = ("index", "label", "per_sample_loss", "g", "weights", "p_true", "predicted")
     chunks: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
     zero_share: list[torch.Tensor] = []  # per step: share of the batch with weight 0
-    bar = tqdm(total=len(loader.dataset), desc=desc, unit="img", leave=False, disable=None)
+    total = len(loader.dataset) if hasattr(loader, "dataset") else None
+    bar = tqdm(total=total, desc=desc, unit="img", leave=False, disable=None)
     for step, (images, labels, index) in enumerate(loader, 1):
         images = images.to(s.device, non_blocking=True)
         labels = labels.to(s.device, non_blocking=True)

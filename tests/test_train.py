@@ -122,3 +122,19 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(demo_dir, tmp_path):
     wa, wb = (pd.read_parquet(r / tracking.WEIGHTS) for r in (full, tmp_path / "killed"))
     assert len(wb) == len(wa) and not wb.duplicated(["epoch", "index"]).any()
     pd.testing.assert_frame_equal(wa, wb, rtol=1e-5)
+
+
+def test_evaluate_recomputes_the_best_epoch_metrics(low_run, capsys):
+    from dermlow.cli import main
+    from dermlow.evaluation import evaluate_run
+
+    metrics = pd.read_csv(low_run / tracking.METRICS)
+    best = metrics.loc[metrics["val_bacc"].idxmax()]
+    result = evaluate_run(low_run, split="test", device="cpu")
+    for key in ("acc", "bacc", "mauc", "mf1"):
+        assert result.metrics[key] == pytest.approx(best[f"test_{key}"], abs=1e-6, nan_ok=True), key
+    assert list(result.report["code"]) == ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
+    assert result.confusion.sum() == (pd.read_csv(low_run / tracking.MANIFEST)["split"] == "test").sum()
+    assert main(["evaluate", str(low_run), "--split", "val", "--tta", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "confusion (rows = true, columns = predicted)" in out and "Melanoma" in out

@@ -1,0 +1,170 @@
+"""Train / val / test splits: stratified by class, grouped by lesion, seeded, saved by image id.
+
+A random image-level split of ISIC 2018 puts a sibling image of the same lesion in training for
+about 39% of test images, so the default groups images by lesion: every image of a lesion lands
+in the same split. Splits are a function of (image ids, labels, lesion ids, seed) only: rows are
+sorted by image_id first, so the order of the CSV rows does not matter. They are stored as an
+`image_id,split` CSV, never by row order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from dermlow.errors import UserError, format_rows
+
+if TYPE_CHECKING:
+    from dermlow.isic import DatasetSpec
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+METHODS = ("lesion", "random")
+
+
+def held_out(labels: np.ndarray, groups: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Boolean mask of whole groups holding out about `fraction` of every class.
+
+    Groups are visited in a random order; a group is held out when that brings the held-out
+    class counts closer (in squared distance) to round(fraction * class count). With one image
+    per group this is a stratified random split; each class's count is off by at most half the
+    largest group.
+    """
+    names, group_of = np.unique(groups, return_inverse=True)
+    classes, label_of = np.unique(labels, return_inverse=True)
+    counts = np.zeros((len(names), len(classes)))
+    np.add.at(counts, (group_of, label_of), 1)
+    target = np.round(fraction * counts.sum(axis=0))
+    held = np.zeros(len(classes))
+    chosen = np.zeros(len(names), dtype=bool)
+    for g in rng.permutation(len(names)):
+        after = held + counts[g]
+        if ((after - target) ** 2).sum() < ((held - target) ** 2).sum():
+            held, chosen[g] = after, True
+    return chosen[group_of]
+
+
+def siblings_across(split: pd.Series, lesion: pd.Series, a: str, b: str) -> int:
+    """Number of images in split `a` whose lesion also has an image in split `b`."""
+    known = lesion != ""
+    lesions_b = set(lesion[known & (split == b)])
+    return int((known & (split == a) & lesion.isin(lesions_b)).sum())
+
+
+def shared_lesion_images(split: pd.Series, lesion: pd.Series) -> int:
+    """Number of images whose lesion has images in more than one split."""
+    known = lesion != ""
+    n_splits = split[known].groupby(lesion[known]).nunique()
+    return int(lesion[known].isin(n_splits.index[n_splits > 1]).sum())
+
+
+def assign_splits(table: pd.DataFrame, *, method: str = "lesion", test_fraction: float = 0.2,
+                  val_fraction: float = 0.1, seed: int = 0) -> pd.Series:
+    """Split of every row of `table` (columns image_id, label, lesion_id, split), same index.
+
+    `split` holds each row's official split ("train" for a pool still to divide). Where no row is
+    officially "test", `test_fraction` of the pool becomes test; where none is "val",
+    `val_fraction` of what remains in training becomes val (so 0.2 / 0.1 gives 72/8/20 %).
+    method "lesion" keeps each lesion in one split; "random" splits images (the paper's split).
+    """
+    if method not in METHODS:
+        raise UserError(f"unknown split method '{method}': choose one of {', '.join(METHODS)}")
+    for name, value in (("test_fraction", test_fraction), ("val_fraction", val_fraction)):
+        if not 0 <= value < 1:
+            raise UserError(f"{name} must be at least 0 and below 1; got {value}")
+    t = table.sort_values("image_id", kind="stable")
+    split = t["split"].copy()
+    lesion = t["lesion_id"].where(t["lesion_id"] != "", t["image_id"]) if method == "lesion" else t["image_id"]
+    carved = False
+    for name, fraction, stream in (("test", test_fraction, 1), ("val", val_fraction, 2)):
+        pool = (split == "train").to_numpy()
+        if (split == name).any() or fraction == 0 or not pool.any():
+            continue
+        if method == "lesion" and not carved and (t["lesion_id"][pool] == "").all():
+            log.warning("no lesion ids: splitting by image, so images of one lesion may fall in different splits")
+        held = held_out(t["label"].to_numpy()[pool], lesion.to_numpy()[pool], fraction,
+                        np.random.default_rng([seed, stream]))
+        split.iloc[np.flatnonzero(pool)[held]] = name
+        carved = True
+    if method == "random" and carved:
+        _warn_leakage(split, t["lesion_id"])
+    return split.reindex(table.index)
+
+
+def _warn_leakage(split: pd.Series, lesion: pd.Series) -> None:
+    if (lesion[split == "train"] == "").all():
+        log.warning("split='random' splits images, not lesions: images of one lesion can fall in both train "
+                    "and test (lesion ids unknown here, so the leak cannot be counted); use split='lesion'")
+        return
+    counts = [f"{siblings_across(split, lesion, s, 'train')} of {int((split == s).sum())} {s} images"
+              for s in ("test", "val") if (split == s).any()]
+    log.warning("split='random' splits images, not lesions: %s have an image of the same lesion in train, which "
+                "inflates their scores; use split='lesion' to avoid it", " and ".join(counts))
+
+
+def save_splits(manifest: pd.DataFrame, path: str | Path) -> Path:
+    """Write `image_id,split` (sorted by image_id) atomically; reload with load_manifest(splits_file=)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame = manifest[["image_id", "split"]].sort_values("image_id")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", newline="") as fh:
+        frame.to_csv(fh, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+def read_splits(path: Path, image_ids: pd.Series) -> pd.Series:
+    """The split of each of `image_ids` (same index) from an `image_id,split` CSV; every id must match."""
+    if not path.is_file():
+        raise UserError(f"{path}: splits file not found. Write one with `save_splits` (dermlow data check).")
+    df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    df.columns = [str(c).strip() for c in df.columns]
+    if not {"image_id", "split"} <= set(df.columns):
+        raise UserError(f"{path}: expected the columns image_id,split; found {','.join(df.columns)}.")
+    rows = pd.Series(np.arange(len(df)) + 2)
+    note = "rows are counted as in a spreadsheet: the header is row 1"
+    for bad, what in ((~df["split"].str.strip().isin(SPLITS), f"split values other than {', '.join(SPLITS)}"),
+                      (df["image_id"].duplicated(keep=False), "image ids listed more than once")):
+        if bad.any():
+            raise UserError(f"{path}: {what} in {format_rows(rows[bad].tolist())}; {note}. Fix those rows.")
+    given = pd.Series(df["split"].str.strip().to_numpy(), index=df["image_id"].str.strip())
+    extra = sorted(set(given.index) - set(image_ids))
+    absent = sorted(set(image_ids) - set(given.index))
+    if extra or absent:
+        parts = [f"{len(ids)} {what} (e.g. {', '.join(ids[:5])})" for ids, what in
+                 ((extra, "id(s) in the splits file are not in the data"),
+                  (absent, "image(s) of the data are not in the splits file")) if ids]
+        raise UserError(f"{path}: does not match the data: {'; '.join(parts)}. A splits file must list "
+                        "exactly the images read (after any skipped bad images); write a new one.")
+    return pd.Series(given[image_ids.to_numpy()].to_numpy(), index=image_ids.index)
+
+
+def describe(manifest: pd.DataFrame, spec: DatasetSpec) -> str:
+    """Data check report: images per class and split (like the paper's Table 1), lesions, leakage."""
+    splits = [s for s in SPLITS if (manifest["split"] == s).any()]
+    counts = pd.crosstab(manifest["label"], manifest["split"]).reindex(
+        index=range(len(spec.codes)), columns=splits, fill_value=0)
+    width = max(len(n) for n in (*spec.names, "name"))
+    head = f"{'code':<6} {'name':<{width}} " + " ".join(f"{s:>7}" for s in (*splits, "total"))
+    lines = [f"{spec.name}: {len(manifest)} images, {len(spec.codes)} classes", head, "-" * len(head)]
+    for i, (code, name) in enumerate(zip(spec.codes, spec.names, strict=True)):
+        row = counts.loc[i]
+        lines.append(f"{code:<6} {name:<{width}} " + " ".join(f"{v:>7}" for v in (*row, row.sum())))
+    total = counts.sum()
+    lines.append(f"{'total':<6} {'':<{width}} " + " ".join(f"{v:>7}" for v in (*total, total.sum())))
+    lesion = manifest["lesion_id"]
+    n_lesions = lesion[lesion != ""].nunique()
+    lines.append(f"lesions: {n_lesions}" if n_lesions else "lesions: unknown (no lesion ids)")
+    lines.append("split sizes: " + ", ".join(f"{s} {v} ({100 * v / len(manifest):.1f}%)" for s, v in total.items()))
+    if n_lesions:
+        lines.append(f"images whose lesion also has images in another split: "
+                     f"{shared_lesion_images(manifest['split'], lesion)}")
+    return "\n".join(lines)
