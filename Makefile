@@ -23,9 +23,9 @@ install: $(VENV)/.installed
 	.venv-scoring/bin/python -m pip install --quiet 'isic-challenge-scoring==5.6.0' 'pandas<3'
 	touch $@
 
-# Headless Chromium for the review app's browser test (Debian package).
+# Headless Chromium for the review app's browser test (Debian package; the test drives it with Playwright).
 chromium:
-	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
 test: $(VENV)/.installed .venv-scoring/.installed chromium
 	$(PY) -m pytest -q

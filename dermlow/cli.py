@@ -17,7 +17,9 @@ EPILOG = "Run `dermlow COMMAND --help` for the options of each command."
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     _setup_logging(args.verbose)
     if not getattr(args, "func", None):
         parser.print_help()
@@ -78,6 +80,9 @@ def _add_train(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any config value, e.g. --set optim.milestones=[30,60] (repeatable)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its last complete epoch")
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="train with N processes (DistributedDataParallel) by re-launching under torchrun; "
+                   "--batch-size stays the global batch")
     p.set_defaults(func=_train)
 
 
@@ -110,7 +115,11 @@ def _deep_update(base: dict, update: dict) -> dict:
 
 def _train(args: argparse.Namespace) -> int:
     from dermlow import config
+    from dermlow import distributed as dist
     from dermlow.train import train
+
+    if args.nproc and args.nproc > 1 and dist.env_world_size() == 1:
+        return dist.launch(args.nproc, _without_nproc(args.argv))
 
     if args.resume is not None:
         from dermlow import tracking
@@ -136,9 +145,23 @@ def _train(args: argparse.Namespace) -> int:
             raise UserError("say what to train: --year 2017|2018, or --config FILE.")
         cfg = config.resolve(*layers, _flag_layer(args))
         run_dir = train(cfg)
-    print(_final_table(run_dir))
-    print(f"\nRun folder: {run_dir}\nReview it:  dermlow app {run_dir}")
+    if dist.is_main():
+        print(_final_table(run_dir))
+        print(f"\nRun folder: {run_dir}\nReview it:  dermlow app {run_dir}")
+    dist.cleanup()
     return 0
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
 
 
 def _final_table(run_dir: Path) -> str:

@@ -75,6 +75,7 @@ class WeightingConfig:
     name: str = "low"  # low | none | spl | is
     lam: float = 1.0  # LOW's lambda on the per-sample scale (see README)
     grad_scale: str = "per_sample"  # per_sample | batch_mean (the reference code's scaling)
+    global_batch: bool = False  # DDP: solve LOW's QP on the all-gathered global batch
     options: dict[str, Any] = field(default_factory=dict)  # extra options of spl / is
 
 

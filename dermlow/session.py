@@ -14,9 +14,11 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from dermlow import config as config_mod
+from dermlow import distributed as dist
 from dermlow import tracking
 from dermlow.config import Config
 from dermlow.data import make_loader
@@ -60,18 +62,33 @@ class Session:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
+    def train_loader(self, epoch: int) -> DataLoader:
+        """This process's share of the epoch's seeded order, in batches of its share of the batch."""
+        batch = self.cfg.optim.batch_size // dist.world() * self.objective.batch_multiplier
+        return make_loader(self.datasets["train"], batch_size=batch, shuffle=True, seed=self.cfg.run.seed,
+                           epoch=epoch, num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda",
+                           rank=dist.rank(), world=dist.world())
+
     def eval_loader(self, split: str) -> DataLoader:
         return make_loader(self.datasets[split], batch_size=self.cfg.optim.batch_size * 2, shuffle=False,
                            seed=self.cfg.run.seed, epoch=0, num_workers=self.cfg.data.num_workers,
-                           pin_memory=self.device.type == "cuda")
+                           pin_memory=self.device.type == "cuda", rank=dist.rank(), world=dist.world())
 
     def record_epoch(self, epoch: int, row: dict, records: dict[str, np.ndarray], evals: dict) -> None:
-        """Write the epoch's weight rows, metrics, best predictions and checkpoints, in that order."""
+        """Write the epoch's weight rows, metrics, best predictions and checkpoints, in that order.
+
+        Every rank calls it (the RNG states are gathered from all); only rank 0 writes.
+        """
+        rng = dist.gather_objects(_rng_state())
+        if not dist.is_main():
+            self.best_bacc = max(self.best_bacc, row["val_bacc"])
+            return
         ids = self.data.manifest.set_index("index")["image_id"]
         rows = pd.DataFrame({"epoch": epoch, "index": records["index"], "image_id": ids.loc[records["index"]].to_numpy(),
                              "label": records["label"], "loss": records["loss"], "g": records["g"],
                              "weight": records["weight"], "p_true": records["p_true"],
-                             "predicted": records["predicted"]})
+                             "predicted": records["predicted"], "other": records["other"],
+                             "p_other": records["p_other"]})
         tracking.append_weight_rows(self.run_dir / tracking.WEIGHTS, rows, keep_epochs_below=epoch)
         metrics = tracking.truncate_metrics(self.run_dir / tracking.METRICS, last_epoch=epoch - 1)
         tracking.write_csv(self.run_dir / tracking.METRICS, pd.concat([metrics, pd.DataFrame([row])]))
@@ -80,8 +97,8 @@ class Session:
             for split, name in (("test", tracking.PREDICTIONS), ("val", tracking.PREDICTIONS_VAL)):
                 if split in evals:
                     tracking.write_csv(self.run_dir / name, self.submission(*evals[split][::2]))
-            tracking.save_torch(self.run_dir / tracking.BEST, self.checkpoint(epoch))
-        tracking.save_torch(self.run_dir / tracking.CHECKPOINT, self.checkpoint(epoch))
+            tracking.save_torch(self.run_dir / tracking.BEST, self.checkpoint(epoch, rng))
+        tracking.save_torch(self.run_dir / tracking.CHECKPOINT, self.checkpoint(epoch, rng))
 
     def submission(self, index: np.ndarray, probs: np.ndarray) -> pd.DataFrame:
         """ISIC submission layout: `image`, then one probability column per class in model order."""
@@ -90,44 +107,61 @@ class Session:
         frame.insert(0, "image", ids.loc[index].to_numpy())
         return frame
 
-    def checkpoint(self, epoch: int) -> dict:
-        """Everything needed to continue or rebuild the run from this file alone."""
+    def checkpoint(self, epoch: int, rng: list[dict]) -> dict:
+        """Everything needed to continue or rebuild the run from this file alone (`rng`: per rank)."""
         return {
             "epoch": epoch, "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-            "objective": self.objective.state_dict(), "rng": _rng_state(), "config": self.cfg.to_dict(),
+            "objective": self.objective.state_dict(), "rng": rng, "config": self.cfg.to_dict(),
             "classes": {"codes": self.data.codes, "names": self.data.names}, "in_chans": self.data.in_chans,
             "best_bacc": self.best_bacc, "best_epoch": self.best_epoch,
         }
 
     def warn(self, message: str) -> None:
+        if not dist.is_main():
+            return
         log.warning(message)
         path = self.run_dir / tracking.WARNINGS
         old = path.read_text() if path.exists() else ""
         tracking.write_text(path, old + message + "\n")
 
     def finish(self) -> None:
+        if not dist.is_main():
+            return
         tracking.write_text(self.run_dir / tracking.DONE, f"best epoch {self.best_epoch} val bacc {self.best_bacc:.4f}\n")
 
 
 def start_session(cfg: Config, *, resume: str | Path | None = None) -> Session:
-    """Set up a new run (validating data and weights before anything is written) or resume one."""
+    """Set up a new run (validating data and weights before anything is written) or resume one.
+
+    Under torchrun, rank 0 validates the data and writes the run's first files; the other
+    ranks wait for it and read the manifest it wrote, so every process trains on the same rows.
+    """
+    distributed = dist.env_world_size() > 1
+    device = dist.init_from_env(cfg.run.device) if distributed else pick_device(cfg.run.device)
+    if distributed and cfg.optim.batch_size % dist.world():
+        raise UserError(f"--batch-size {cfg.optim.batch_size} (the global batch) must be divisible by the "
+                        f"{dist.world()} processes.")
     if resume is not None:
         run_dir = Path(resume)
-        data = _load_run_data(run_dir)
     else:
         cfg.run.name = cfg.run.name or config_mod.run_name(cfg)
         run_dir = Path(cfg.run.out) / cfg.run.name
+    if resume is None and dist.is_main():
         if tracking.is_run_dir(run_dir):
             raise UserError(f"{run_dir} already holds a run. Continue it with --resume {run_dir}, "
                             f"or pick another name with --set run.name=NAME.")
         data = prepare(cfg)
-    device = pick_device(cfg.run.device)
-    torch.manual_seed(cfg.run.seed)  # same initial weights for every method of a seed
-    net = create_model(cfg.model, len(data.codes), in_chans=data.in_chans).to(device)
-    if resume is None:
+        torch.manual_seed(cfg.run.seed)  # same initial weights for every method of a seed
+        net = create_model(cfg.model, len(data.codes), in_chans=data.in_chans)
         _write_run_start(run_dir, cfg, data)
-    session = _assemble(cfg, run_dir, data, net, device)
+        dist.barrier()
+    else:
+        dist.barrier()
+        data = _load_run_data(run_dir)
+        torch.manual_seed(cfg.run.seed)
+        net = create_model(cfg.model, len(data.codes), in_chans=data.in_chans)
+    session = _assemble(cfg, run_dir, data, net.to(device), device)
     if resume is not None and (run_dir / tracking.CHECKPOINT).exists():
         _restore(session, load_checkpoint(run_dir / tracking.CHECKPOINT, map_location=device))
     return session
@@ -139,7 +173,12 @@ def _assemble(cfg: Config, run_dir: Path, data: RunData, net: nn.Module, device:
     if device.type == "cuda" and cfg.model.channels_last and data.in_chans == 3:
         net = net.to(memory_format=torch.channels_last)
     mean, std = normalisation_from_timm(net)
-    datasets = build_datasets(cfg, data.manifest, mean=mean, std=std)
+    if dist.is_main():  # rank 0 fills the image cache first; the others then find it ready
+        datasets = build_datasets(cfg, data.manifest, mean=mean, std=std)
+        dist.barrier()
+    else:
+        dist.barrier()
+        datasets = build_datasets(cfg, data.manifest, mean=mean, std=std)
     train = data.manifest[data.manifest["split"] == "train"]
     counts = np.bincount(train["label"].to_numpy(), minlength=len(data.codes)).tolist()
     objective = make_objective(cfg.loss.name, cfg.weighting.name, class_counts=counts,
@@ -153,7 +192,11 @@ def _assemble(cfg: Config, run_dir: Path, data: RunData, net: nn.Module, device:
     if device.type == "cuda" and cfg.run.amp:
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    model = torch.compile(net) if cfg.model.compile and device.type == "cuda" else net
+    model = net
+    if dist.active():
+        model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.model.compile and device.type == "cuda":
+        model = torch.compile(model)
     return Session(cfg, run_dir, data, datasets, model, net, objective, optimizer, scheduler, scaler, device, amp_dtype)
 
 
@@ -166,7 +209,7 @@ def _loss_options(cfg: Config) -> dict:
 def _weighting_options(cfg: Config) -> dict:
     w = cfg.weighting
     if w.name == "low":
-        return {"lam": w.lam, "grad_scale": w.grad_scale, **w.options}
+        return {"lam": w.lam, "grad_scale": w.grad_scale, "global_batch": w.global_batch, **w.options}
     if w.name == "is":
         return {"seed": cfg.run.seed, **w.options}
     return dict(w.options)
@@ -207,7 +250,11 @@ def _restore(s: Session, ckpt: dict) -> None:
     s.scheduler.load_state_dict(ckpt["scheduler"])
     s.scaler.load_state_dict(ckpt["scaler"])
     s.objective.load_state_dict(ckpt["objective"])
-    _set_rng_state(ckpt["rng"])
+    states = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]
+    if len(states) != dist.world():
+        log.warning("the checkpoint holds RNG states of %d processes, this run has %d: random streams "
+                    "will differ from an uninterrupted run", len(states), dist.world())
+    _set_rng_state(states[dist.rank() % len(states)])
     s.start_epoch, s.best_bacc, s.best_epoch = ckpt["epoch"] + 1, ckpt["best_bacc"], ckpt["best_epoch"]
     log.info("resuming %s after epoch %d", s.run_dir, ckpt["epoch"])
 

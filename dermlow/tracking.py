@@ -48,6 +48,8 @@ WEIGHT_SCHEMA = pa.schema(
         ("weight", pa.float32()),
         ("p_true", pa.float32()),
         ("predicted", pa.int16()),
+        ("other", pa.int16()),
+        ("p_other", pa.float32()),
     ]
 )
 

@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from dermlow.data import make_loader
+from dermlow import distributed as dist
 from dermlow.guards import collapse_warnings, weight_stats
 from dermlow.metrics import classification_metrics
 from dermlow.session import Session, start_session
@@ -34,13 +34,8 @@ def fit(session: Session) -> Path:
     for epoch in range(s.start_epoch, cfg.optim.epochs + 1):
         t0 = time.perf_counter()
         s.objective.start_epoch(epoch, cfg.optim.epochs)
-        loader = make_loader(
-            s.datasets["train"], batch_size=cfg.optim.batch_size * s.objective.batch_multiplier,
-            shuffle=True, seed=cfg.run.seed, epoch=epoch, num_workers=cfg.data.num_workers,
-            pin_memory=s.device.type == "cuda",
-        )
         lr = s.optimizer.param_groups[0]["lr"]
-        records = train_one_epoch(s, loader, desc=f"epoch {epoch}/{cfg.optim.epochs}")
+        records = train_one_epoch(s, s.train_loader(epoch), desc=f"epoch {epoch}/{cfg.optim.epochs}")
         s.scheduler.step()
         evals = {split: evaluate(s.model, s.eval_loader(split), s.device, s.autocast) for split in s.eval_splits}
         row = {"epoch": epoch, "lr": lr, "seconds": round(time.perf_counter() - t0, 3)}
@@ -52,7 +47,8 @@ def fit(session: Session) -> Path:
         for message in collapse_warnings(row, records, evals["val"][1], epoch=epoch, previous_share=previous):
             s.warn(message)
         previous = row["pred_majority_frac"]
-        log.info(_summary_line(row, cfg.optim.epochs))
+        if dist.is_main():
+            log.info(_summary_line(row, cfg.optim.epochs))
     session.finish()
     return session.run_dir
 
@@ -66,11 +62,11 @@ def train_one_epoch(s: Session, loader: Iterable, *, desc: str = "") -> dict[str
     `run.log_every` steps only).
     """
     s.model.train()
-    keys = ("index", "label", "per_sample_loss", "g", "weights", "p_true", "predicted")
+    keys = ("index", "label", "per_sample_loss", "g", "weights", "p_true", "predicted", "other", "p_other")
     chunks: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
     zero_share: list[torch.Tensor] = []  # per step: share of the batch with weight 0
     total = len(loader.dataset) if hasattr(loader, "dataset") else None
-    bar = tqdm(total=total, desc=desc, unit="img", leave=False, disable=None)
+    bar = tqdm(total=total, desc=desc, unit="img", leave=False, disable=None if dist.is_main() else True)
     for step, (images, labels, index) in enumerate(loader, 1):
         images = images.to(s.device, non_blocking=True)
         labels = labels.to(s.device, non_blocking=True)
@@ -87,6 +83,9 @@ def train_one_epoch(s: Session, loader: Iterable, *, desc: str = "") -> dict[str
         chunks["label"].append(labels)
         chunks["p_true"].append(probs.gather(1, labels[:, None]).squeeze(1))
         chunks["predicted"].append(probs.argmax(dim=1))
+        p_other, other = probs.scatter(1, labels[:, None], -1.0).max(dim=1)  # most likely other label
+        chunks["other"].append(other)
+        chunks["p_other"].append(p_other)
         for k in ("per_sample_loss", "g", "weights"):
             chunks[k].append(out[k].float())
         zero_share.append((out["weights"] == 0).float().mean())
@@ -95,9 +94,13 @@ def train_one_epoch(s: Session, loader: Iterable, *, desc: str = "") -> dict[str
             bar.set_postfix(loss=f"{out['loss'].item():.4f}")
     bar.close()
     host = {k: torch.cat(v).cpu().numpy() for k, v in chunks.items()}
-    return {"index": host["index"], "label": host["label"], "loss": host["per_sample_loss"],
-            "g": host["g"], "weight": host["weights"], "p_true": host["p_true"], "predicted": host["predicted"],
-            "step_zero_frac": torch.stack(zero_share).cpu().numpy() if zero_share else np.zeros(0)}
+    records = dist.gather_arrays({"index": host["index"], "label": host["label"], "loss": host["per_sample_loss"],
+                                  "g": host["g"], "weight": host["weights"], "p_true": host["p_true"],
+                                  "predicted": host["predicted"], "other": host["other"],
+                                  "p_other": host["p_other"]})
+    steps = torch.stack(zero_share).cpu().numpy() if zero_share else np.zeros(0)
+    records["step_zero_frac"] = np.concatenate(dist.gather_objects(steps))
+    return records
 
 
 @torch.no_grad()
@@ -116,7 +119,10 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, autocas
         indices.append(index)
         labels.append(y)
         probs.append(p.cpu())
-    return torch.cat(indices).numpy(), torch.cat(labels).numpy(), torch.cat(probs).numpy()
+    out = dist.gather_arrays({"index": torch.cat(indices).numpy(), "label": torch.cat(labels).numpy(),
+                              "probs": torch.cat(probs).numpy()})
+    order = np.argsort(out["index"], kind="stable")
+    return out["index"][order], out["label"][order], out["probs"][order]
 
 
 def _train_summary(records: dict[str, np.ndarray]) -> dict[str, float]:

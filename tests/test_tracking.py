@@ -11,7 +11,8 @@ from dermlow import tracking
 def _rows(epoch, n=5):
     return pd.DataFrame({"epoch": epoch, "index": np.arange(n), "image_id": [f"ISIC_{i:07d}" for i in range(n)],
                          "label": np.arange(n) % 3, "loss": np.full(n, 0.5), "g": np.full(n, 0.1),
-                         "weight": np.ones(n), "p_true": np.full(n, 0.6), "predicted": np.zeros(n, int)})
+                         "weight": np.ones(n), "p_true": np.full(n, 0.6), "predicted": np.zeros(n, int),
+                         "other": np.ones(n, int), "p_other": np.full(n, 0.3)})
 
 
 def test_weight_log_appends_one_row_group_per_epoch(tmp_path):

@@ -1,0 +1,246 @@
+"""Views of single training images: lesion galleries, the case view, and the review list."""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+import review_data as data
+import streamlit as st
+
+from dermlow import review, runs, tracking
+from dermlow.errors import UserError
+
+TILE = 180  # thumbnail size in pixels
+PER_ROW = 6
+
+
+def open_case(image_id: str) -> None:
+    """Button callback: show this image in the case view."""
+    st.session_state["case_id"] = image_id
+    st.session_state["case_select"] = image_id
+    st.session_state["view"] = "Case"
+
+
+def not_started(run: runs.Run) -> bool:
+    """True (after saying so) for a run that has not completed its first epoch."""
+    if run.epochs_done == 0 and not (run.path / tracking.WEIGHTS).exists():
+        st.info("No epoch completed yet: this view fills in after the first epoch (use Reload).")
+        return True
+    return False
+
+
+def summary_or_stop(run: runs.Run) -> pd.DataFrame | None:
+    """The run's per-image weight summary, or None after showing why there is none."""
+    if not_started(run):
+        return None
+    try:
+        summary = data.weight_summary(str(run.path), data.stamp(run.path, tracking.WEIGHTS, tracking.MANIFEST))
+    except UserError as err:
+        st.error(str(err))
+        return None
+    if summary.empty:
+        st.info("No epoch logged yet: the galleries appear after the first completed epoch.")
+        return None
+    return summary
+
+
+def prediction_text(run: runs.Run, row: pd.Series) -> str:
+    """'NV 0.83' for the last epoch's prediction (its probability when the log allows)."""
+    p = row["pred_prob_last"]
+    return run.codes[int(row["predicted_last"])] + ("" if pd.isna(p) else f" {p:.2f}")
+
+
+def tile(run: runs.Run, row: pd.Series, section: str) -> None:
+    """One gallery tile: image, true and predicted label, mean weight, and an Open button."""
+    img, problem = data.load_image(run, row["path"], TILE)
+    st.image(img, width="stretch")
+    st.markdown(f"**{row['image_id']}**  \ntrue **{run.codes[int(row['label'])]}** · "
+                f"pred {prediction_text(run, row)}  \nmean weight **{row['weight_mean']:.2f}**")
+    if problem:
+        st.caption(f":red[{problem}]")
+    st.button("Open", key=f"open-{section}-{row['image_id']}", on_click=open_case, args=(row["image_id"],))
+
+
+def gallery(run: runs.Run, rows: pd.DataFrame, section: str) -> None:
+    for start in range(0, len(rows), PER_ROW):
+        cols = st.columns(PER_ROW)
+        for col, (_, row) in zip(cols, rows.iloc[start : start + PER_ROW].iterrows(), strict=False):
+            with col:
+                tile(run, row, section)
+
+
+def gallery_options_ui(run: runs.Run) -> tuple[int | None, int]:
+    """(class to show, None for all; number of images per gallery)."""
+    left, right = st.columns([2, 1])
+    label = left.selectbox("Class", [None, *range(len(run.codes))], key="gallery_class",
+                           format_func=lambda c: "All classes" if c is None else run.class_label(c))
+    n = right.number_input("Images per gallery", min_value=1, max_value=60, value=12, step=6, key="gallery_n")
+    return label, int(n)
+
+
+def galleries_view(run: runs.Run) -> None:
+    st.header("Lesion galleries")
+    st.caption("Training images ranked by the LOW weight averaged over all epochs so far. Low weight: the "
+               "model found them easy. High weight: hard, atypical or possibly mislabeled.")
+    summary = summary_or_stop(run)
+    if summary is None:
+        return
+    label, n = gallery_options_ui(run)
+    where = "all classes" if label is None else run.class_label(label)
+    for highest, section in ((False, "lowest"), (True, "highest")):
+        st.subheader(f"{n} {section}-weighted images — {where}")
+        gallery(run, runs.ranked_by_weight(summary, n, label=label, highest=highest), section)
+
+
+# ---------------------------------------------------------------- case view
+
+def case_selector_ui(summary: pd.DataFrame) -> str:
+    """The training image to show: the one last opened, else the first."""
+    ids = summary["image_id"].tolist()
+    if st.session_state.get("case_select") not in ids:
+        st.session_state["case_select"] = st.session_state.get("case_id") if st.session_state.get("case_id") in ids else ids[0]
+    choice = st.selectbox("Training image", ids, key="case_select")
+    st.session_state["case_id"] = choice
+    return choice
+
+
+def _line(frame: pd.DataFrame, y: str, title: str, **scale) -> alt.Chart:
+    return alt.Chart(frame).mark_line(point=True).encode(
+        x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)), y=alt.Y(f"{y}:Q", title=title, scale=alt.Scale(**scale)),
+        color=alt.Color("series:N", legend=alt.Legend(orient="bottom", title=None)))
+
+
+def trajectory_charts(run: runs.Run, index: int) -> None:
+    """Weight, loss and probabilities of one image across the epochs."""
+    traj = data.trajectories(str(run.path), data.stamp(run.path, tracking.WEIGHTS))
+    t = traj[traj["index"] == index].sort_values("epoch")
+    cols = st.columns(3)
+    cols[0].altair_chart(_line(t.assign(series="LOW weight"), "weight", "weight"), width="stretch")
+    cols[1].altair_chart(_line(t.assign(series="loss"), "loss", "loss"), width="stretch")
+    probs = {"given label": t["p_true"]} | ({"strongest other label": t["p_other"]} if "p_other" in t else {})
+    plong = pd.DataFrame({"epoch": t["epoch"], **probs}).melt(id_vars="epoch", var_name="series")
+    cols[2].altair_chart(_line(plong, "value", "probability", domain=[0, 1]), width="stretch")
+
+
+def facts(run: runs.Run, row: pd.Series, scores: pd.DataFrame) -> None:
+    score = scores.loc[scores["index"] == row["index"]]
+    lines = [f"**Given label:** {run.class_label(int(row['label']))}",
+             f"**Predicted (last epoch):** {run.class_label(int(row['predicted_last']))}"
+             + ("" if pd.isna(row["pred_prob_last"]) else f", probability {row['pred_prob_last']:.2f}"),
+             f"**p(given label):** mean {row['p_true_mean']:.2f}, last {row['p_true_last']:.2f}",
+             f"**Mean weight:** {row['weight_mean']:.2f} (weight > 1 in {row['weight_above1']:.0%} of epochs)",
+             f"**Misclassified in** {row['misclassified']:.0%} of {int(row['epochs'])} epochs"]
+    if row["other_label"] >= 0:
+        prob = "" if pd.isna(row["other_prob"]) else f", mean probability {row['other_prob']:.2f}"
+        lines.append(f"**Most likely other label:** {run.class_label(int(row['other_label']))}{prob}")
+    if not score.empty:
+        lines.append(f"**Flag score:** {score['score'].iloc[0]:.3f} (rank {int(score['rank'].iloc[0])} "
+                     f"of {len(scores)})")
+    if "flipped" in row and bool(row["flipped"]):
+        lines.append(f":orange[Label flipped on purpose for this study; original: "
+                     f"{run.class_label(int(row['original_label']))}]")
+    st.markdown("  \n".join(lines))
+
+
+def review_ui(run: runs.Run, row: pd.Series) -> None:
+    """Flag / unflag this image with a reason and a note (kept in review.csv)."""
+    current = data.read_review(str(run.path))
+    mine = current[current["image_id"] == row["image_id"]]
+    is_flagged = bool(len(mine) and mine["flagged"].iloc[0])
+    st.markdown("**Review:** " + (f":red[flagged — {mine['reason'].iloc[0]}]" if is_flagged else "not flagged"))
+    reason = st.selectbox("Reason", review.REASONS, key=f"reason-{row['image_id']}",
+                          index=review.REASONS.index(mine["reason"].iloc[0]) if len(mine) else 0)
+    note = st.text_area("Note", value=mine["note"].iloc[0] if len(mine) else "", key=f"note-{row['image_id']}")
+    left, right = st.columns(2)
+    if left.button("Flag", key="flag", type="primary"):
+        review.flag(run.path, row["image_id"], int(row["index"]), reason, note)
+        st.rerun()
+    if right.button("Unflag", key="unflag", disabled=not is_flagged):
+        review.unflag(run.path, row["image_id"])
+        st.rerun()
+
+
+def siblings(run: runs.Run, row: pd.Series) -> None:
+    lesion = row["lesion_id"]
+    if not isinstance(lesion, str) or not lesion:
+        st.caption("No lesion id recorded for this image.")
+        return
+    sib = run.manifest[(run.manifest["lesion_id"] == lesion) & (run.manifest["image_id"] != row["image_id"])]
+    st.subheader(f"Other images of lesion {lesion}")
+    if sib.empty:
+        st.caption("None: this is the lesion's only image.")
+        return
+    cols = st.columns(PER_ROW)
+    for col, (_, s) in zip(cols, sib.head(PER_ROW).iterrows(), strict=False):
+        img, problem = data.load_image(run, s["path"], TILE)
+        col.image(img, width="stretch")
+        col.markdown(f"**{s['image_id']}**  \n{s['split']} · {run.codes[int(s['label'])]}")
+        if problem:
+            col.caption(f":red[{problem}]")
+
+
+def case_view(run: runs.Run) -> None:
+    st.header("Case")
+    summary = summary_or_stop(run)
+    if summary is None:
+        return
+    image_id = case_selector_ui(summary)
+    row = summary.loc[summary["image_id"] == image_id].iloc[0]
+    scores = data.flag_scores(str(run.path), data.stamp(run.path, tracking.WEIGHTS, tracking.MANIFEST))
+    left, right = st.columns([3, 2])
+    with left:
+        img, problem = data.load_image(run, row["path"])
+        if problem:
+            st.error(problem)
+        st.image(img, caption=f"{image_id} — {row['path']}", width="stretch")
+    with right:
+        facts(run, row, scores)
+        review_ui(run, row)
+    st.subheader("Across the epochs")
+    trajectory_charts(run, int(row["index"]))
+    siblings(run, row)
+
+
+# ---------------------------------------------------------------- review list
+
+def review_view(run: runs.Run) -> None:
+    st.header("Review")
+    current = data.read_review(str(run.path))
+    marked = current[current["flagged"]]
+    st.subheader(f"Flagged cases ({len(marked)})")
+    if marked.empty:
+        st.caption("Nothing flagged yet: open a case (galleries or suggestions below) and flag it.")
+    else:
+        st.dataframe(marked.drop(columns=["flagged"]), hide_index=True)
+        stamp = data.stamp(run.path, tracking.WEIGHTS, tracking.MANIFEST, tracking.REVIEW)
+        try:
+            st.download_button("Download the flagged cases (CSV)", data.export_csv(str(run.path), stamp),
+                               file_name=f"{run.name}-flagged.csv", mime="text/csv")
+        except UserError as err:
+            st.error(str(err))
+        left, right = st.columns([3, 1], vertical_alignment="bottom")
+        gone = left.selectbox("Unflag", marked["image_id"].tolist(), key="unflag_select")
+        if right.button("Unflag", key="unflag_list"):
+            review.unflag(run.path, gone)
+            st.rerun()
+    suggestions(run)
+
+
+def suggestions(run: runs.Run) -> None:
+    """The images with the highest flag score: candidates for a second look."""
+    st.subheader("Suggested cases (highest flag score)")
+    if summary_or_stop(run) is None:
+        return
+    scores = data.flag_scores(str(run.path), data.stamp(run.path, tracking.WEIGHTS, tracking.MANIFEST)).head(20)
+    table = pd.DataFrame({
+        "rank": scores["rank"], "image_id": scores["image_id"],
+        "given label": [run.class_label(c) for c in scores["label"]],
+        "other label": [run.class_label(c) if c >= 0 else "" for c in scores["other_label"]],
+        "p(given label)": scores["p_true_mean"].round(3), "mean weight": scores["weight_mean"].round(3),
+        "score": scores["score"].round(3)})
+    st.dataframe(table, hide_index=True)
+    st.caption("Score: LOW weight history normalised within the class, mean probability of the given label "
+               "and share of epochs misclassified (see dermlow/flags.py).")
+    left, right = st.columns([3, 1], vertical_alignment="bottom")
+    pick = left.selectbox("Open a suggested case", scores["image_id"].tolist(), key="suggest_select")
+    right.button("Open", key="open-suggested", on_click=open_case, args=(pick,))

@@ -1,0 +1,129 @@
+"""Cached access to run folders for the app: thin wrappers over dermlow.runs / flags / review.
+
+Every loader takes the run folder as a string plus a `stamp` (the modification times of the
+files it reads), so a run that is still training shows its new epochs on the next rerun while
+unchanged files are read once. Errors a user can fix arrive as dermlow.errors.UserError.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+from PIL import Image, ImageDraw
+
+from dermlow import flags, review, runs, tracking
+
+TRAJECTORY_COLUMNS = ["epoch", "index", "weight", "loss", "g", "p_true", "predicted"]
+
+
+def stamp(run_dir: str | Path, *names: str) -> tuple:
+    """(name, mtime_ns, size) of the named run files (all the run's files when none are named)."""
+    run_dir = Path(run_dir)
+    names = names or (tracking.CONFIG, tracking.MANIFEST, tracking.CLASSES, tracking.METRICS, tracking.WEIGHTS,
+                      tracking.PREDICTIONS, tracking.PREDICTIONS_VAL, tracking.DONE)
+    out = []
+    for name in names:
+        try:
+            s = (run_dir / name).stat()
+            out.append((name, s.st_mtime_ns, s.st_size))
+        except OSError:
+            out.append((name, None, None))
+    return tuple(out)
+
+
+@st.cache_data(show_spinner=False, ttl=20)
+def find_runs(root: str) -> list[str]:
+    """Run folders under `root` (re-scanned every 20 s, so new runs appear)."""
+    return [str(p) for p in runs.find_runs(root)]
+
+
+@st.cache_data(show_spinner=False)
+def load_run(run_dir: str, stamp: tuple) -> runs.Run:
+    return runs.load_run(run_dir)
+
+
+@st.cache_data(show_spinner="Reading the weight log…")
+def weight_summary(run_dir: str, stamp: tuple) -> pd.DataFrame:
+    return runs.weight_summary(run_dir)
+
+
+@st.cache_data(show_spinner=False)
+def flag_scores(run_dir: str, stamp: tuple) -> pd.DataFrame:
+    return flags.flag_scores(weight_summary(run_dir, stamp))
+
+
+@st.cache_resource(show_spinner="Reading the weight log…", max_entries=4)
+def trajectories(run_dir: str, stamp: tuple) -> pd.DataFrame:
+    """The per-epoch columns the case view plots, for every image (shared, not copied: read only)."""
+    extra = [c for c in runs.OPTIONAL_WEIGHT_COLUMNS if c in runs.weight_columns(run_dir)]
+    return runs.load_weights(run_dir, columns=TRAJECTORY_COLUMNS + extra)
+
+
+@st.cache_data(show_spinner=False)
+def class_weight_curves(run_dir: str, stamp: tuple) -> pd.DataFrame:
+    """Mean weight per (epoch, training label): the paper's weight-per-class figures."""
+    w = runs.load_weights(run_dir, columns=["epoch", "label", "weight"])
+    return w.groupby(["epoch", "label"], as_index=False)["weight"].mean()
+
+
+@st.cache_data(show_spinner=False)
+def weight_quantiles(run_dir: str, stamp: tuple) -> pd.DataFrame:
+    """Quantiles (5, 25, 50, 75, 95 %) and mean of the weights of each epoch."""
+    w = runs.load_weights(run_dir, columns=["epoch", "weight"])
+    q = w.groupby("epoch")["weight"].quantile([0.05, 0.25, 0.5, 0.75, 0.95]).unstack()
+    q.columns = ["p5", "p25", "median", "p75", "p95"]
+    q["mean"] = w.groupby("epoch")["weight"].mean()
+    return q.reset_index()
+
+
+@st.cache_data(show_spinner=False)
+def epoch_weights(run_dir: str, epoch: int, stamp: tuple) -> np.ndarray:
+    """All weights of one epoch (one parquet row group)."""
+    return runs.load_weights(run_dir, columns=["weight"], epochs=[epoch])["weight"].to_numpy()
+
+
+@st.cache_data(show_spinner=False)
+def predictions(run_dir: str, split: str, stamp: tuple) -> pd.DataFrame:
+    return runs.load_predictions(run_dir, split)
+
+
+@st.cache_data(show_spinner=False)
+def export_csv(run_dir: str, stamp: tuple) -> bytes:
+    """The reviewed cases as CSV, through the same function as `dermlow flag`."""
+    return flags.export_flags(run_dir, reviewed_only=True).to_csv(index=False).encode("utf-8")
+
+
+def read_review(run_dir: str) -> pd.DataFrame:
+    """review.csv, read fresh each time (it is small and the app itself changes it)."""
+    return review.read_review(run_dir)
+
+
+def placeholder(size: int, text: str) -> Image.Image:
+    """A grey tile saying why there is no picture."""
+    img = Image.new("RGB", (size, size), (200, 200, 200))
+    ImageDraw.Draw(img).text((8, size // 2 - 6), text, fill=(60, 60, 60))
+    return img
+
+
+@st.cache_data(show_spinner=False, max_entries=2000)
+def _thumbnail(path: str, size: int | None, mtime: int) -> Image.Image:
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        if size:
+            img.thumbnail((size, size))
+        return img
+
+
+def load_image(run: runs.Run, path: str, size: int | None = None) -> tuple[Image.Image, str | None]:
+    """The image at a manifest path (a thumbnail when `size` is given), or a placeholder and the
+    reason it could not be shown."""
+    file = run.image_path(path)
+    try:
+        return _thumbnail(str(file), size, file.stat().st_mtime_ns), None
+    except FileNotFoundError:
+        return placeholder(size or 256, "image missing"), f"Image not found: {file} (moved or deleted since training)."
+    except OSError as err:
+        return placeholder(size or 256, "unreadable image"), f"Image {file} cannot be read: {err}"

@@ -1,0 +1,206 @@
+"""Views of a run's results: the runs table, per-class metrics, weights over training."""
+
+from __future__ import annotations
+
+import altair as alt
+import numpy as np
+import pandas as pd
+import review_cases as cases
+import review_data as data
+import streamlit as st
+from sklearn.metrics import roc_curve
+
+from dermlow import metrics, runs, tracking
+from dermlow.errors import UserError
+
+LOSSES = {"ce": "CE", "balanced_ce": "bCE", "focal": "FL"}
+WEIGHTINGS = {"low": "LOW", "none": "", "spl": "SPL", "is": "IS"}
+SCORES = {"acc": "Acc", "bacc": "BAcc", "mauc": "mAUC", "mf1": "mF1"}
+CURVES = {
+    "loss": {"train_loss": "training (weighted)", "train_loss_unweighted": "training", "val_loss": "validation",
+             "test_loss": "test"},
+    "bacc": {"train_acc": "training (accuracy)", "val_bacc": "validation", "test_bacc": "test"},
+}
+
+
+# ---------------------------------------------------------------- runs table
+
+def setup_of(run: runs.Run) -> dict:
+    """The fields that define a setup (everything but the seed): runs sharing them are repeats."""
+    c = run.config
+    loss = (c.get("loss") or {}).get("name", "ce")
+    weighting = (c.get("weighting") or {}).get("name", "none")
+    method = " + ".join(p for p in [LOSSES.get(loss, loss), WEIGHTINGS.get(weighting, weighting)] if p)
+    lam = (c.get("weighting") or {}).get("lam") if weighting == "low" else None
+    return {"dataset": (c.get("data") or {}).get("dataset", ""), "model": (c.get("model") or {}).get("name", ""),
+            "method": method, "loss": LOSSES.get(loss, loss), "weighting": weighting or "none",
+            "lambda": "" if lam is None else f"{lam:g}", "epochs": run.epochs_planned or "",
+            "flipped labels": (c.get("data") or {}).get("flip_labels") or 0}
+
+
+def best_row(run: runs.Run) -> pd.Series | None:
+    """The metrics row of the best validation BAcc (the epoch predictions.csv comes from)."""
+    m = run.metrics
+    if m.empty:
+        return None
+    if "val_bacc" in m and m["val_bacc"].notna().any():
+        return m.loc[m["val_bacc"].idxmax()]
+    return m.iloc[-1]
+
+
+def run_rows(loaded: list[runs.Run]) -> pd.DataFrame:
+    """One row per run: its setup, seed, progress and test metrics at the best validation epoch."""
+    rows = []
+    for run in loaded:
+        best = best_row(run)
+        row = {"run": run.name, **setup_of(run), "seed": (run.config.get("run") or {}).get("seed", ""),
+               "status": "finished" if run.done else f"training ({run.epochs_done}/{run.epochs_planned or '?'})",
+               "best epoch": int(best["epoch"]) if best is not None else None}
+        for key, label in SCORES.items():
+            row[label] = float(best[f"test_{key}"]) if best is not None and f"test_{key}" in best else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _mean_std(values: pd.Series) -> str:
+    v = values.dropna() * 100
+    if v.empty:
+        return "—"
+    return f"{v.mean():.1f}" if len(v) == 1 else f"{v.mean():.1f} ± {v.std(ddof=1):.1f}"
+
+
+def setups_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± standard deviation (in %) over the seeds of each setup, like the paper's Tables 3/4."""
+    keys = ["dataset", "model", "method", "lambda", "epochs", "flipped labels"]
+    grouped = rows.groupby(keys, sort=False, dropna=False)
+    out = grouped.agg(runs=("run", "size")).reset_index()
+    for label in SCORES.values():
+        out[label] = grouped[label].apply(_mean_std).to_numpy()
+    return out
+
+
+def runs_view(run_dirs: list[str]) -> None:
+    st.header("Runs")
+    st.caption("Test-split metrics at the epoch with the best validation balanced accuracy "
+               "(the checkpoint whose predictions are saved). Mean ± standard deviation over seeds, in %.")
+    loaded, problems = [], []
+    for d in run_dirs:
+        try:
+            loaded.append(data.load_run(d, data.stamp(d, tracking.CONFIG, tracking.METRICS, tracking.DONE)))
+        except UserError as err:
+            problems.append(str(err))
+    for p in problems:
+        st.error(p)
+    if not loaded:
+        return
+    rows = run_rows(loaded)
+    st.dataframe(setups_table(rows), hide_index=True)
+    with st.expander("Every run"):
+        st.dataframe(rows.style.format({k: "{:.3f}" for k in SCORES.values()}, na_rep="—"), hide_index=True)
+
+
+# ---------------------------------------------------------------- per class
+
+def split_ui(key: str) -> str:
+    return st.radio("Split", ["test", "val"], horizontal=True, key=key,
+                    format_func=lambda s: {"test": "Test", "val": "Validation"}[s])
+
+
+def roc_frame(y: np.ndarray, probs: np.ndarray, run: runs.Run) -> pd.DataFrame:
+    """One-vs-rest ROC curve points per class with both positives and negatives."""
+    parts = []
+    for c in range(len(run.codes)):
+        pos = y == c
+        if pos.all() or not pos.any():
+            continue
+        fpr, tpr, _ = roc_curve(pos, probs[:, c])
+        parts.append(pd.DataFrame({"false positive rate": fpr, "true positive rate": tpr,
+                                   "class": run.class_label(c)}))
+    return pd.concat(parts) if parts else pd.DataFrame()
+
+
+def confusion_chart(cm: np.ndarray, run: runs.Run) -> alt.Chart:
+    frame = pd.DataFrame([(run.codes[i], run.codes[j], int(cm[i, j])) for i in range(len(cm)) for j in range(len(cm))],
+                         columns=["true", "predicted", "images"])
+    base = alt.Chart(frame).encode(x=alt.X("predicted:N", sort=run.codes), y=alt.Y("true:N", sort=run.codes))
+    cells = base.mark_rect().encode(color=alt.Color("images:Q", scale=alt.Scale(scheme="blues")))
+    return (cells + base.mark_text().encode(text="images:Q")).properties(height=360)
+
+
+def training_curves(run: runs.Run) -> None:
+    m = run.metrics
+    if m.empty:
+        st.info("No completed epoch yet: the curves appear after the first one.")
+        return
+    left, right = st.columns(2)
+    loss = {k: v for k, v in CURVES["loss"].items() if k in m}
+    bacc = {k: v for k, v in CURVES["bacc"].items() if k in m}
+    left.caption("Loss per epoch")
+    left.line_chart(m.set_index("epoch")[list(loss)].rename(columns=loss))
+    right.caption("Balanced accuracy per epoch")
+    right.line_chart(m.set_index("epoch")[list(bacc)].rename(columns=bacc))
+
+
+def per_class_view(run: runs.Run) -> None:
+    st.header("Per-class results")
+    split = split_ui("per_class_split")
+    pred = data.predictions(str(run.path), split, data.stamp(run.path, tracking.PREDICTIONS, tracking.PREDICTIONS_VAL))
+    if pred.empty:
+        st.info(f"No {split} predictions yet: they are written after the first epoch.")
+    else:
+        y, probs = pred["label"].to_numpy(), pred[run.codes].to_numpy(dtype=float)
+        report = metrics.per_class_report(y, probs, run.codes, run.names)
+        report.insert(0, "class", [run.class_label(i) for i in range(len(run.codes))])
+        overall = metrics.classification_metrics(y, probs)
+        cols = st.columns(4)
+        for col, (key, label) in zip(cols, SCORES.items(), strict=True):
+            col.metric(label, f"{overall[key] * 100:.1f} %")
+        st.dataframe(report.drop(columns=["code", "name"]).style.format(
+            {"precision": "{:.3f}", "recall": "{:.3f}", "f1": "{:.3f}", "auc": "{:.3f}"}, na_rep="—"), hide_index=True)
+        left, right = st.columns(2)
+        left.subheader("Confusion matrix")
+        left.altair_chart(confusion_chart(metrics.confusion(y, probs.argmax(1), len(run.codes)), run), width="stretch")
+        right.subheader("ROC curves (one vs rest)")
+        roc = roc_frame(y, probs, run)
+        if not roc.empty:
+            order = [run.class_label(c) for c in range(len(run.codes))]
+            right.altair_chart(alt.Chart(roc).mark_line().encode(
+                x="false positive rate:Q", y="true positive rate:Q", color=alt.Color("class:N", sort=order),
+            ).properties(height=360), width="stretch")
+    st.subheader("Training curves")
+    training_curves(run)
+
+
+# ---------------------------------------------------------------- weights
+
+def weights_view(run: runs.Run) -> None:
+    st.header("Weights over training")
+    st.caption("The weight LOW gave each training image in each epoch (1 = an ordinary sample).")
+    if cases.not_started(run):
+        return
+    stamp = data.stamp(run.path, tracking.WEIGHTS)
+    curves = data.class_weight_curves(str(run.path), stamp)
+    if curves.empty:
+        st.info("No epoch logged yet.")
+        return
+    curves["class"] = [run.class_label(c) for c in curves["label"]]
+    st.subheader("Average weight per class")
+    order = [run.class_label(c) for c in range(len(run.codes))]
+    st.altair_chart(alt.Chart(curves).mark_line(point=True).encode(
+        x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)), y=alt.Y("weight:Q", title="mean weight"), color=alt.Color("class:N", sort=order)), width="stretch")
+    st.subheader("Distribution of weights per epoch")
+    q = data.weight_quantiles(str(run.path), stamp)
+    base = alt.Chart(q).encode(x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)))
+    band = base.mark_area(opacity=0.2).encode(y=alt.Y("p5:Q", title="weight"), y2="p95:Q")
+    iqr = base.mark_area(opacity=0.4).encode(y="p25:Q", y2="p75:Q")
+    st.altair_chart(band + iqr + base.mark_line().encode(y="median:Q"), width="stretch")
+    st.caption("Light band: 5–95 % of the images; dark band: 25–75 %; line: median.")
+    epochs = sorted(curves["epoch"].unique())
+    epoch = st.select_slider("Epoch", options=epochs, value=epochs[-1]) if len(epochs) > 1 else epochs[0]
+    w = data.epoch_weights(str(run.path), int(epoch), stamp)
+    counts, edges = np.histogram(w, bins=40)
+    hist = pd.DataFrame({"from": edges[:-1], "to": edges[1:], "images": counts})
+    st.caption(f"Weights of epoch {epoch}: {len(w)} images, mean {w.mean():.3f}, {np.mean(w == 0):.1%} exactly zero.")
+    st.altair_chart(alt.Chart(hist).mark_bar().encode(
+        x=alt.X("from:Q", bin="binned", title="weight", scale=alt.Scale(zero=False)), x2="to:Q",
+        y=alt.Y("images:Q", stack=None)), width="stretch")

@@ -1,0 +1,383 @@
+"""Torch datasets over a manifest or in-memory arrays, an on-disk preprocessing cache, and seeded loaders.
+
+Reproducibility: the order of an epoch is `epoch_permutation(n, seed, epoch)`, and every item's
+augmentation is drawn from its own generator seeded by (seed, epoch, manifest index). The
+sampler of `make_loader` hands each dataset a `SampleKey(row, seed, epoch)`, so the batches of
+an epoch are a pure function of (seed, epoch): the same with 0 or 8 workers, the same for every
+weighting method compared on one seed, and the same again when a run resumes.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from dermlow.errors import UserError
+from dermlow.transforms import preprocess
+
+logger = logging.getLogger(__name__)
+
+CACHE_VERSION = 1  # bump when preprocess() changes output for the same parameters
+_REQUIRED_COLUMNS = ("index", "image_id", "path", "label")
+# Stream tags keep the permutation, item, loader and worker seeds of one (seed, epoch) unrelated.
+_PERMUTATION, _ITEM, _LOADER, _WORKER = 1, 2, 3, 4
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image file to uint8 HxWx3 RGB (grayscale and RGBA become RGB, 16-bit becomes 8-bit)."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        if not Path(path).is_file():
+            raise UserError(f"{path}: image file not found; check the manifest's `path` column or the data folder.")
+        raise UserError(f"{path}: cannot decode this file as an image; replace it or remove it from the data.")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _mix(*words: int) -> int:
+    """A 64-bit seed that is a pure function of non-negative integers (numpy SeedSequence hashing)."""
+    if any(w < 0 for w in words):
+        raise ValueError(f"seeds, epochs and indices must be non-negative, got {words}")
+    lo, hi = np.random.SeedSequence(list(words)).generate_state(2, np.uint32)
+    return int(hi) << 32 | int(lo)
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of the sample with manifest index `index` in epoch `epoch` of run seed `seed`."""
+    return _mix(_ITEM, seed, epoch, index)
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """Order of the n training samples in an epoch: a pure function of (seed, epoch)."""
+    generator = torch.Generator().manual_seed(_mix(_PERMUTATION, seed, epoch))
+    return torch.randperm(n, generator=generator)
+
+
+class SampleKey(NamedTuple):
+    """What `EpochSampler` yields: the dataset row and the (seed, epoch) its augmentation derives from."""
+
+    row: int
+    seed: int
+    epoch: int
+
+
+def _resolve(key: int | SampleKey, indices: np.ndarray) -> tuple[int, int]:
+    """(row, augmentation seed) of a dataset key; a plain int row uses seed 0, epoch 0."""
+    if isinstance(key, SampleKey):
+        return key.row, item_seed(key.seed, key.epoch, int(indices[key.row]))
+    row = int(key)
+    return row, item_seed(0, 0, int(indices[row]))
+
+
+class EpochSampler(Sampler):
+    """Rows in `epoch_permutation` order (or in row order when shuffle is False), as `SampleKey`s
+    or, with keys=False (for datasets that take only ints), as plain ints.
+
+    With `world` > 1 (DistributedDataParallel) it yields rank `rank`'s share of that same order,
+    padded by wrapping so that every process takes the same number of steps.
+    """
+
+    def __init__(self, n: int, *, shuffle: bool, seed: int, epoch: int, keys: bool = True,
+                 rank: int = 0, world: int = 1):
+        self.n, self.shuffle, self.seed, self.epoch, self.keys = n, shuffle, seed, epoch, keys
+        self.rank, self.world = rank, world
+
+    def __iter__(self) -> Iterator[SampleKey | int]:
+        from dermlow.distributed import shard
+
+        rows = epoch_permutation(self.n, self.seed, self.epoch).tolist() if self.shuffle else list(range(self.n))
+        rows = shard(rows, self.rank, self.world)
+        if not self.keys:
+            return iter(rows)
+        return (SampleKey(r, self.seed, self.epoch) for r in rows)
+
+    def __len__(self) -> int:
+        return -(-self.n // self.world)
+
+
+def seed_worker(worker_id: int, *, seed: int, epoch: int) -> None:
+    """DataLoader worker_init_fn: seed torch, numpy and random from (seed, epoch, worker id).
+
+    dermlow's own augmentation does not use these global generators (see the module docstring);
+    this keeps any third-party transform that does reproducible too. (It must not call
+    cv2.setNumThreads: in a forked worker that tears down the parent's dead thread pool and hangs.)
+    """
+    s = _mix(_WORKER, seed, epoch, worker_id)
+    torch.manual_seed(s)
+    np.random.seed(s % 2**32)
+    random.seed(s)
+
+
+def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int, epoch: int,
+                num_workers: int, pin_memory: bool = False, drop_last: bool = False,
+                rank: int = 0, world: int = 1) -> DataLoader:
+    """A DataLoader whose order and augmentation are a pure function of (seed, epoch).
+
+    Make a new one per epoch. Datasets with `accepts_sample_keys = True` (ManifestDataset,
+    ArrayDataset) get `SampleKey`s and seed each item's augmentation; any other map-style dataset
+    gets plain row numbers (its order is still seeded). The loader's own generator is seeded
+    too, so creating and iterating it never consumes the caller's global torch RNG.
+    """
+    keys = bool(getattr(dataset, "accepts_sample_keys", False))
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=EpochSampler(len(dataset), shuffle=shuffle, seed=seed, epoch=epoch, keys=keys, rank=rank,
+                             world=world),
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        drop_last=drop_last,
+        worker_init_fn=functools.partial(seed_worker, seed=seed, epoch=epoch) if num_workers > 0 else None,
+        generator=torch.Generator().manual_seed(_mix(_LOADER, seed, epoch)),
+    )
+
+
+class ImageCache:
+    """On-disk cache of `preprocess`ed images (Shades of Gray + resize), one .npy file per image.
+
+    Files live in `cache_dir/<params>/<image_id>.<source key>.npy`. The folder name hashes the
+    parameters (image_size, p, CACHE_VERSION), so other parameters use another folder; the
+    source key hashes the source's absolute path, size and mtime, so a rewritten source
+    misses and is recomputed. The cache is never the source of truth: the source must exist.
+    Writes go to a unique temporary file then `os.replace`, so concurrent DataLoader workers
+    and a kill mid-write never expose a partial file; an unreadable file is recomputed anyway.
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike, *, image_size: int = 300, p: float = 6):
+        self.image_size, self.p = int(image_size), float(p)
+        params = {"step": "shades_of_gray+resize", "image_size": self.image_size, "p": self.p,
+                  "version": CACHE_VERSION}
+        digest = hashlib.blake2b(json.dumps(params, sort_keys=True).encode(), digest_size=4).hexdigest()
+        self.root = Path(cache_dir) / f"sog{self.p:g}_{self.image_size}px_v{CACHE_VERSION}_{digest}"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if not (self.root / "params.json").exists():
+                self._write_atomic(self.root / "params.json", lambda f: f.write(json.dumps(params).encode()))
+        except OSError as err:
+            raise UserError(f"{cache_dir}: cannot create the image cache there ({err}); "
+                            "choose another cache folder or fix its permissions.") from err
+        self._warned_write = False
+
+    def file_for(self, path: str | os.PathLike, image_id: str) -> Path:
+        """The cache file that holds `path`'s current contents (which may not exist yet)."""
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise UserError(f"{path}: image file not found; check the manifest's `path` column "
+                            "or the data folder.") from None
+        source = f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}".encode()
+        key = hashlib.blake2b(source, digest_size=8).hexdigest()
+        safe_id = re.sub(r"[^A-Za-z0-9_.-]", "_", str(image_id))[:100]
+        return self.root / f"{safe_id}.{key}.npy"
+
+    def get(self, path: str | os.PathLike, image_id: str) -> np.ndarray:
+        """The preprocessed image of `path` (uint8 image_size x image_size x 3 RGB), from disk if cached."""
+        target = self.file_for(path, image_id)
+        image = self._load(target)
+        if image is None:
+            image = preprocess(read_image(path), image_size=self.image_size, p=self.p)
+            self._store(target, image)
+        return image
+
+    def build(self, manifest: pd.DataFrame, workers: int | None = None, progress: bool = True) -> int:
+        """Fill the cache for every row of `manifest` (thread pool); returns how many images were computed."""
+        pairs = list(zip(manifest["path"].astype(str), manifest["image_id"].astype(str), strict=True))
+        computed = 0
+        with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+            futures = [pool.submit(self._ensure, path, image_id) for path, image_id in pairs]
+            try:
+                for future in tqdm(as_completed(futures), total=len(futures), desc="caching images",
+                                   disable=not progress, unit="img"):
+                    computed += future.result()
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+        logger.info("image cache %s: %d computed, %d already there", self.root, computed, len(pairs) - computed)
+        return computed
+
+    def _ensure(self, path: str, image_id: str) -> bool:
+        target = self.file_for(path, image_id)
+        if self._load(target) is not None:
+            return False
+        self._store(target, preprocess(read_image(path), image_size=self.image_size, p=self.p))
+        return True
+
+    def _load(self, target: Path) -> np.ndarray | None:
+        try:
+            image = np.load(target, allow_pickle=False)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, EOFError) as err:
+            logger.warning("unreadable cache file %s (%s): recomputing it", target, err)
+            return None
+        if image.dtype != np.uint8 or image.shape != (self.image_size, self.image_size, 3):
+            logger.warning("cache file %s holds %s %s: recomputing it", target, image.dtype, image.shape)
+            return None
+        return image
+
+    def _store(self, target: Path, image: np.ndarray) -> None:
+        try:
+            self._write_atomic(target, lambda f: np.save(f, image, allow_pickle=False))
+        except OSError as err:  # a full or read-only disk slows training down but must not stop it
+            if not self._warned_write:
+                logger.warning("cannot write to the image cache %s (%s); going on without caching", self.root, err)
+                self._warned_write = True
+
+    @staticmethod
+    def _write_atomic(target: Path, write: Callable[[Any], Any]) -> None:
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                write(f)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def _check_manifest(manifest: pd.DataFrame) -> None:
+    missing = [c for c in _REQUIRED_COLUMNS if c not in manifest.columns]
+    if missing:
+        raise UserError(f"the manifest lacks the column(s) {missing} (it has {list(manifest.columns)}); "
+                        "rebuild it with dermlow's data readers.")
+    if manifest["label"].isna().any():
+        raise UserError("the manifest has rows without a label; every image used for training or evaluation needs one.")
+
+
+def _seeded_albumentations(transform: Callable[..., dict], image: np.ndarray, seed: int) -> Any:
+    """Run an albumentations pipeline with its randomness drawn from `seed`.
+
+    One shared generator for all its transforms: Compose.set_random_seed would give each child
+    the same seed, so e.g. the horizontal and vertical flips would always agree.
+    """
+    if hasattr(transform, "set_random_state"):
+        transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+    return transform(image=image)["image"]
+
+
+class ManifestDataset(Dataset):
+    """Images of a manifest: `dataset[key]` is (image CxHxW float32, label, manifest index).
+
+    Each access decodes the source, applies Shades of Gray and resizes to image_size (or reads
+    that result from `cache`), then runs the albumentations `transform` (which must end with
+    ToTensorV2). Keys are `SampleKey`s from `make_loader`, or plain row numbers, which use
+    (seed 0, epoch 0): `dataset[i]` is therefore the same every time.
+    """
+
+    accepts_sample_keys = True
+
+    def __init__(self, manifest: pd.DataFrame, *, transform: Callable[..., dict], image_size: int = 300,
+                 cache: ImageCache | None = None, p: float = 6):
+        _check_manifest(manifest)
+        if cache is not None and (cache.image_size, cache.p) != (image_size, float(p)):
+            raise ValueError(f"cache holds {cache.image_size}px p={cache.p:g} images, dataset wants "
+                             f"{image_size}px p={p:g}")
+        self.transform, self.image_size, self.cache, self.p = transform, image_size, cache, p
+        # numpy arrays rather than lists of str: forked workers then share them without copying.
+        self.paths = manifest["path"].astype(str).to_numpy(dtype=str)
+        self.image_ids = manifest["image_id"].astype(str).to_numpy(dtype=str)
+        self.labels = manifest["label"].to_numpy(dtype=np.int64)
+        self.indices = manifest["index"].to_numpy(dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def load(self, row: int) -> np.ndarray:
+        """The preprocessed uint8 RGB image of `row`, before augmentation."""
+        if self.cache is not None:
+            return self.cache.get(self.paths[row], self.image_ids[row])
+        return preprocess(read_image(self.paths[row]), image_size=self.image_size, p=self.p)
+
+    def __getitem__(self, key: int | SampleKey) -> tuple[torch.Tensor, int, int]:
+        row, seed = _resolve(key, self.indices)
+        image = _seeded_albumentations(self.transform, self.load(row), seed)
+        return image, int(self.labels[row]), int(self.indices[row])
+
+
+def _per_channel(values: Sequence[float] | None, channels: int, default: float) -> torch.Tensor:
+    v = torch.tensor([default] if values is None else list(values), dtype=torch.float32)
+    if v.numel() not in (1, channels):
+        raise ValueError(f"need 1 or {channels} normalisation values, got {v.numel()}")
+    return v.expand(channels).reshape(channels, 1, 1).clone()
+
+
+class ArrayDataset(Dataset):
+    """In-memory uint8 images (NHW or NHWC), e.g. MNIST or CIFAR: `dataset[key]` is
+    (image CxHxW float32, label, index), like ManifestDataset.
+
+    Pixels are scaled to [0, 1], passed to `transform(x, generator=g)` (g a torch.Generator
+    seeded from (seed, epoch, index), so zero padding means black), then normalised with mean/std
+    (None: no normalisation).
+    """
+
+    accepts_sample_keys = True
+
+    def __init__(self, images: np.ndarray, labels: Sequence[int], indices: Sequence[int], *,
+                 transform: Callable[..., torch.Tensor] | None = None,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[3] not in (1, 3)):
+            raise ValueError(f"expected uint8 images shaped NHW or NHWC (C 1 or 3), got {images.dtype} {images.shape}")
+        if images.ndim == 3:
+            images = images[..., None]
+        self.images = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.indices = np.asarray(indices, dtype=np.int64)
+        if not len(self.images) == len(self.labels) == len(self.indices):
+            raise ValueError(f"{len(self.images)} images, {len(self.labels)} labels, {len(self.indices)} indices")
+        channels = self.images.shape[1]
+        self.transform = transform
+        self.mean, self.std = _per_channel(mean, channels, 0.0), _per_channel(std, channels, 1.0)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, key: int | SampleKey) -> tuple[torch.Tensor, int, int]:
+        row, seed = _resolve(key, self.indices)
+        x = self.images[row].float().div_(255.0)
+        if self.transform is not None:
+            x = self.transform(x, generator=torch.Generator().manual_seed(seed))
+        return (x - self.mean) / self.std, int(self.labels[row]), int(self.indices[row])
+
+
+class CifarTrainTransform:
+    """Random crop of a zero-padded CHW image back to its size, then a horizontal flip with
+    probability 1/2 (the standard CIFAR augmentation); randomness from the given generator."""
+
+    def __init__(self, pad: int = 4):
+        if pad < 0:
+            raise ValueError(f"pad must be >= 0, got {pad}")
+        self.pad = pad
+
+    def __call__(self, x: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
+        _, h, w = x.shape
+        padded = torch.nn.functional.pad(x, (self.pad,) * 4)
+        top, left = torch.randint(0, 2 * self.pad + 1, (2,), generator=generator).tolist()
+        out = padded[:, top:top + h, left:left + w]
+        if torch.rand((), generator=generator).item() < 0.5:
+            out = out.flip(2)
+        return out.contiguous()
+
+    def __repr__(self) -> str:
+        return f"CifarTrainTransform(pad={self.pad})"
+
+
+def cifar_train_transform(pad: int = 4) -> CifarTrainTransform:
+    """The CIFAR training augmentation for ArrayDataset: pad-and-random-crop, horizontal flip."""
+    return CifarTrainTransform(pad)

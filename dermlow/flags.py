@@ -1,0 +1,250 @@
+"""Ranking training images that deserve a second look (hard or possibly mislabeled) and exporting them.
+
+The flag score of an image combines four components of its training history, each oriented so
+that higher is more suspicious:
+
+- weight_excess: its LOW weight averaged over *all* logged epochs, minus the median of that mean
+  over the images *of the same class* that the model mostly agreed with (misclassified <= 0.5;
+  the whole class when fewer than `min_reference` such images exist). This normalises within the
+  class, so a rare class, whose images all get large weights, is not flagged for being rare,
+  while the reference stays clean even when many of a class's labels are wrong.
+- above1_excess: the share of epochs with weight > 1, normalised the same way.
+- contradiction: 1 - mean probability of the given label over the epochs.
+- misclassified: the share of epochs whose prediction differs from the given label.
+
+Each component is turned into its percentile rank over the run (0..1, ties averaged), which
+makes weights and probabilities commensurable and keeps an extreme weight from dominating; the
+score is the weighted mean of those ranks with SHARES: the weight history 1/3 (mean weight 1/4,
+share above 1 1/12: that share saturates and is coarse), contradiction 1/3, misclassification
+1/3. Rank 1 is the most suspicious image. The average over all epochs matters: a late-epoch
+average misses labels the network has memorised by then.
+
+The most likely other label is the most frequent runner-up class (`other` in the weight log,
+when training logged it; else the most frequent wrong prediction) with its mean probability
+(`p_other`, when logged) and the share of epochs it was predicted (other_votes).
+
+`evaluate_flags` measures all this on runs trained with deliberately flipped labels.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dermlow import review, runs, tracking
+from dermlow.errors import UserError
+
+log = logging.getLogger(__name__)
+
+SHARES = {"weight_excess": 0.25, "above1_excess": 1 / 12, "contradiction": 1 / 3, "misclassified": 1 / 3}
+COMPONENTS = tuple(SHARES)
+NEEDED = ("label", "weight_mean", "weight_above1", "p_true_mean", "misclassified")
+
+
+def _class_excess(summary: pd.DataFrame, column: str, min_reference: int) -> pd.Series:
+    """`column` minus the median over the image's class's reference images (mostly agreed with)."""
+    by = summary["label"]
+    agreed = summary["misclassified"] <= 0.5
+    ref = summary[column].where(agreed).groupby(by).transform("median")
+    whole = summary.groupby("label")[column].transform("median")
+    enough = agreed.groupby(by).transform("sum") >= min_reference
+    return summary[column] - ref.where(enough, whole)
+
+
+def flag_scores(summary: pd.DataFrame, *, shares: dict[str, float] | None = None,
+                min_reference: int = 5) -> pd.DataFrame:
+    """Add the components, their percentile ranks (`<component>_pct`), `score` and `rank` (1 = most
+    suspicious) to a `runs.weight_summary` frame; sorted by rank. See the module docstring."""
+    shares = dict(SHARES if shares is None else shares)
+    unknown = sorted(set(shares) - set(COMPONENTS))
+    if unknown:
+        raise ValueError(f"unknown score components {unknown}; valid: {', '.join(COMPONENTS)}")
+    missing = [c for c in NEEDED if c not in summary.columns]
+    if missing:
+        raise ValueError(f"summary lacks column(s) {missing}: pass runs.weight_summary(run_dir)")
+    out = summary.copy()
+    out["weight_excess"] = _class_excess(out, "weight_mean", min_reference)
+    out["above1_excess"] = _class_excess(out, "weight_above1", min_reference)
+    out["contradiction"] = 1.0 - out["p_true_mean"]
+    total = sum(shares.values())
+    out["score"] = 0.0
+    for name in COMPONENTS:
+        out[f"{name}_pct"] = out[name].rank(pct=True, method="average")
+        out["score"] += shares.get(name, 0.0) / total * out[f"{name}_pct"]
+    out["rank"] = out["score"].rank(ascending=False, method="first").astype(np.int64)
+    return out.sort_values("rank").reset_index(drop=True)
+
+
+def _code(codes: list[str], label: pd.Series) -> pd.Series:
+    """Class codes for label numbers; '' for -1 (no other label seen)."""
+    table = np.array([*codes, ""], dtype=object)
+    return pd.Series(table[label.to_numpy(dtype=np.int64)], index=label.index)
+
+
+def _named(run: runs.Run, label: pd.Series) -> pd.Series:
+    return label.map(lambda v: run.class_label(v) if v >= 0 else "")
+
+
+def _with_review(scored: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
+    """Join the app's review flags: review_flagged, review_reason, review_note, review_updated_at."""
+    rv = review.read_review(run_dir)[["image_id", "flagged", "reason", "note", "updated_at"]]
+    rv = rv.rename(columns={c: f"review_{c}" for c in ["flagged", "reason", "note", "updated_at"]})
+    out = scored.merge(rv, on="image_id", how="left")
+    out["review_flagged"] = out["review_flagged"].fillna(False).astype(bool)
+    for c in ("review_reason", "review_note", "review_updated_at"):
+        out[c] = out[c].fillna("")
+    return out
+
+
+EXPORT_COLUMNS = list(dict.fromkeys([
+    "rank", "image_id", "index", "path", "label", "label_name", "other_label", "other_label_name", "other_prob",
+    "other_votes", "weight_mean", "weight_above1", "p_true_mean", "loss_mean",
+    *COMPONENTS, *(f"{c}_pct" for c in COMPONENTS), "score",
+    "review_flagged", "review_reason", "review_note", "review_updated_at",
+]))
+
+
+def flag_table(run_dir: str | Path) -> pd.DataFrame:
+    """Every training image of the run, scored and ranked, with readable labels and review flags."""
+    run_dir = Path(run_dir)
+    run = runs.load_run(run_dir)
+    summary = runs.weight_summary(run_dir)
+    if summary.empty:
+        raise UserError(f"{run_dir} has no logged epoch yet ({tracking.WEIGHTS} is empty): flags need at "
+                        "least one completed epoch.")
+    scored = _with_review(flag_scores(summary), run_dir)
+    given = scored["label"]
+    scored["label_name"] = _named(run, given)
+    scored["label"] = _code(run.codes, given)
+    other = scored["other_label"]
+    scored["other_label_name"] = _named(run, other)
+    scored["other_label"] = _code(run.codes, other)
+    columns = list(EXPORT_COLUMNS)
+    if "flipped" in scored.columns:
+        scored["original_label"] = _code(run.codes, scored["original_label"].astype(np.int64))
+        columns[columns.index("score") + 1 : columns.index("score") + 1] = ["flipped", "original_label"]
+    return scored[columns]
+
+
+def export_flags(run_dir: str | Path, *, top: int | None = None, per_class: bool = False,
+                 out: str | Path | None = None, copy_images: str | Path | None = None,
+                 reviewed_only: bool = False) -> pd.DataFrame:
+    """The flagged-cases table (see EXPORT_COLUMNS), most suspicious first.
+
+    top: keep the first N (per given label with per_class); reviewed_only: keep only the cases
+    flagged in the review app (before `top`); out: also write it as CSV (atomically);
+    copy_images: copy the images into DIR/<given label code>/ for a relabelling tool.
+    """
+    if top is not None and top < 1:
+        raise UserError(f"--top must be a positive number of cases, got {top}.")
+    table = flag_table(run_dir)
+    if reviewed_only:
+        table = table[table["review_flagged"]]
+    if top is not None:
+        table = table.groupby("label", sort=False).head(top) if per_class else table.head(top)
+    if per_class:
+        order = {code: i for i, code in enumerate(runs.load_run(run_dir).codes)}
+        table = table.sort_values(["label", "rank"], key=lambda s: s.map(order) if s.name == "label" else s)
+    table = table.reset_index(drop=True)
+    if out is not None:
+        tracking.write_csv(out, table)
+        log.info("wrote %d flagged cases to %s", len(table), out)
+    if copy_images is not None:
+        copy_flagged_images(run_dir, table, copy_images)
+    return table
+
+
+def copy_flagged_images(run_dir: str | Path, table: pd.DataFrame, dest: str | Path) -> int:
+    """Copy each row's image into dest/<label>/; returns the number copied. Missing images are
+    skipped with one warning that names them."""
+    run = runs.load_run(run_dir)
+    dest = Path(dest)
+    missing, copied = [], 0
+    for row in table[["image_id", "path", "label"]].itertuples(index=False):
+        src = run.image_path(row.path)
+        if not src.is_file():
+            missing.append(row.image_id)
+            continue
+        folder = dest / str(row.label)
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, folder / src.name)
+        copied += 1
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        log.warning("%d image(s) not found and not copied: %s", len(missing), shown)
+    log.info("copied %d images into %s", copied, dest)
+    return copied
+
+
+def _ranking_quality(truth: np.ndarray, score: np.ndarray, k: int) -> dict[str, float]:
+    """Average precision and precision at k of `score` (higher = more suspicious) against `truth`."""
+    from sklearn.metrics import average_precision_score
+
+    return {"ap": float(average_precision_score(truth, score)), "precision_at_k": precision_at_k(truth, score, k)}
+
+
+def precision_at_k(truth: np.ndarray, score: np.ndarray, k: int) -> float:
+    """Share of true cases among the k highest scores; images tied with the k-th score count
+    with their expected share (ties broken at random), so row order cannot leak into it."""
+    truth, score = np.asarray(truth, dtype=bool), np.asarray(score, dtype=float)
+    if not 0 < k <= len(score):
+        raise ValueError(f"k must be in 1..{len(score)}, got {k}")
+    kth = np.sort(score)[::-1][k - 1]
+    above, tied = score > kth, score == kth
+    expected = truth[above].sum() + (k - above.sum()) * truth[tied].mean()
+    return float(expected / k)
+
+
+def evaluate_flags(run_dir: str | Path, *, k: int | None = None) -> pd.DataFrame:
+    """How well each score finds the deliberately flipped labels of a run (manifest `flipped`).
+
+    One row per score, best AP first: the combined score, each component, and the cheap raw
+    per-sample scores it must beat (raw mean weight, share above 1, later-half mean weight,
+    1 - mean p(label), mean loss). Columns: score, ap, precision_at_k, k, flipped, images.
+    k defaults to the number of flipped images.
+    """
+    run_dir = Path(run_dir)
+    summary = runs.weight_summary(run_dir)
+    if "flipped" not in summary.columns or not summary["flipped"].any():
+        raise UserError(f"{run_dir / tracking.MANIFEST} records no flipped labels: evaluate flags on a run "
+                        "trained with --flip-labels FRACTION.")
+    scored = flag_scores(summary)
+    truth = scored["flipped"].to_numpy(dtype=bool)
+    k = int(truth.sum()) if k is None else int(k)
+    candidates = {
+        "combined": scored["score"],
+        **{name: scored[name] for name in COMPONENTS},
+        "raw mean weight": scored["weight_mean"],
+        "raw share weight > 1": scored["weight_above1"],
+        "mean weight, later half": scored["weight_late"],
+        "mean loss": scored["loss_mean"],
+    }
+    rows = [{"score": name, **_ranking_quality(truth, s.to_numpy(dtype=float), k)} for name, s in candidates.items()]
+    out = pd.DataFrame(rows).assign(k=k, flipped=int(truth.sum()), images=len(truth))
+    return out.sort_values("ap", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def cleanlab_quality(labels: np.ndarray, pred_probs: np.ndarray, flipped: np.ndarray,
+                     *, k: int | None = None) -> dict[str, float]:
+    """cleanlab's baseline on out-of-sample (cross-validated) probabilities [N, C] of the training
+    images: AP and precision@k of its self-confidence label-quality score, and the precision and
+    recall of the set `find_label_issues` returns. Needs the `cleanlab` package."""
+    try:
+        from cleanlab.filter import find_label_issues
+        from cleanlab.rank import get_label_quality_scores
+    except ImportError:
+        raise UserError("the cleanlab comparison needs cleanlab: pip install cleanlab") from None
+    labels = np.asarray(labels, dtype=np.int64)
+    truth = np.asarray(flipped, dtype=bool)
+    k = int(truth.sum()) if k is None else int(k)
+    quality = get_label_quality_scores(labels, pred_probs, method="self_confidence")
+    out = _ranking_quality(truth, -quality, k)
+    issues = find_label_issues(labels, pred_probs)
+    found = int(issues.sum())
+    out |= {"found": found, "found_precision": float(truth[issues].mean()) if found else float("nan"),
+            "found_recall": float(issues[truth].mean()) if truth.any() else float("nan")}
+    return out

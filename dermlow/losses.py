@@ -1,0 +1,206 @@
+"""Per-sample classification losses: cross-entropy, class-balanced cross-entropy, focal loss.
+
+Every loss is a pure function ``(logits [B, C], target [B]) -> per-sample loss [B]`` computed in
+float32 (half-precision logits from autocast are upcast first), so a weighting strategy can scale
+each sample's loss before the mean. ``get_loss`` picks one by name and binds its options.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dermlow.errors import UserError
+
+__all__ = ["LOSSES", "balanced_ce", "ce", "class_weights", "focal", "get_loss"]
+
+PerSampleLoss = Callable[[Tensor, Tensor], Tensor]
+
+
+def _check_inputs(logits: Tensor, target: Tensor) -> Tensor:
+    """Shape checks (no host sync); returns float32 (or float64) logits."""
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be [B, C], got shape {tuple(logits.shape)}")
+    if target.ndim != 1 or target.shape[0] != logits.shape[0]:
+        raise ValueError(
+            f"target must be [B] with B={logits.shape[0]} to match logits, got shape {tuple(target.shape)}"
+        )
+    if target.is_floating_point():
+        raise ValueError("target must hold integer class indices, not floats (one-hot is not supported)")
+    return logits if logits.dtype == torch.float64 else logits.float()
+
+
+def _per_class(values: Tensor | Sequence[float], num_classes: int, what: str, like: Tensor) -> Tensor:
+    """A length-C per-class vector on `like`'s device and dtype."""
+    vec = torch.as_tensor(values, dtype=like.dtype, device=like.device)
+    if vec.ndim != 1 or vec.shape[0] != num_classes:
+        raise ValueError(
+            f"{what} must have one value per class ({num_classes}), got shape {tuple(vec.shape)}"
+        )
+    return vec
+
+
+def ce(logits: Tensor, target: Tensor) -> Tensor:
+    """Cross-entropy per sample: ``l_j = -log softmax(z_j)[y_j]``.
+
+    Args:
+        logits: ``[B, C]`` unnormalised scores (any float dtype; computed in float32).
+        target: ``[B]`` integer class indices.
+
+    Returns:
+        ``[B]`` float32 losses.
+    """
+    z = _check_inputs(logits, target)
+    return F.cross_entropy(z, target, reduction="none")
+
+
+def class_weights(
+    class_counts: Tensor | Sequence[int], *, effective_number: bool = False, beta: float = 0.999
+) -> Tensor:
+    """Per-class weights inversely proportional to class frequency, averaging 1 over classes.
+
+    ``a_c = (1 / n_c) * C / sum_k (1 / n_k)``; with ``effective_number=True`` the inverse frequency
+    ``1 / n_c`` is replaced by Cui et al. (2019)'s ``(1 - beta) / (1 - beta ** n_c)``.
+
+    Raises:
+        ValueError: counts not 1-D, negative or non-finite; beta outside [0, 1).
+        UserError: a class has no training samples (its weight would be infinite).
+    """
+    counts = torch.as_tensor(class_counts, dtype=torch.float64).detach().cpu()
+    if counts.ndim != 1 or counts.numel() == 0:
+        raise ValueError(f"class_counts must be a non-empty 1-D sequence, got shape {tuple(counts.shape)}")
+    if not torch.isfinite(counts).all() or (counts < 0).any():
+        raise ValueError(f"class_counts must be finite and non-negative, got {counts.tolist()}")
+    empty = torch.nonzero(counts == 0).flatten().tolist()
+    if empty:
+        raise UserError(
+            f"class index(es) {empty} have no training samples, so a class-balanced weight is undefined: "
+            "add training images of those classes or use loss 'ce' or 'focal'"
+        )
+    if effective_number:
+        if not 0.0 <= beta < 1.0 or not math.isfinite(beta):
+            raise ValueError(f"beta must be in [0, 1), got {beta}")
+        inverse = (1.0 - beta) / (1.0 - torch.pow(torch.tensor(beta, dtype=torch.float64), counts))
+    else:
+        inverse = 1.0 / counts
+    weights = inverse * counts.numel() / inverse.sum()
+    return weights.float()
+
+
+def balanced_ce(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    class_counts: Tensor | Sequence[int],
+    effective_number: bool = False,
+    beta: float = 0.999,
+) -> Tensor:
+    """Class-balanced cross-entropy per sample: ``l_j = -a_{y_j} log softmax(z_j)[y_j]``.
+
+    ``a`` is :func:`class_weights` of the *training* class counts (mean 1 over classes), so with
+    equal counts this is exactly :func:`ce`.
+    """
+    z = _check_inputs(logits, target)
+    weights = class_weights(class_counts, effective_number=effective_number, beta=beta)
+    return _weighted_ce(z, target, weights)
+
+
+def _weighted_ce(z: Tensor, target: Tensor, weights: Tensor) -> Tensor:
+    a = _per_class(weights, z.shape[1], "class weights", z)
+    return F.cross_entropy(z, target, weight=a, reduction="none")
+
+
+def focal(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    gamma: float = 2.0,
+    alpha: Tensor | Sequence[float] | None = None,
+) -> Tensor:
+    """Focal loss per sample (Lin et al. 2017): ``l_j = -a_{y_j} (1 - p_j)^gamma log p_j``.
+
+    ``p_j = softmax(z_j)[y_j]``; ``a`` is an optional per-class weight vector (1 when None). With
+    ``gamma = 0`` and no alpha this is :func:`ce`. ``1 - p_j`` is floored at 1e-12 so the gradient
+    stays finite when ``p_j`` rounds to 1 (changes the value by less than ``1e-12 ** gamma``).
+    """
+    z = _check_inputs(logits, target)
+    if not math.isfinite(gamma) or gamma < 0:
+        raise ValueError(f"gamma must be a finite number >= 0, got {gamma}")
+    log_p = F.log_softmax(z, dim=1).gather(1, target[:, None]).squeeze(1)
+    loss = -log_p
+    if gamma != 0:
+        one_minus_p = (-torch.expm1(log_p)).clamp_min(1e-12)
+        loss = one_minus_p.pow(gamma) * loss
+    if alpha is not None:
+        loss = _per_class(alpha, z.shape[1], "alpha", z)[target] * loss
+    return loss
+
+
+LOSSES: dict[str, Callable[..., Tensor]] = {"ce": ce, "balanced_ce": balanced_ce, "focal": focal}
+
+
+class _DeviceCached:
+    """A per-class vector moved to each device once, not on every step."""
+
+    def __init__(self, values: Tensor) -> None:
+        self._by_device: dict[torch.device, Tensor] = {}
+        self._values = values
+
+    def on(self, device: torch.device, dtype: torch.dtype) -> Tensor:
+        key = torch.device(device)
+        if key not in self._by_device:
+            self._by_device[key] = self._values.to(device)
+        return self._by_device[key].to(dtype)
+
+
+def _option_names(fn: Callable[..., Tensor]) -> list[str]:
+    params = inspect.signature(fn).parameters.values()
+    return [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+
+def get_loss(name: str, **options: object) -> PerSampleLoss:
+    """The per-sample loss called ``name`` (a key of ``LOSSES``) with its keyword options bound.
+
+    Per-class vectors (balanced_ce's class weights, focal's alpha) are computed once here and
+    cached per device, so the returned function does no host work per step.
+
+    Raises:
+        ValueError: unknown name (the message lists the valid ones) or an unknown option.
+    """
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; valid losses: {', '.join(sorted(LOSSES))}")
+    fn = LOSSES[name]
+    valid = _option_names(fn)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {unknown} for loss {name!r}; valid options: {', '.join(valid) or 'none'}"
+        )
+    if name == "balanced_ce":
+        if options.get("class_counts") is None:
+            raise ValueError("loss 'balanced_ce' needs class_counts (training images per class)")
+        cached = _DeviceCached(class_weights(**options))  # type: ignore[arg-type]
+
+        def balanced(logits: Tensor, target: Tensor) -> Tensor:
+            z = _check_inputs(logits, target)
+            return _weighted_ce(z, target, cached.on(z.device, z.dtype))
+
+        return balanced
+    if name == "focal" and options.get("alpha") is not None:
+        alpha = _DeviceCached(torch.as_tensor(options["alpha"], dtype=torch.float32))
+        gamma = float(options.get("gamma", 2.0))  # type: ignore[arg-type]
+
+        def focal_alpha(logits: Tensor, target: Tensor) -> Tensor:
+            return focal(logits, target, gamma=gamma, alpha=alpha.on(logits.device, torch.float32))
+
+        return focal_alpha
+
+    def bound(logits: Tensor, target: Tensor) -> Tensor:
+        return fn(logits, target, **options)
+
+    return bound

@@ -1,0 +1,87 @@
+"""The served app in a real browser: headless Chromium (Debian package) driven by Playwright."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from run_factory import make_run
+
+from dermlow.serve import streamlit_command
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists() and not os.environ.get("CI"),
+                       reason="needs /usr/bin/chromium (Debian package `chromium`)"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited with {proc.returncode}: {proc.stdout.read()}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"the app at {url} did not come up in {timeout} s")
+
+
+@pytest.fixture
+def served(tmp_path):
+    """The app served on 127.0.0.1 (a free port) over a factory run, as `dermlow app` runs it."""
+    run_dir = make_run(tmp_path / "runs", "demo", epochs=5, flip_frac=0.1, image_size=96)
+    port = _free_port()
+    env = {**os.environ, "STREAMLIT_SERVER_FILE_WATCHER_TYPE": "none"}
+    proc = subprocess.Popen(streamlit_command(run_dir, port=port), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_gallery_images_load_in_chromium(served, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1100})
+            page.goto(served, wait_until="domcontentloaded")
+            page.get_by_text("Lesion galleries", exact=True).click(timeout=60_000)
+            page.get_by_text("12 highest-weighted images").wait_for(timeout=60_000)
+            images = page.locator('[data-testid="stMain"] [data-testid="stImage"] img')
+            images.nth(23).wait_for(timeout=30_000)
+            page.wait_for_function(
+                """() => [...document.querySelectorAll('[data-testid="stMain"] [data-testid="stImage"] img')]
+                       .every(img => img.complete && img.naturalWidth > 0)""", timeout=30_000)
+            widths = images.evaluate_all("imgs => imgs.map(img => img.naturalWidth)")
+            page.screenshot(path=str(tmp_path / "galleries.png"), full_page=True)
+        finally:
+            browser.close()
+    assert len(widths) == 24 and min(widths) > 0
+    assert (tmp_path / "galleries.png").stat().st_size > 10_000
