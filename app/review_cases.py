@@ -239,8 +239,9 @@ def suggestions(run: runs.Run) -> None:
         "p(given label)": scores["p_true_mean"].round(3), "mean weight": scores["weight_mean"].round(3),
         "score": scores["score"].round(3)})
     st.dataframe(table, hide_index=True)
-    st.caption("Score: LOW weight history normalised within the class, mean probability of the given label "
-               "and share of epochs misclassified (see dermlow/flags.py).")
+    st.caption("Score: mean of two percentile ranks, the image's LOW weight (gradient norm for runs without LOW) "
+               "and its loss, each averaged over all epochs and taken relative to its class "
+               "(docs/flagging.md).")
     left, right = st.columns([3, 1], vertical_alignment="bottom")
     pick = left.selectbox("Open a suggested case", scores["image_id"].tolist(), key="suggest_select")
     right.button("Open", key="open-suggested", on_click=open_case, args=(pick,))

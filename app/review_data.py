@@ -52,7 +52,9 @@ def weight_summary(run_dir: str, stamp: tuple) -> pd.DataFrame:
 
 @st.cache_data(show_spinner=False)
 def flag_scores(run_dir: str, stamp: tuple) -> pd.DataFrame:
-    return flags.flag_scores(weight_summary(run_dir, stamp))
+    """Flag scores as `dermlow flag` computes them (runs without LOW are scored from g)."""
+    source = flags.weight_source(runs.load_run(run_dir).config)
+    return flags.flag_scores(weight_summary(run_dir, stamp), weight_from=source)
 
 
 @st.cache_resource(show_spinner="Reading the weight log…", max_entries=4)

@@ -1,23 +1,30 @@
 """Ranking training images that deserve a second look (hard or possibly mislabeled) and exporting them.
 
-The flag score of an image combines four components of its training history, each oriented so
-that higher is more suspicious:
+The flag score of an image is the mean of the percentile ranks (0..1 over the run, ties
+averaged; higher = more suspicious) of two components of its training history:
 
-- weight_excess: its LOW weight averaged over *all* logged epochs, minus the median of that mean
-  over the images *of the same class* that the model mostly agreed with (misclassified <= 0.5;
-  the whole class when fewer than `min_reference` such images exist). This normalises within the
-  class, so a rare class, whose images all get large weights, is not flagged for being rare,
-  while the reference stays clean even when many of a class's labels are wrong.
-- above1_excess: the share of epochs with weight > 1, normalised the same way.
-- contradiction: 1 - mean probability of the given label over the epochs.
-- misclassified: the share of epochs whose prediction differs from the given label.
+- weight_excess: its LOW weight averaged over *all* logged epochs, minus a class reference.
+  In a run trained without LOW (weighting `none`, whose weights are all 1, or `spl` / `is`,
+  whose weights mean something else) the mean squared logit-gradient norm g, which LOW would
+  have turned into the weight (monotonically, within a batch), stands in.
+- loss_excess: its loss averaged over all epochs (the mean of -log p(given label) for CE: how
+  confidently the model contradicted the label), minus a class reference the same way.
 
-Each component is turned into its percentile rank over the run (0..1, ties averaged), which
-makes weights and probabilities commensurable and keeps an extreme weight from dominating; the
-score is the weighted mean of those ranks with SHARES: the weight history 1/3 (mean weight 1/4,
-share above 1 1/12: that share saturates and is coarse), contradiction 1/3, misclassification
-1/3. Rank 1 is the most suspicious image. The average over all epochs matters: a late-epoch
-average misses labels the network has memorised by then.
+The class reference is built from the images the model mostly agreed with (misclassified
+<= 0.5), which stay clean even when many of a class's labels are wrong: it is the median over
+the class's n agreed images, shrunk towards the median over all agreed images of the run,
+(n * class median + m * run median) / (n + m) with m = `min_reference` (5). It removes what is
+normal for a class, so a rare class whose images all get large weights and losses is not
+flagged for being rare; a class with few agreed images cannot say what is normal for it (with
+uniform flips a rare class can be mostly flips) and leans on the run's reference instead.
+
+Why these two (docs/flagging.md): on real runs with 10% flipped labels, 1 - mean p(label) and
+the share of epochs misclassified were consistently weaker than mean loss, and adding them
+to the rank mean lowered its average precision; the share of epochs with weight > 1 was the
+weakest signal of all. They are still computed and exported (above1_excess, contradiction,
+misclassified, each with a `_pct` rank) and can be given a share with `flag_scores(shares=...)`.
+The average over all epochs matters: a late-epoch average misses labels the network has
+memorised by then. Rank 1 is the most suspicious image.
 
 The most likely other label is the most frequent runner-up class (`other` in the weight log,
 when training logged it; else the most frequent wrong prediction) with its mean probability
@@ -40,35 +47,70 @@ from dermlow.errors import UserError
 
 log = logging.getLogger(__name__)
 
-SHARES = {"weight_excess": 0.25, "above1_excess": 1 / 12, "contradiction": 1 / 3, "misclassified": 1 / 3}
+SHARES = {"weight_excess": 0.5, "loss_excess": 0.5, "above1_excess": 0.0, "contradiction": 0.0,
+          "misclassified": 0.0}
+"""Default share of each component's percentile rank in the score (see the module docstring)."""
 COMPONENTS = tuple(SHARES)
-NEEDED = ("label", "weight_mean", "weight_above1", "p_true_mean", "misclassified")
+NEEDED = ("label", "weight_mean", "weight_above1", "p_true_mean", "misclassified", "loss_mean")
 
 
-def _class_excess(summary: pd.DataFrame, column: str, min_reference: int) -> pd.Series:
-    """`column` minus the median over the image's class's reference images (mostly agreed with)."""
-    by = summary["label"]
-    agreed = summary["misclassified"] <= 0.5
-    ref = summary[column].where(agreed).groupby(by).transform("median")
-    whole = summary.groupby("label")[column].transform("median")
-    enough = agreed.groupby(by).transform("sum") >= min_reference
-    return summary[column] - ref.where(enough, whole)
+def class_excess(values: pd.Series, label: pd.Series, agreed: pd.Series, prior: float = 5.0) -> pd.Series:
+    """`values` minus its class reference: (n * class median + prior * run median) / (n + prior),
+    medians over the `agreed` images, n = the class's agreed images (all images when none agreed)."""
+    if not agreed.any():
+        agreed = pd.Series(True, index=values.index)
+    n = agreed.groupby(label).transform("sum").astype(float)
+    own = values.where(agreed).groupby(label).transform("median").fillna(0.0)
+    run = float(values[agreed].median())
+    return values - (n * own + prior * run) / (n + prior)
+
+
+def weight_history(summary: pd.DataFrame, source: str | None = None) -> tuple[pd.Series, str]:
+    """The per-image weight history the score uses and its column: `source` ("weight_mean" or
+    "g_mean") when given, else the mean weight, or the mean g where all weights are equal."""
+    if source is None:
+        w = summary["weight_mean"]
+        flat = np.nanstd(w.to_numpy(dtype=float)) < 1e-9
+        source = "g_mean" if flat and "g_mean" in summary.columns else "weight_mean"
+    if source not in ("weight_mean", "g_mean"):
+        raise ValueError(f"weight source must be weight_mean or g_mean, got {source!r}")
+    return summary[source], source
+
+
+def weight_source(config: dict) -> str | None:
+    """The weight history to score a run by, from its config: LOW's weights for `low`, the
+    gradient norm g for any other weighting (self-paced and importance-sampling weights are not
+    LOW's: a self-paced weight of 0 marks a *high* loss), automatic when the config says nothing."""
+    name = ((config or {}).get("weighting") or {}).get("name")
+    if name is None:
+        return None
+    return "weight_mean" if name == "low" else "g_mean"
 
 
 def flag_scores(summary: pd.DataFrame, *, shares: dict[str, float] | None = None,
-                min_reference: int = 5) -> pd.DataFrame:
+                min_reference: float = 5.0, weight_from: str | None = None) -> pd.DataFrame:
     """Add the components, their percentile ranks (`<component>_pct`), `score` and `rank` (1 = most
-    suspicious) to a `runs.weight_summary` frame; sorted by rank. See the module docstring."""
+    suspicious) to a `runs.weight_summary` frame; sorted by rank. `min_reference`: how many agreed
+    images a class needs before its own median counts as much as the run's (the prior weight of
+    the run median in `class_excess`); `weight_from`: see `weight_history` (pass
+    `weight_source(run.config)`). See the module docstring."""
     shares = dict(SHARES if shares is None else shares)
     unknown = sorted(set(shares) - set(COMPONENTS))
     if unknown:
         raise ValueError(f"unknown score components {unknown}; valid: {', '.join(COMPONENTS)}")
+    if sum(shares.values()) <= 0 or min(shares.values()) < 0:
+        raise ValueError(f"shares must be >= 0 with a positive sum, got {shares}")
+    if not min_reference > 0:
+        raise ValueError(f"min_reference must be positive, got {min_reference}")
     missing = [c for c in NEEDED if c not in summary.columns]
     if missing:
         raise ValueError(f"summary lacks column(s) {missing}: pass runs.weight_summary(run_dir)")
     out = summary.copy()
-    out["weight_excess"] = _class_excess(out, "weight_mean", min_reference)
-    out["above1_excess"] = _class_excess(out, "weight_above1", min_reference)
+    label, agreed = out["label"], out["misclassified"] <= 0.5
+    weight, _ = weight_history(out, weight_from)
+    out["weight_excess"] = class_excess(weight, label, agreed, min_reference)
+    out["loss_excess"] = class_excess(out["loss_mean"], label, agreed, min_reference)
+    out["above1_excess"] = class_excess(out["weight_above1"], label, agreed, min_reference)
     out["contradiction"] = 1.0 - out["p_true_mean"]
     total = sum(shares.values())
     out["score"] = 0.0
@@ -102,7 +144,7 @@ def _with_review(scored: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
 
 EXPORT_COLUMNS = list(dict.fromkeys([
     "rank", "image_id", "index", "path", "label", "label_name", "other_label", "other_label_name", "other_prob",
-    "other_votes", "weight_mean", "weight_above1", "p_true_mean", "loss_mean",
+    "other_votes", "weight_mean", "weight_above1", "p_true_mean", "loss_mean", "g_mean",
     *COMPONENTS, *(f"{c}_pct" for c in COMPONENTS), "score",
     "review_flagged", "review_reason", "review_note", "review_updated_at",
 ]))
@@ -116,7 +158,7 @@ def flag_table(run_dir: str | Path) -> pd.DataFrame:
     if summary.empty:
         raise UserError(f"{run_dir} has no logged epoch yet ({tracking.WEIGHTS} is empty): flags need at "
                         "least one completed epoch.")
-    scored = _with_review(flag_scores(summary), run_dir)
+    scored = _with_review(flag_scores(summary, weight_from=weight_source(run.config)), run_dir)
     given = scored["label"]
     scored["label_name"] = _named(run, given)
     scored["label"] = _code(run.codes, given)
@@ -180,7 +222,7 @@ def copy_flagged_images(run_dir: str | Path, table: pd.DataFrame, dest: str | Pa
     return copied
 
 
-def _ranking_quality(truth: np.ndarray, score: np.ndarray, k: int) -> dict[str, float]:
+def ranking_quality(truth: np.ndarray, score: np.ndarray, k: int) -> dict[str, float]:
     """Average precision and precision at k of `score` (higher = more suspicious) against `truth`."""
     from sklearn.metrics import average_precision_score
 
@@ -199,31 +241,40 @@ def precision_at_k(truth: np.ndarray, score: np.ndarray, k: int) -> float:
     return float(expected / k)
 
 
+def candidate_scores(scored: pd.DataFrame) -> dict[str, pd.Series]:
+    """The combined score, its class-normalised components and the cheap per-sample scores it
+    must beat, each oriented higher = more suspicious; constant ones (the weights of a run
+    trained without weighting) and unlogged ones (the margin without p_other) are left out."""
+    out = {
+        "combined": scored["score"],
+        "weight_excess": scored["weight_excess"], "loss_excess": scored["loss_excess"],
+        "above1_excess": scored["above1_excess"],
+        "mean weight": scored["weight_mean"], "share of epochs weight > 1": scored["weight_above1"],
+        "mean weight, later half": scored["weight_late"], "mean g": scored["g_mean"],
+        "1 - mean p(label)": scored["contradiction"], "share of epochs misclassified": scored["misclassified"],
+        "mean loss": scored["loss_mean"],
+        "AUM-style margin": scored["other_prob"] - scored["p_true_mean"],
+    }
+    return {name: s for name, s in out.items() if s.notna().all() and s.nunique() > 1}
+
+
 def evaluate_flags(run_dir: str | Path, *, k: int | None = None) -> pd.DataFrame:
     """How well each score finds the deliberately flipped labels of a run (manifest `flipped`).
 
-    One row per score, best AP first: the combined score, each component, and the cheap raw
-    per-sample scores it must beat (raw mean weight, share above 1, later-half mean weight,
-    1 - mean p(label), mean loss). Columns: score, ap, precision_at_k, k, flipped, images.
-    k defaults to the number of flipped images.
+    One row per score of `candidate_scores`, best AP first. The AUM-style margin is the mean
+    over epochs of p(most likely other label) - p(given label). Columns: score, ap,
+    precision_at_k, k, flipped, images. k defaults to the number of flipped images.
     """
     run_dir = Path(run_dir)
     summary = runs.weight_summary(run_dir)
     if "flipped" not in summary.columns or not summary["flipped"].any():
         raise UserError(f"{run_dir / tracking.MANIFEST} records no flipped labels: evaluate flags on a run "
                         "trained with --flip-labels FRACTION.")
-    scored = flag_scores(summary)
+    scored = flag_scores(summary, weight_from=weight_source(runs.load_run(run_dir).config))
     truth = scored["flipped"].to_numpy(dtype=bool)
     k = int(truth.sum()) if k is None else int(k)
-    candidates = {
-        "combined": scored["score"],
-        **{name: scored[name] for name in COMPONENTS},
-        "raw mean weight": scored["weight_mean"],
-        "raw share weight > 1": scored["weight_above1"],
-        "mean weight, later half": scored["weight_late"],
-        "mean loss": scored["loss_mean"],
-    }
-    rows = [{"score": name, **_ranking_quality(truth, s.to_numpy(dtype=float), k)} for name, s in candidates.items()]
+    rows = [{"score": name, **ranking_quality(truth, s.to_numpy(dtype=float), k)}
+            for name, s in candidate_scores(scored).items()]
     out = pd.DataFrame(rows).assign(k=k, flipped=int(truth.sum()), images=len(truth))
     return out.sort_values("ap", ascending=False, kind="stable").reset_index(drop=True)
 
@@ -242,7 +293,7 @@ def cleanlab_quality(labels: np.ndarray, pred_probs: np.ndarray, flipped: np.nda
     truth = np.asarray(flipped, dtype=bool)
     k = int(truth.sum()) if k is None else int(k)
     quality = get_label_quality_scores(labels, pred_probs, method="self_confidence")
-    out = _ranking_quality(truth, -quality, k)
+    out = ranking_quality(truth, -quality, k)
     issues = find_label_issues(labels, pred_probs)
     found = int(issues.sum())
     out |= {"found": found, "found_precision": float(truth[issues].mean()) if found else float("nan"),

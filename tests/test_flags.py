@@ -19,14 +19,15 @@ def flipped_run(tmp_path_factory):
 
 
 def _summary(n_per_class=40, seed=0):
-    """A synthetic weight_summary: class 0 common, class 1 rare with larger weights."""
+    """A synthetic weight_summary: class 0 common, class 1 rare with larger weights and losses."""
     rng = np.random.default_rng(seed)
     label = np.repeat([0, 1], [n_per_class * 3, n_per_class])
     return pd.DataFrame({
         "index": np.arange(len(label)), "image_id": [f"i{i}" for i in range(len(label))], "label": label,
         "weight_mean": rng.gamma(4, 0.25, len(label)) + 2.0 * label,
         "weight_above1": rng.random(len(label)), "p_true_mean": rng.random(len(label)),
-        "misclassified": rng.random(len(label)),
+        "misclassified": rng.random(len(label)), "loss_mean": rng.gamma(2, 0.5, len(label)) + label,
+        "g_mean": rng.random(len(label)),
     })
 
 
@@ -36,16 +37,38 @@ def test_scores_are_ranked_weighted_means_of_percentiles():
     assert ((pct > 0) & (pct <= 1)).all().all()
     expected = sum(flags.SHARES[c] * s[f"{c}_pct"] for c in flags.COMPONENTS) / sum(flags.SHARES.values())
     assert np.allclose(s["score"], expected)
+    assert np.allclose(s["score"], (s["weight_excess_pct"] + s["loss_excess_pct"]) / 2)  # the documented default
     assert list(s["rank"]) == list(range(1, len(s) + 1)) and s["score"].is_monotonic_decreasing
     assert np.allclose(s["contradiction"], 1 - s["p_true_mean"])
+    other = flags.flag_scores(_summary(), shares={"contradiction": 1.0})
+    assert np.allclose(other["score"], other["contradiction_pct"])
+
+
+def test_class_reference_is_the_agreed_median_shrunk_towards_the_run():
+    values = pd.Series([1.0, 2, 3, 10, 11, 5, 6])
+    label = pd.Series([0, 0, 0, 0, 0, 1, 1])
+    agreed = pd.Series([True, True, True, False, False, True, False])
+    # class 0: 3 agreed, median 2; class 1: 1 agreed, median 5; run: median of 1, 2, 3, 5 = 2.5
+    ref0, ref1 = (3 * 2 + 2 * 2.5) / 5, (1 * 5 + 2 * 2.5) / 3
+    expected = values - np.array([ref0] * 5 + [ref1] * 2)
+    assert np.allclose(flags.class_excess(values, label, agreed, prior=2.0), expected)
+    none = flags.class_excess(values, label, pd.Series(False, index=values.index), prior=2.0)
+    assert np.isfinite(none).all()  # nobody agreed: all images make the reference
 
 
 def test_a_whole_class_with_larger_weights_is_not_flagged_for_it():
     s = _summary()
-    shifted = s.assign(weight_mean=s["weight_mean"] + 5.0 * (s["label"] == 1),
-                       weight_above1=np.where(s["label"] == 1, np.minimum(s["weight_above1"] + 0.3, 1.3), s["weight_above1"]))
+    rare = s["label"] == 1
+    shifted = s.assign(weight_mean=s["weight_mean"] + 5.0 * rare, loss_mean=s["loss_mean"] + 3.0 * rare)
     a, b = flags.flag_scores(s).set_index("index"), flags.flag_scores(shifted).set_index("index")
-    assert np.allclose(a["weight_excess"], b["weight_excess"]) and np.allclose(a.loc[b.index, "score"], b["score"])
+    n_agreed = int(((s["misclassified"] <= 0.5) & rare).sum())
+    for column, shift in (("weight_excess", 5.0), ("loss_excess", 3.0)):
+        change = (b[column] - a.loc[b.index, column])[b["label"] == 1]
+        assert np.allclose(change, change.iloc[0])  # one shift for the class: its order is kept
+        assert 0 <= change.iloc[0] <= shift * 5 / (n_agreed + 5) + 1e-9  # only the shrinkage share leaks
+    raw_top = shifted.nlargest(40, "weight_mean")
+    assert (raw_top["label"] == 1).all()  # unnormalised, the rare class would fill the top
+    assert (b.nlargest(40, "weight_excess")["label"] == 1).mean() < 0.9
 
 
 def test_reference_ignores_images_the_model_disagrees_with():
@@ -53,29 +76,91 @@ def test_reference_ignores_images_the_model_disagrees_with():
     s["misclassified"] = 0.0
     bad = s.index[(s["label"] == 0)][:20]
     s.loc[bad, "misclassified"] = 1.0
-    s.loc[bad, "weight_mean"] += 100.0  # contaminating images must not move the class reference
-    clean = s.drop(index=bad)
-    ref_all = (s["weight_mean"] - flags.flag_scores(s).set_index("index")["weight_excess"].reindex(s["index"]).to_numpy())
-    assert np.allclose(ref_all[s["label"] == 0], clean.loc[clean["label"] == 0, "weight_mean"].median())
+    before = flags.flag_scores(s).set_index("index")["weight_excess"]
+    s.loc[bad, "weight_mean"] += 100.0  # contaminating images must not move the reference
+    after = flags.flag_scores(s).set_index("index")["weight_excess"]
+    good = s.loc[~s.index.isin(bad), "index"]
+    assert np.allclose(before.loc[good], after.loc[good])
+
+
+def test_a_class_the_model_hardly_agrees_with_leans_on_the_run_reference():
+    # A rare class that is mostly flips: 2 clean images, 10 flips the model disagrees with and that
+    # get large weights. Its own median would hide the flips; the run's reference does not.
+    s = _summary()
+    rare = s.index[s["label"] == 1]
+    s = s.drop(index=rare[12:])
+    s.loc[rare[:12], "misclassified"] = 1.0
+    s.loc[rare[:2], "misclassified"] = 0.0
+    s.loc[rare[2:12], "weight_mean"] += 3.0
+    scored = flags.flag_scores(s)
+    flips = set(s.loc[rare[2:12], "index"])
+    assert set(scored.nlargest(10, "weight_excess")["index"]) == flips
+    agreed = s["misclassified"] <= 0.5
+    w = s["weight_mean"]
+    own = w[agreed & (s["label"] == 1)].median()
+    ref = (2 * own + 5 * w[agreed].median()) / 7
+    got = scored.set_index("index").loc[s.loc[rare[:12], "index"], "weight_excess"].to_numpy()
+    assert np.allclose(got, w.loc[rare[:12]].to_numpy() - ref)
+
+
+def test_unweighted_runs_use_the_gradient_norm_as_weight_history():
+    s = _summary().assign(weight_mean=1.0, weight_above1=0.0)
+    scored = flags.flag_scores(s).set_index("index")
+    assert flags.weight_history(s)[1] == "g_mean"
+    assert np.corrcoef(scored["weight_excess"], s.set_index("index").loc[scored.index, "g_mean"])[0, 1] > 0.9
+    assert flags.weight_history(_summary())[1] == "weight_mean"
+    # a run weighted by something other than LOW is scored from g, whatever its weights say
+    assert [flags.weight_source({"weighting": {"name": n}}) for n in ("low", "none", "spl", "is")] == [
+        "weight_mean", "g_mean", "g_mean", "g_mean"]
+    assert flags.weight_source({}) is None
+    spl = flags.flag_scores(_summary(), weight_from="g_mean").set_index("index")
+    assert np.corrcoef(spl["weight_excess"], _summary().set_index("index").loc[spl.index, "g_mean"])[0, 1] > 0.9
+    with pytest.raises(ValueError, match="weight source"):
+        flags.weight_history(_summary(), "loss_mean")
+
+
+def test_precision_at_k_counts_ties_by_their_expected_share():
+    truth = np.array([1, 0, 1, 0, 0, 1], dtype=bool)
+    assert flags.precision_at_k(truth, np.array([6, 5, 4, 3, 2, 1.0]), 3) == pytest.approx(2 / 3)
+    assert flags.precision_at_k(truth, np.zeros(6), 3) == pytest.approx(0.5)  # no order leaks through ties
+    assert flags.precision_at_k(truth, np.array([9, 1, 1, 1, 0, 0.0]), 2) == pytest.approx((1 + 1 / 3) / 2)
+    with pytest.raises(ValueError, match="k must be"):
+        flags.precision_at_k(truth, np.zeros(6), 7)
 
 
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="unknown score components"):
         flags.flag_scores(_summary(), shares={"magic": 1.0})
+    with pytest.raises(ValueError, match="positive sum"):
+        flags.flag_scores(_summary(), shares={"contradiction": 0.0})
+    with pytest.raises(ValueError, match="min_reference"):
+        flags.flag_scores(_summary(), min_reference=0)
     with pytest.raises(ValueError, match="lacks column"):
         flags.flag_scores(_summary().drop(columns=["misclassified"]))
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_combined_score_finds_flips_at_least_as_well_as_each_component(tmp_path, seed):
-    run_dir = make_run(tmp_path, flip_frac=0.1, seed=seed, epochs=16, counts=tuple(3 * c for c in COUNTS), images=False)
+def test_combined_score_finds_flips_in_synthetic_runs(tmp_path, seed):
+    # The factory's dynamics are simulated, not learnt (flips are memorised late, noise is large),
+    # so which single score is best differs from real runs (docs/flagging.md); the combined score
+    # must still find the flips and be at least as good as the components it averages.
+    run_dir = make_run(tmp_path, flip_frac=0.1, seed=seed, epochs=16, counts=tuple(3 * c for c in COUNTS), images=False,
+                       extra_columns=True)
     ev = flags.evaluate_flags(run_dir).set_index("score")
     combined = ev.loc["combined", "ap"]
-    rivals = [*flags.COMPONENTS, "raw mean weight", "raw share weight > 1", "mean loss"]
-    for name in rivals:
+    for name in ["weight_excess", "loss_excess", "above1_excess", "mean loss", "share of epochs weight > 1"]:
         assert combined >= ev.loc[name, "ap"] - 0.02, (name, ev["ap"].to_dict())
-    assert combined > 0.8 and ev.loc["combined", "precision_at_k"] > 0.7
+    assert combined > 0.85 and ev.loc["combined", "precision_at_k"] > 0.75
     assert (ev["k"] == ev["flipped"]).all() and ev["flipped"].iloc[0] > 10
+    assert {"AUM-style margin", "mean g", "1 - mean p(label)"} <= set(ev.index)
+
+
+def test_unweighted_run_is_scored_from_its_gradient_norms(tmp_path):
+    run_dir = make_run(tmp_path, flip_frac=0.1, seed=0, epochs=16, counts=tuple(3 * c for c in COUNTS),
+                       images=False, weighting="none")
+    ev = flags.evaluate_flags(run_dir).set_index("score")
+    assert "mean weight" not in ev.index  # all weights are 1: no information, left out
+    assert ev.loc["combined", "ap"] > 0.85 and ev.loc["weight_excess", "ap"] > 0.8
 
 
 def test_evaluation_needs_flipped_labels(tmp_path):
@@ -142,3 +227,25 @@ def test_cleanlab_baseline_on_known_noise():
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     q = flags.cleanlab_quality(labels, probs, flipped)
     assert q["ap"] > 0.7 and q["found"] > 0 and q["found_precision"] > 0.5
+
+
+@pytest.mark.slow
+def test_on_real_digits_the_combined_score_matches_the_best_and_beats_the_weak_scores(tmp_path):
+    """A real LeNet-5 run on scikit-learn's digits with 10% flipped labels (docs/flagging.md, shorter):
+    the combined score finds the flips and is not beaten by any single score it is built from or
+    compared with (beyond one image's worth of AP)."""
+    from dermlow import config, train
+
+    layer = {"data": {"dataset": "digits", "data_dir": str(tmp_path / "data"), "val_fraction": 0.2,
+                      "num_workers": 0, "flip_labels": 0.1},
+             "model": {"name": "lenet5", "pretrained": False},
+             "optim": {"epochs": 30, "batch_size": 64, "lr": 0.03, "milestones": [1000]},
+             "weighting": {"name": "low", "lam": 1.0},
+             "run": {"out": str(tmp_path / "runs"), "name": "flip", "seed": 0, "device": "cpu"}}
+    ev = flags.evaluate_flags(train.train(config.resolve(layer))).set_index("score")
+    combined = ev.loc["combined"]
+    assert combined["ap"] > 0.97 and combined["precision_at_k"] > 0.9, ev.to_dict()
+    for name in ev.index.drop("combined"):
+        assert combined["ap"] >= ev.loc[name, "ap"] - 0.005, (name, ev["ap"].to_dict())
+    for weak in ["1 - mean p(label)", "mean weight, later half", "share of epochs weight > 1", "AUM-style margin"]:
+        assert combined["ap"] > ev.loc[weak, "ap"], (weak, ev["ap"].to_dict())
