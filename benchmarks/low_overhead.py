@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from dermlow.nets import LeNet5
-from dermlow.weighting import low_weights, make_objective
+from dermlow.objectives import make_objective
+from dermlow.weighting import low_weights
 
 
 def _median_seconds(fn, repeats: int) -> float:

@@ -207,7 +207,7 @@ def resolve(*layers: dict[str, Any]) -> Config:
 def check(cfg: Config) -> Config:
     """Reject values that would only fail later (after minutes of data loading)."""
     from dermlow.losses import LOSSES
-    from dermlow.weighting import WEIGHTINGS
+    from dermlow.objectives import WEIGHTINGS
 
     def need(ok: bool, message: str) -> None:
         if not ok:

@@ -25,7 +25,7 @@ from dermlow.data import make_loader
 from dermlow.datasets import RunData, build_datasets, prepare, read_manifest
 from dermlow.errors import UserError
 from dermlow.model import create_model, load_checkpoint
-from dermlow.weighting import make_objective
+from dermlow.objectives import make_objective
 
 log = logging.getLogger(__name__)
 

@@ -76,7 +76,8 @@ def _global_batch_worker(rank: int, port: int, out: str) -> None:
     import torch.distributed as tdist
 
     from dermlow.losses import ce
-    from dermlow.weighting import LowWeighting, ce_logit_grad_sq_norm
+    from dermlow.objectives import LowWeighting
+    from dermlow.weighting import ce_logit_grad_sq_norm
 
     tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     g = torch.tensor([[0.1, 0.2, 3.0, 0.4], [0.0, 5.0, 0.3, 0.2]])[rank]

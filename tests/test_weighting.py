@@ -12,15 +12,8 @@ from torch import nn
 
 import dermlow
 from dermlow.losses import ce, focal
-from dermlow.weighting import (
-    WEIGHTINGS,
-    ImportanceSampling,
-    SelfPaced,
-    ce_logit_grad_sq_norm,
-    logit_grad_sq_norm,
-    low_weights,
-    make_objective,
-)
+from dermlow.objectives import WEIGHTINGS, ImportanceSampling, SelfPaced, make_objective
+from dermlow.weighting import ce_logit_grad_sq_norm, logit_grad_sq_norm, low_weights
 
 
 @functools.cache
