@@ -3,7 +3,8 @@
 The manifest has the same columns as an ISIC one, so runs on benchmarks are ordinary run
 folders. `image_id` is `<array>-<row>` (row of the benchmark's train or test array, which is
 deterministic given the seed), which is how a resumed run finds its images again. Training
-images are also written once as PNG files under `<data_dir>/png/` so the review app can show them.
+images are also written once as PNG files under `<data_dir>/png/<name>-seed<seed>/` so the review
+app can show them.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def prepare(cfg: Config) -> RunData:
     manifest.insert(0, "index", np.arange(len(manifest)))
     manifest["label_name"] = [bench.classes[y] for y in manifest["label"]]
     manifest["lesion_id"] = ""
-    manifest["path"] = _export_pngs(bench, manifest, Path(cfg.data.data_dir) / "png" / bench.name)
+    # rows of the training array depend on the seed (digits split, imbalance): one folder per seed
+    manifest["path"] = _export_pngs(bench, manifest, Path(cfg.data.data_dir) / "png" / f"{bench.name}-seed{cfg.run.seed}")
     counts = dict(zip(bench.classes, bench.counts.tolist(), strict=True))
     log.info("%s training counts per class (before the validation carve-out): %s", bench.name, counts)
     return RunData(manifest[MANIFEST_COLUMNS], list(bench.classes), list(bench.classes), bench.in_chans)

@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from dermlow.cli_bench import add_bench
 from dermlow.errors import UserError
 
 log = logging.getLogger("dermlow")
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(sub)
     _add_flag(sub)
     _add_app(sub)
+    add_bench(sub)
     return parser
 
 

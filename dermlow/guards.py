@@ -27,15 +27,16 @@ def weight_stats(weights: np.ndarray) -> dict[str, float]:
 
 
 def collapse_warnings(row: dict, records: dict[str, np.ndarray], val_labels: np.ndarray, *,
-                      epoch: int, previous_share: float = float("nan")) -> list[str]:
+                      epoch: int, previous_share: float = float("nan"), low: bool = True) -> list[str]:
     """Human-readable warnings for degenerate weights or predictions collapsed to one class.
 
     A network often predicts the majority class for an epoch or so at the start; only a
     collapse that lasts two epochs in a row (`previous_share` is the last epoch's) is reported.
+    The zero-weight warning is about LOW's lambda (`low`); other weightings zero samples by design.
     """
     out = []
     steps = records.get("step_zero_frac")
-    if steps is not None and len(steps):
+    if low and steps is not None and len(steps):
         degenerate = float(np.mean(steps > ZERO_BATCH_FRACTION))
         if degenerate > DEGENERATE_STEPS:
             out.append(

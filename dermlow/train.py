@@ -44,7 +44,8 @@ def fit(session: Session) -> Path:
             row |= {f"{split}_{k}": v for k, v in classification_metrics(labels, probs).items()}
         row["pred_majority_frac"] = _majority_fraction(evals["val"][2])
         s.record_epoch(epoch, row, records, evals)
-        for message in collapse_warnings(row, records, evals["val"][1], epoch=epoch, previous_share=previous):
+        for message in collapse_warnings(row, records, evals["val"][1], epoch=epoch, previous_share=previous,
+                                         low=cfg.weighting.name == "low"):
             s.warn(message)
         previous = row["pred_majority_frac"]
         if dist.is_main():

@@ -14,6 +14,7 @@ def test_warns_when_most_batches_put_weight_on_few_samples():
     row = {"weight_max": 17.0, "pred_majority_frac": 0.5}
     (message,) = collapse_warnings(row, records, np.array([0, 1, 2]), epoch=4)
     assert "Raise --lam" in message and "epoch 4" in message and "75%" in message
+    assert collapse_warnings(row, records, np.array([0, 1, 2]), epoch=4, low=False) == []  # spl / is zero by design
 
 
 def test_warns_when_predictions_collapse_but_not_for_a_truly_dominant_class():
