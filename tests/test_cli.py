@@ -92,3 +92,20 @@ def test_help_explains_the_commands(capsys):
     out = capsys.readouterr().out
     for command in ("train", "evaluate", "data", "flag", "app"):
         assert command in out
+
+
+def test_data_check_reports_a_bad_label_file_with_its_rows(capsys, tmp_path):
+    folder = tmp_path / "isic2018"
+    folder.mkdir()
+    (folder / "ISIC2018_Task3_Training_GroundTruth.csv").write_text(
+        "image,MEL,NV,BCC,AKIEC,BKL,DF,VASC\nISIC_0000000,1,0,0,0,0,0,0\nISIC_0000001,1,1,0,0,0,0,0\n")
+    code, err = run_cli(capsys, "data", "check", "--year", "2018", "--data-dir", str(folder))
+    assert code == 2 and "ISIC2018_Task3_Training_GroundTruth.csv" in err and "row 3" in err
+    assert "Traceback" not in err
+
+
+def test_data_demo_then_check_prints_the_class_table(capsys, tmp_path):
+    assert main(["data", "demo", "--out", str(tmp_path / "demo"), "--n-images", "60"]) == 0
+    assert main(["data", "check", "--year", "2018", "--data-dir", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert "MEL" in out and "Melanoma" in out and "images whose lesion also has images in another split: 0" in out
