@@ -30,8 +30,9 @@ def collapse_warnings(row: dict, records: dict[str, np.ndarray], val_labels: np.
                       epoch: int, previous_share: float = float("nan"), low: bool = True) -> list[str]:
     """Human-readable warnings for degenerate weights or predictions collapsed to one class.
 
-    A network often predicts the majority class for an epoch or so at the start; only a
-    collapse that lasts two epochs in a row (`previous_share` is the last epoch's) is reported.
+    A network often predicts the majority class for the first epoch or two; only a collapse
+    that lasts two epochs in a row (`previous_share` is the last epoch's), from epoch 3 on, is
+    reported.
     The zero-weight warning is about LOW's lambda (`low`); other weightings zero samples by design.
     """
     out = []
@@ -45,7 +46,7 @@ def collapse_warnings(row: dict, records: dict[str, np.ndarray], val_labels: np.
                 f"Raise --lam (e.g. x10) or lower --lr."
             )
     share = row.get("pred_majority_frac", float("nan"))
-    if len(val_labels) and np.isfinite(share) and np.isfinite(previous_share):
+    if epoch >= 3 and len(val_labels) and np.isfinite(share) and np.isfinite(previous_share):
         true_share = np.bincount(val_labels).max() / len(val_labels)
         limit = max(COLLAPSE_SHARE, true_share + MAJORITY_MARGIN)
         if share >= limit and previous_share >= limit:
