@@ -106,3 +106,16 @@ def test_global_batch_low_solves_one_qp_over_all_processes(tmp_path):
     for r in range(2):  # default: each process solves its own batch, summing to its own M
         torch.testing.assert_close(parts[r]["local"], low_weights(g[4 * r: 4 * r + 4], 0.2))
     assert abs(parts[0]["global"].sum().item() - 4) > 1e-3  # the global solution moves weight across processes
+
+
+def test_nproc_relaunches_the_same_command_under_torchrun(monkeypatch):
+    from dermlow import distributed
+    from dermlow.cli import main
+
+    calls = []
+    monkeypatch.setattr(distributed.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert main(["train", "--year", "2018", "--nproc", "2", "--lam", "0.5", "--nproc=2"]) == 0
+    (cmd,) = calls
+    assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    assert cmd[5:] == ["-m", "dermlow", "train", "--year", "2018", "--lam", "0.5"]
