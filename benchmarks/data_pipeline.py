@@ -68,15 +68,19 @@ def time_epoch(dataset: ManifestDataset, *, epoch: int, workers: int, batch_size
     return first, time.perf_counter() - start
 
 
-def measure(dataset: ManifestDataset, args: argparse.Namespace) -> dict[str, float]:
-    """Median over args.epochs passes: epoch images/s, steady-state images/s (after the first batch),
-    and milliseconds to the first batch."""
-    runs = [time_epoch(dataset, epoch=e, workers=args.workers, batch_size=args.batch_size)
-            for e in range(1, args.epochs + 1)]
-    n = len(dataset)
-    return {"epoch": float(np.median([n / total for _, total in runs])),
-            "steady": float(np.median([(n - args.batch_size) / (total - first) for first, total in runs])),
-            "first_ms": float(np.median([first * 1e3 for first, _ in runs]))}
+def measure(settings: dict[str, ManifestDataset], args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Per setting, medians over args.epochs passes of: epoch images/s, steady-state images/s (after
+    the first batch) and milliseconds to the first batch. Settings are interleaved epoch by epoch,
+    so a burst of load from other processes hits all of them alike."""
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in settings}
+    for epoch in range(1, args.epochs + 1):
+        for name, dataset in settings.items():
+            runs[name].append(time_epoch(dataset, epoch=epoch, workers=args.workers, batch_size=args.batch_size))
+    n = args.images
+    return {name: {"epoch": float(np.median([n / total for _, total in r])),
+                   "steady": float(np.median([(n - args.batch_size) / (total - first) for first, total in r])),
+                   "first_ms": float(np.median([first * 1e3 for first, _ in r]))}
+            for name, r in runs.items()}
 
 
 def main() -> None:
@@ -86,10 +90,12 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=450)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--epochs", type=int, default=3, help="timed passes per setting; medians are reported")
+    parser.add_argument("--epochs", type=int, default=5, help="timed passes per setting; medians are reported")
     parser.add_argument("--image-size", type=int, default=300)
     parser.add_argument("--crop-size", type=int, default=224)
     args = parser.parse_args()
+    if args.images < 3 * args.batch_size:
+        parser.error("use at least 3 batches of images, or the steady-state rate means nothing")
 
     print(f"load average before: {os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory() as tmp:
@@ -112,7 +118,7 @@ def main() -> None:
                 ManifestDataset(manifest, transform=train_transform(**norm, normalise=False),
                                 image_size=args.image_size, cache=cache),
         }
-        results = {name: measure(dataset, args) for name, dataset in settings.items()}
+        results = measure(settings, args)
     base = next(iter(results.values()))
     print(f"\n{args.images} images {args.width}x{args.height}, num_workers={args.workers}, batch {args.batch_size}, "
           f"image_size {args.image_size}, crop {args.crop_size}; medians of {args.epochs} epochs\n")

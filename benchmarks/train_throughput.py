@@ -27,17 +27,15 @@ from dermlow import config  # noqa: E402
 from dermlow.data import make_loader  # noqa: E402
 from dermlow.demo import make_demo  # noqa: E402
 from dermlow.session import Session, start_session  # noqa: E402
-from dermlow.train import train_one_epoch  # noqa: E402
+from dermlow.train import to_input, train_one_epoch  # noqa: E402
 
 
 def plain_epoch(s: Session, batches: list) -> None:
     """The baseline: forward, cross-entropy, backward, step. No weighting, no records."""
     s.model.train()
     for images, labels, _ in batches:
-        images = images.to(s.device, non_blocking=True)
+        images = to_input(images, s.device, s.normalisation, channels_last=s.channels_last)  # same input path
         labels = labels.to(s.device, non_blocking=True)
-        if s.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
         with s.autocast():
             loss = F.cross_entropy(s.model(images), labels)
         s.optimizer.zero_grad(set_to_none=True)

@@ -21,14 +21,14 @@ _LEVELS = np.arange(256, dtype=np.float64)
 def illuminant(image: np.ndarray, p: float = 6) -> np.ndarray:
     """Estimated illuminant e (unit length, shape [3]) of a uint8 HxWx3 image; zeros for a black image.
 
-    e_c = (mean_x I_c(x)^p)^(1/p) per channel (a Minkowski p-mean: p=1 is grey world, p=inf is
-    max-RGB), then e /= ||e||_2. Computed from each channel's 256-bin histogram, so the cost is
+    e_c = (mean_x I_c(x)^p)^(1/p) per channel (a Minkowski p-mean: p=1 is grey world, large p tends
+    to max-RGB), then e /= ||e||_2. Computed from each channel's 256-bin histogram, so the cost is
     one pass over the pixels whatever p is.
     """
     _check_rgb_uint8(image)
     image = np.ascontiguousarray(image)  # calcHist on a strided view (e.g. BGR[..., ::-1]) is 7x slower
-    if p <= 0:
-        raise ValueError(f"Shades of Gray needs p > 0, got {p}")
+    if not 0 < p < np.inf:
+        raise ValueError(f"Shades of Gray needs a finite p > 0, got {p}")
     powers = (_LEVELS / 255.0) ** p
     e = np.empty(3, dtype=np.float64)
     for c in range(3):
@@ -74,8 +74,8 @@ class ShadesOfGray(A.ImageOnlyTransform):
     """
 
     def __init__(self, p: float = 6):
-        if p <= 0:
-            raise ValueError(f"Shades of Gray needs p > 0, got {p}")
+        if not 0 < p < np.inf:
+            raise ValueError(f"Shades of Gray needs a finite p > 0, got {p}")
         super().__init__(p=1.0)
         self.power = float(p)
 

@@ -111,6 +111,8 @@ def build_datasets(cfg: Config, manifest: pd.DataFrame, *, mean, std) -> dict[st
         if len(rows) == 0:
             continue
         make = train_transform if split == "train" else eval_transform
-        out[split] = ManifestDataset(rows.reset_index(drop=True), transform=make(crop_size=d.crop_size, mean=mean, std=std),
-                                     image_size=d.image_size, cache=cache, p=d.color_p)
+        # uint8 out of the workers; train.to_input normalises on the device (docs/benchmarks.md)
+        transform = make(crop_size=d.crop_size, mean=mean, std=std, normalise=False)
+        out[split] = ManifestDataset(rows.reset_index(drop=True), transform=transform, image_size=d.image_size,
+                                     cache=cache, p=d.color_p)
     return out

@@ -57,6 +57,6 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", tta: bool = False,
     loader = make_loader(datasets[split], batch_size=cfg.optim.batch_size, shuffle=False, seed=cfg.run.seed,
                          epoch=0, num_workers=cfg.data.num_workers)
     autocast = partial(torch.autocast, "cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext
-    _, labels, probs = evaluate(net, loader, dev, autocast, tta=tta)
+    _, labels, probs = evaluate(net, loader, dev, autocast, tta=tta, normalisation=(mean, std))
     return Evaluation(classification_metrics(labels, probs), per_class_report(labels, probs, codes, names),
                       confusion(labels, probs.argmax(axis=1), len(codes)), codes)

@@ -44,6 +44,7 @@ class Session:
     scaler: torch.amp.GradScaler
     device: torch.device
     amp_dtype: torch.dtype | None
+    normalisation: tuple  # (mean, std) applied on the device to uint8 batches
     start_epoch: int = 1
     best_bacc: float = -1.0
     best_epoch: int = 0
@@ -197,7 +198,8 @@ def _assemble(cfg: Config, run_dir: Path, data: RunData, net: nn.Module, device:
         model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.model.compile and device.type == "cuda":
         model = torch.compile(model)
-    return Session(cfg, run_dir, data, datasets, model, net, objective, optimizer, scheduler, scaler, device, amp_dtype)
+    return Session(cfg, run_dir, data, datasets, model, net, objective, optimizer, scheduler, scaler, device, amp_dtype,
+                   (mean, std))
 
 
 def _loss_options(cfg: Config) -> dict:

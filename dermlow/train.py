@@ -18,6 +18,7 @@ from dermlow import distributed as dist
 from dermlow.guards import collapse_warnings, weight_stats
 from dermlow.metrics import classification_metrics
 from dermlow.session import Session, start_session
+from dermlow.transforms import normalise_batch, tta_variants
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,8 @@ def fit(session: Session) -> Path:
         lr = s.optimizer.param_groups[0]["lr"]
         records = train_one_epoch(s, s.train_loader(epoch), desc=f"epoch {epoch}/{cfg.optim.epochs}")
         s.scheduler.step()
-        evals = {split: evaluate(s.model, s.eval_loader(split), s.device, s.autocast) for split in s.eval_splits}
+        evals = {split: evaluate(s.model, s.eval_loader(split), s.device, s.autocast, normalisation=s.normalisation)
+                 for split in s.eval_splits}
         row = {"epoch": epoch, "lr": lr, "seconds": round(time.perf_counter() - t0, 3)}
         row |= _train_summary(records) | weight_stats(records["weight"])
         for split, (_, labels, probs) in evals.items():
@@ -69,10 +71,8 @@ def train_one_epoch(s: Session, loader: Iterable, *, desc: str = "") -> dict[str
     total = len(loader.dataset) if hasattr(loader, "dataset") else None
     bar = tqdm(total=total, desc=desc, unit="img", leave=False, disable=None if dist.is_main() else True)
     for step, (images, labels, index) in enumerate(loader, 1):
-        images = images.to(s.device, non_blocking=True)
+        images = to_input(images, s.device, s.normalisation, channels_last=s.channels_last)
         labels = labels.to(s.device, non_blocking=True)
-        if s.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
         with s.autocast():
             out = s.objective(s.model, images, labels)
         s.optimizer.zero_grad(set_to_none=True)
@@ -104,16 +104,29 @@ def train_one_epoch(s: Session, loader: Iterable, *, desc: str = "") -> dict[str
     return records
 
 
+def to_input(images: torch.Tensor, device: torch.device, normalisation: tuple | None, *,
+             channels_last: bool = False) -> torch.Tensor:
+    """A loader batch as network input on `device`.
+
+    ISIC loaders send uint8 images (a quarter of the bytes of float32 through worker queues and
+    host-to-device copies); they are normalised here, on the device, with the model's (mean, std).
+    """
+    images = images.to(device, non_blocking=True)
+    if images.dtype == torch.uint8:
+        images = normalise_batch(images, *normalisation)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, autocast=nullcontext,
-             *, tta: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(index, label, probabilities) of every sample of `loader`, in loader order."""
-    from dermlow.transforms import tta_variants
-
+             *, tta: bool = False, normalisation: tuple | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(index, label, probabilities) of every sample of `loader`, in index order."""
     model.eval()
     indices, labels, probs = [], [], []
     for images, y, index in loader:
-        images = images.to(device, non_blocking=True)
+        images = to_input(images, device, normalisation)
         with autocast():
             views = tta_variants(images) if tta else [images]
             p = torch.stack([model(v).float().softmax(dim=1) for v in views]).mean(dim=0)

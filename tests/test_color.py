@@ -111,9 +111,11 @@ def test_rejects_non_rgb_uint8(bad):
         shades_of_gray(bad)
 
 
-def test_rejects_non_positive_p():
+def test_rejects_non_positive_or_infinite_p():
     with pytest.raises(ValueError, match="p > 0"):
         shades_of_gray(_texture(7), 0)
+    with pytest.raises(ValueError, match="p > 0"):
+        shades_of_gray(_texture(7), np.inf)
     with pytest.raises(ValueError, match="p > 0"):
         ShadesOfGray(p=-1)
 
