@@ -20,7 +20,8 @@ from torch.utils.data import Dataset
 from dermlow.benchdata import load_benchmark
 from dermlow.config import Config
 from dermlow.data import ArrayDataset, CifarTrainTransform
-from dermlow.datasets import MANIFEST_COLUMNS, RunData
+from dermlow.datasets import RunData
+from dermlow.tracking import MANIFEST_COLUMNS
 
 log = logging.getLogger(__name__)
 

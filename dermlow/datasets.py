@@ -21,7 +21,6 @@ from dermlow.errors import UserError
 log = logging.getLogger(__name__)
 
 ISIC_SETS = ("isic2017", "isic2018", "ham10000", "generic")
-MANIFEST_COLUMNS = ["index", "image_id", "path", "label", "label_name", "split", "lesion_id"]
 
 
 @dataclass
@@ -83,13 +82,6 @@ def flip_labels(manifest: pd.DataFrame, fraction: float, num_classes: int, *, se
     out["label_name"] = out["label"].map(codes).fillna(out["label_name"])
     log.info("flipped %d of %d training labels on purpose (seed %d)", len(chosen), len(train), seed)
     return out
-
-
-def read_manifest(path) -> pd.DataFrame:
-    """Read a run's manifest.csv with the column types it was written with."""
-    frame = pd.read_csv(path, dtype={"image_id": str, "path": str, "lesion_id": str, "split": str,
-                                     "label_name": str}, keep_default_na=False)
-    return frame
 
 
 def build_datasets(cfg: Config, manifest: pd.DataFrame, *, mean, std) -> dict[str, Dataset]:

@@ -14,10 +14,11 @@ import torch
 from dermlow import tracking
 from dermlow.config import ModelConfig, from_dict
 from dermlow.data import make_loader
-from dermlow.datasets import build_datasets, read_manifest
+from dermlow.datasets import build_datasets
 from dermlow.errors import UserError
 from dermlow.metrics import classification_metrics, confusion, format_report, per_class_report
 from dermlow.model import create_model, load_checkpoint
+from dermlow.runs import read_manifest
 from dermlow.session import pick_device
 from dermlow.train import evaluate
 
@@ -50,7 +51,7 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", tta: bool = False,
     from dermlow.transforms import normalisation_from_timm
 
     mean, std = normalisation_from_timm(net)
-    manifest = read_manifest(run_dir / tracking.MANIFEST)
+    manifest = read_manifest(run_dir)
     datasets = build_datasets(cfg, manifest, mean=mean, std=std)
     if split not in datasets or split == "train":
         raise UserError(f"split '{split}' is not in this run; choose one of: {', '.join(s for s in datasets if s != 'train')}.")

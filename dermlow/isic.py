@@ -28,6 +28,7 @@ from PIL import Image
 
 from dermlow.errors import UserError, format_rows
 from dermlow.splits import assign_splits, describe, read_splits, save_splits
+from dermlow.tracking import MANIFEST_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,6 @@ __all__ = ["DatasetSpec", "ISIC2017", "ISIC2018", "HAM10000", "DATASETS", "load_
            "save_splits", "submission_frame", "isic2017_part3_frame", "check_image"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-MANIFEST_COLUMNS = ["index", "image_id", "path", "label", "label_name", "split", "lesion_id"]
 ROWS_NOTE = "rows are counted as in a spreadsheet: the header is row 1"
 HAM_DX = {"mel": "MEL", "nv": "NV", "bcc": "BCC", "akiec": "AKIEC", "bkl": "BKL", "df": "DF", "vasc": "VASC"}
 HAM_METADATA = ("HAM10000_metadata.csv", "HAM10000_metadata", "HAM10000_metadata.tab")

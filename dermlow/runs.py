@@ -20,10 +20,10 @@ import yaml
 
 from dermlow import tracking
 from dermlow.errors import UserError, format_rows
+from dermlow.tracking import MANIFEST_COLUMNS
 
 log = logging.getLogger(__name__)
 
-MANIFEST_COLUMNS = ["index", "image_id", "path", "label", "label_name", "split", "lesion_id"]
 OPTIONAL_WEIGHT_COLUMNS = ("other", "p_other")
 """Optional weight-log columns: the most probable class other than `label`, and its probability."""
 

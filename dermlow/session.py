@@ -22,10 +22,11 @@ from dermlow import distributed as dist
 from dermlow import tracking
 from dermlow.config import Config
 from dermlow.data import make_loader
-from dermlow.datasets import RunData, build_datasets, prepare, read_manifest
+from dermlow.datasets import RunData, build_datasets, prepare
 from dermlow.errors import UserError
 from dermlow.model import create_model, load_checkpoint
 from dermlow.objectives import make_objective
+from dermlow.runs import read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,6 @@ class Session:
         """
         rng = dist.gather_objects(_rng_state())
         if not dist.is_main():
-            self.best_bacc = max(self.best_bacc, row["val_bacc"])
             return
         ids = self.data.manifest.set_index("index")["image_id"]
         rows = pd.DataFrame({"epoch": epoch, "index": records["index"], "image_id": ids.loc[records["index"]].to_numpy(),
@@ -242,7 +242,7 @@ def _load_run_data(run_dir: Path) -> RunData:
     if not tracking.is_run_dir(run_dir):
         raise UserError(f"{run_dir} is not a dermlow run folder (no config.yaml and manifest.csv).")
     classes = json.loads((run_dir / tracking.CLASSES).read_text())
-    return RunData(read_manifest(run_dir / tracking.MANIFEST), classes["codes"], classes["names"],
+    return RunData(read_manifest(run_dir), classes["codes"], classes["names"],
                    classes.get("in_chans", 3))
 
 

@@ -19,7 +19,6 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 import yaml
 
 log = logging.getLogger(__name__)
@@ -36,6 +35,8 @@ BEST = "best.pt"
 WARNINGS = "warnings.log"
 DONE = "done"
 REVIEW = "review.csv"
+
+MANIFEST_COLUMNS = ["index", "image_id", "path", "label", "label_name", "split", "lesion_id"]
 
 WEIGHT_SCHEMA = pa.schema(
     [
@@ -94,6 +95,8 @@ def write_json(path: str | Path, data: Any) -> Path:
 
 def save_torch(path: str | Path, obj: Any) -> Path:
     """Atomically `torch.save` an object (a checkpoint)."""
+    import torch
+
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 
