@@ -171,5 +171,5 @@ def fetch(year: int, out_dir: str | Path, *, base_url: str = BASE_URL, progress:
         log.info("unpacking %s", name)
         written = safe_unpack(archive, out)
         marker.write_text(f"{len(written)} files\n")
-    log.info("ISIC %d files are in %s", year, out)
+    log.debug("ISIC %d files are in %s", year, out)
     return out

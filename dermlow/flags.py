@@ -194,7 +194,7 @@ def export_flags(run_dir: str | Path, *, top: int | None = None, per_class: bool
     table = table.reset_index(drop=True)
     if out is not None:
         tracking.write_csv(out, table)
-        log.info("wrote %d flagged cases to %s", len(table), out)
+        log.debug("wrote %d flagged cases to %s", len(table), out)
     if copy_images is not None:
         copy_flagged_images(run_dir, table, copy_images)
     return table
