@@ -38,6 +38,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/dermlow data check --year 2018 --data-dir $(DEMO_DATA)
 	rm -rf runs/demo
 	$(VENV)/bin/dermlow train --config configs/demo.yaml --name demo
+	@echo "Open the review app with:  $(VENV)/bin/dermlow app runs/demo   (or: make app)"
 
 app: $(VENV)/.installed
 	$(VENV)/bin/dermlow app runs
