@@ -9,6 +9,7 @@ app can show them.
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 def prepare(cfg: Config) -> RunData:
     """Manifest of a benchmark: imbalanced training set (if asked), a stratified validation part
     carved from it with the run's seed, and the official test set."""
-    bench = load_benchmark(cfg.data.dataset, cfg.data.data_dir, seed=cfg.run.seed, download=cfg.data.download)
+    bench = _load(cfg.data.dataset, str(cfg.data.data_dir), cfg.run.seed, cfg.data.download)
     train_rows = np.arange(len(bench.train_y))
     val_mask = _stratified_mask(bench.train_y, cfg.data.val_fraction, seed=cfg.run.seed)
     parts = [
@@ -50,7 +51,7 @@ def prepare(cfg: Config) -> RunData:
 
 def build_datasets(cfg: Config, manifest: pd.DataFrame, *, mean=None, std=None) -> dict[str, Dataset]:
     """ArrayDatasets per split, normalised with the training set's own channel statistics."""
-    bench = load_benchmark(cfg.data.dataset, cfg.data.data_dir, seed=cfg.run.seed, download=False)
+    bench = _load(cfg.data.dataset, str(cfg.data.data_dir), cfg.run.seed, False)
     arrays = {"train": bench.train_x, "test": bench.test_x}
     train_source = manifest[manifest["split"] == "train"]
     pixels = _gather(arrays, train_source).reshape(-1, bench.in_chans).astype(np.float64) / 255.0
@@ -63,6 +64,12 @@ def build_datasets(cfg: Config, manifest: pd.DataFrame, *, mean=None, std=None) 
             out[split] = ArrayDataset(_gather(arrays, rows), rows["label"].to_numpy(), rows["index"].to_numpy(),
                                       transform=augment if split == "train" else None, mean=mean, std=std)
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def _load(name: str, root: str, seed: int, download: bool):
+    """The benchmark arrays, read once per process (prepare and build_datasets both need them)."""
+    return load_benchmark(name, root, seed=seed, download=download)
 
 
 def _rows(array: str, rows: np.ndarray, labels: np.ndarray, split: str) -> pd.DataFrame:

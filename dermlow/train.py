@@ -38,8 +38,8 @@ def fit(session: Session) -> Path:
         lr = s.optimizer.param_groups[0]["lr"]
         records = train_one_epoch(s, s.train_loader(epoch), desc=f"epoch {epoch}/{cfg.optim.epochs}")
         s.scheduler.step()
-        evals = {split: evaluate(s.model, s.eval_loader(split), s.device, s.autocast, normalisation=s.normalisation)
-                 for split in s.eval_splits}
+        evals = {split: evaluate(s.model, s.eval_loader(split), s.device, s.autocast, normalisation=s.normalisation,
+                                 channels_last=s.channels_last) for split in s.eval_splits}
         row = {"epoch": epoch, "lr": lr, "seconds": round(time.perf_counter() - t0, 3)}
         row |= _train_summary(records) | weight_stats(records["weight"])
         for split, (_, labels, probs) in evals.items():
@@ -121,12 +121,13 @@ def to_input(images: torch.Tensor, device: torch.device, normalisation: tuple | 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, autocast=nullcontext,
-             *, tta: bool = False, normalisation: tuple | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+             *, tta: bool = False, normalisation: tuple | None = None,
+             channels_last: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(index, label, probabilities) of every sample of `loader`, in index order."""
     model.eval()
     indices, labels, probs = [], [], []
     for images, y, index in loader:
-        images = to_input(images, device, normalisation)
+        images = to_input(images, device, normalisation, channels_last=channels_last)
         with autocast():
             views = tta_variants(images) if tta else [images]
             p = torch.stack([model(v).float().softmax(dim=1) for v in views]).mean(dim=0)
