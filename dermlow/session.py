@@ -24,6 +24,7 @@ from dermlow.config import Config
 from dermlow.data import make_loader
 from dermlow.datasets import RunData, build_datasets, prepare
 from dermlow.errors import UserError
+from dermlow.isic import DatasetSpec, submission_frame
 from dermlow.model import create_model, load_checkpoint
 from dermlow.objectives import make_objective
 from dermlow.runs import read_manifest
@@ -103,10 +104,9 @@ class Session:
 
     def submission(self, index: np.ndarray, probs: np.ndarray) -> pd.DataFrame:
         """ISIC submission layout: `image`, then one probability column per class in model order."""
-        ids = self.data.manifest.set_index("index")["image_id"]
-        frame = pd.DataFrame(probs.astype(float), columns=self.data.codes)
-        frame.insert(0, "image", ids.loc[index].to_numpy())
-        return frame
+        ids = self.data.manifest.set_index("index")["image_id"].loc[index]
+        spec = DatasetSpec(self.cfg.data.dataset, tuple(self.data.codes), tuple(self.data.names))
+        return submission_frame(ids.to_numpy(), probs, spec)
 
     def checkpoint(self, epoch: int, rng: list[dict]) -> dict:
         """Everything needed to continue or rebuild the run from this file alone (`rng`: per rank)."""
