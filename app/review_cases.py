@@ -7,8 +7,8 @@ import pandas as pd
 import review_data as data
 import streamlit as st
 
-from dermlow import review, runs, tracking
 from dermlow.errors import UserError
+from dermlow.rundir import files, reader, review_marks
 
 TILE = 180  # thumbnail size in pixels
 PER_ROW = 6
@@ -21,20 +21,20 @@ def open_case(image_id: str) -> None:
     st.session_state["view"] = "Case"
 
 
-def not_started(run: runs.Run) -> bool:
+def not_started(run: reader.Run) -> bool:
     """True (after saying so) for a run that has not completed its first epoch."""
-    if run.epochs_done == 0 and not (run.path / tracking.WEIGHTS).exists():
+    if run.epochs_done == 0 and not (run.path / files.WEIGHTS).exists():
         st.info("No epoch completed yet: this view fills in after the first epoch (use Reload).")
         return True
     return False
 
 
-def summary_or_stop(run: runs.Run) -> pd.DataFrame | None:
+def summary_or_stop(run: reader.Run) -> pd.DataFrame | None:
     """The run's per-image weight summary, or None after showing why there is none."""
     if not_started(run):
         return None
     try:
-        summary = data.weight_summary(str(run.path), data.stamp(run.path, tracking.WEIGHTS, tracking.MANIFEST))
+        summary = data.weight_summary(str(run.path), data.stamp(run.path, files.WEIGHTS, files.MANIFEST))
     except UserError as err:
         st.error(str(err))
         return None
@@ -44,13 +44,13 @@ def summary_or_stop(run: runs.Run) -> pd.DataFrame | None:
     return summary
 
 
-def prediction_text(run: runs.Run, row: pd.Series) -> str:
+def prediction_text(run: reader.Run, row: pd.Series) -> str:
     """'NV 0.83' for the last epoch's prediction (its probability when the log allows)."""
     p = row["pred_prob_last"]
     return run.codes[int(row["predicted_last"])] + ("" if pd.isna(p) else f" {p:.2f}")
 
 
-def tile(run: runs.Run, row: pd.Series, section: str) -> None:
+def tile(run: reader.Run, row: pd.Series, section: str) -> None:
     """One gallery tile: image, true and predicted label, mean weight, and an Open button."""
     img, problem = data.load_image(run, row["path"], TILE)
     st.image(img, width="stretch")
@@ -61,7 +61,7 @@ def tile(run: runs.Run, row: pd.Series, section: str) -> None:
     st.button("Open", key=f"open-{section}-{row['image_id']}", on_click=open_case, args=(row["image_id"],))
 
 
-def gallery(run: runs.Run, rows: pd.DataFrame, section: str) -> None:
+def gallery(run: reader.Run, rows: pd.DataFrame, section: str) -> None:
     for start in range(0, len(rows), PER_ROW):
         cols = st.columns(PER_ROW)
         for col, (_, row) in zip(cols, rows.iloc[start : start + PER_ROW].iterrows(), strict=False):
@@ -69,7 +69,7 @@ def gallery(run: runs.Run, rows: pd.DataFrame, section: str) -> None:
                 tile(run, row, section)
 
 
-def gallery_options_ui(run: runs.Run) -> tuple[int | None, int]:
+def gallery_options_ui(run: reader.Run) -> tuple[int | None, int]:
     """(class to show, None for all; number of images per gallery)."""
     left, right = st.columns([2, 1])
     label = left.selectbox("Class", [None, *range(len(run.codes))], key="gallery_class",
@@ -78,7 +78,7 @@ def gallery_options_ui(run: runs.Run) -> tuple[int | None, int]:
     return label, int(n)
 
 
-def galleries_view(run: runs.Run) -> None:
+def galleries_view(run: reader.Run) -> None:
     st.header("Lesion galleries")
     st.caption("Training images ranked by the LOW weight averaged over all epochs so far. Low weight: the "
                "model found them easy. High weight: hard, atypical or possibly mislabeled.")
@@ -89,7 +89,7 @@ def galleries_view(run: runs.Run) -> None:
     where = "all classes" if label is None else run.class_label(label)
     for highest, section in ((False, "lowest"), (True, "highest")):
         st.subheader(f"{n} {section}-weighted images — {where}")
-        gallery(run, runs.ranked_by_weight(summary, n, label=label, highest=highest), section)
+        gallery(run, reader.ranked_by_weight(summary, n, label=label, highest=highest), section)
 
 
 # ---------------------------------------------------------------- case view
@@ -110,9 +110,9 @@ def _line(frame: pd.DataFrame, y: str, title: str, **scale) -> alt.Chart:
         color=alt.Color("series:N", legend=alt.Legend(orient="bottom", title=None)))
 
 
-def trajectory_charts(run: runs.Run, index: int) -> None:
+def trajectory_charts(run: reader.Run, index: int) -> None:
     """Weight, loss and probabilities of one image across the epochs."""
-    traj = data.trajectories(str(run.path), data.stamp(run.path, tracking.WEIGHTS))
+    traj = data.trajectories(str(run.path), data.stamp(run.path, files.WEIGHTS))
     t = traj[traj["index"] == index].sort_values("epoch")
     cols = st.columns(3)
     cols[0].altair_chart(_line(t.assign(series="LOW weight"), "weight", "weight"), width="stretch")
@@ -122,7 +122,7 @@ def trajectory_charts(run: runs.Run, index: int) -> None:
     cols[2].altair_chart(_line(plong, "value", "probability", domain=[0, 1]), width="stretch")
 
 
-def facts(run: runs.Run, row: pd.Series, scores: pd.DataFrame) -> None:
+def facts(run: reader.Run, row: pd.Series, scores: pd.DataFrame) -> None:
     score = scores.loc[scores["index"] == row["index"]]
     lines = [f"**Given label:** {run.class_label(int(row['label']))}",
              f"**Predicted (last epoch):** {run.class_label(int(row['predicted_last']))}"
@@ -142,25 +142,25 @@ def facts(run: runs.Run, row: pd.Series, scores: pd.DataFrame) -> None:
     st.markdown("  \n".join(lines))
 
 
-def review_ui(run: runs.Run, row: pd.Series) -> None:
-    """Flag / unflag this image with a reason and a note (kept in review.csv)."""
+def review_ui(run: reader.Run, row: pd.Series) -> None:
+    """Flag / unflag this image with a reason and a note (kept in review_marks.csv)."""
     current = data.read_review(str(run.path))
     mine = current[current["image_id"] == row["image_id"]]
     is_flagged = bool(len(mine) and mine["flagged"].iloc[0])
     st.markdown("**Review:** " + (f":red[flagged — {mine['reason'].iloc[0]}]" if is_flagged else "not flagged"))
-    reason = st.selectbox("Reason", review.REASONS, key=f"reason-{row['image_id']}",
-                          index=review.REASONS.index(mine["reason"].iloc[0]) if len(mine) else 0)
+    reason = st.selectbox("Reason", review_marks.REASONS, key=f"reason-{row['image_id']}",
+                          index=review_marks.REASONS.index(mine["reason"].iloc[0]) if len(mine) else 0)
     note = st.text_area("Note", value=mine["note"].iloc[0] if len(mine) else "", key=f"note-{row['image_id']}")
     left, right = st.columns(2)
     if left.button("Flag", key="flag", type="primary"):
-        review.flag(run.path, row["image_id"], int(row["index"]), reason, note)
+        review_marks.flag(run.path, row["image_id"], int(row["index"]), reason, note)
         st.rerun()
     if right.button("Unflag", key="unflag", disabled=not is_flagged):
-        review.unflag(run.path, row["image_id"])
+        review_marks.unflag(run.path, row["image_id"])
         st.rerun()
 
 
-def siblings(run: runs.Run, row: pd.Series) -> None:
+def siblings(run: reader.Run, row: pd.Series) -> None:
     lesion = row["lesion_id"]
     if not isinstance(lesion, str) or not lesion:
         st.caption("No lesion id recorded for this image.")
@@ -179,14 +179,14 @@ def siblings(run: runs.Run, row: pd.Series) -> None:
             col.caption(f":red[{problem}]")
 
 
-def case_view(run: runs.Run) -> None:
+def case_view(run: reader.Run) -> None:
     st.header("Case")
     summary = summary_or_stop(run)
     if summary is None:
         return
     image_id = case_selector_ui(summary)
     row = summary.loc[summary["image_id"] == image_id].iloc[0]
-    scores = data.flag_scores(str(run.path), data.stamp(run.path, tracking.WEIGHTS, tracking.MANIFEST))
+    scores = data.scored_cases(str(run.path), data.stamp(run.path, files.WEIGHTS, files.MANIFEST))
     left, right = st.columns([3, 2])
     with left:
         img, problem = data.load_image(run, row["path"])
@@ -203,7 +203,7 @@ def case_view(run: runs.Run) -> None:
 
 # ---------------------------------------------------------------- review list
 
-def review_view(run: runs.Run) -> None:
+def review_view(run: reader.Run) -> None:
     st.header("Review")
     current = data.read_review(str(run.path))
     marked = current[current["flagged"]]
@@ -212,7 +212,7 @@ def review_view(run: runs.Run) -> None:
         st.caption("Nothing flagged yet: open a case (galleries or suggestions below) and flag it.")
     else:
         st.dataframe(marked.drop(columns=["flagged"]), hide_index=True)
-        stamp = data.stamp(run.path, tracking.WEIGHTS, tracking.MANIFEST, tracking.REVIEW)
+        stamp = data.stamp(run.path, files.WEIGHTS, files.MANIFEST, files.REVIEW)
         try:
             st.download_button("Download the flagged cases (CSV)", data.export_csv(str(run.path), stamp),
                                file_name=f"{run.name}-flagged.csv", mime="text/csv")
@@ -221,17 +221,17 @@ def review_view(run: runs.Run) -> None:
         left, right = st.columns([3, 1], vertical_alignment="bottom")
         gone = left.selectbox("Unflag", marked["image_id"].tolist(), key="unflag_select")
         if right.button("Unflag", key="unflag_list"):
-            review.unflag(run.path, gone)
+            review_marks.unflag(run.path, gone)
             st.rerun()
     suggestions(run)
 
 
-def suggestions(run: runs.Run) -> None:
+def suggestions(run: reader.Run) -> None:
     """The images with the highest flag score: candidates for a second look."""
     st.subheader("Suggested cases (highest flag score)")
     if summary_or_stop(run) is None:
         return
-    scores = data.flag_scores(str(run.path), data.stamp(run.path, tracking.WEIGHTS, tracking.MANIFEST)).head(20)
+    scores = data.scored_cases(str(run.path), data.stamp(run.path, files.WEIGHTS, files.MANIFEST)).head(20)
     table = pd.DataFrame({
         "rank": scores["rank"], "image_id": scores["image_id"],
         "given label": [run.class_label(c) for c in scores["label"]],

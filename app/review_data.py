@@ -14,7 +14,7 @@ import pandas as pd
 import streamlit as st
 from PIL import Image, ImageDraw
 
-from dermlow import flags, review, runs, tracking
+from dermlow.rundir import files, flag_scores, reader, review_marks
 
 TRAJECTORY_COLUMNS = ["epoch", "index", "weight", "loss", "g", "p_true", "predicted"]
 
@@ -22,8 +22,8 @@ TRAJECTORY_COLUMNS = ["epoch", "index", "weight", "loss", "g", "p_true", "predic
 def stamp(run_dir: str | Path, *names: str) -> tuple:
     """(name, mtime_ns, size) of the named run files (all the run's files when none are named)."""
     run_dir = Path(run_dir)
-    names = names or (tracking.CONFIG, tracking.MANIFEST, tracking.CLASSES, tracking.METRICS, tracking.WEIGHTS,
-                      tracking.PREDICTIONS, tracking.PREDICTIONS_VAL, tracking.DONE)
+    names = names or (files.CONFIG, files.MANIFEST, files.CLASSES, files.METRICS, files.WEIGHTS,
+                      files.PREDICTIONS, files.PREDICTIONS_VAL, files.DONE)
     out = []
     for name in names:
         try:
@@ -37,44 +37,44 @@ def stamp(run_dir: str | Path, *names: str) -> tuple:
 @st.cache_data(show_spinner=False, ttl=20)
 def find_runs(root: str) -> list[str]:
     """Run folders under `root` (re-scanned every 20 s, so new runs appear)."""
-    return [str(p) for p in runs.find_runs(root)]
+    return [str(p) for p in reader.find_runs(root)]
 
 
 @st.cache_data(show_spinner=False)
-def load_run(run_dir: str, stamp: tuple) -> runs.Run:
-    return runs.load_run(run_dir)
+def load_run(run_dir: str, stamp: tuple) -> reader.Run:
+    return reader.load_run(run_dir)
 
 
 @st.cache_data(show_spinner="Reading the weight log…")
 def weight_summary(run_dir: str, stamp: tuple) -> pd.DataFrame:
-    return runs.weight_summary(run_dir)
+    return reader.weight_summary(run_dir)
 
 
 @st.cache_data(show_spinner=False)
-def flag_scores(run_dir: str, stamp: tuple) -> pd.DataFrame:
+def scored_cases(run_dir: str, stamp: tuple) -> pd.DataFrame:
     """Flag scores as `dermlow flag` computes them (runs without LOW are scored from g)."""
-    source = flags.weight_source(runs.load_run(run_dir).config)
-    return flags.flag_scores(weight_summary(run_dir, stamp), weight_from=source)
+    source = flag_scores.weight_source(reader.load_run(run_dir).config)
+    return flag_scores.flag_scores(weight_summary(run_dir, stamp), weight_from=source)
 
 
 @st.cache_resource(show_spinner="Reading the weight log…", max_entries=4)
 def trajectories(run_dir: str, stamp: tuple) -> pd.DataFrame:
     """The per-epoch columns the case view plots, for every image (shared, not copied: read only)."""
-    extra = [c for c in runs.OPTIONAL_WEIGHT_COLUMNS if c in runs.weight_columns(run_dir)]
-    return runs.load_weights(run_dir, columns=TRAJECTORY_COLUMNS + extra)
+    extra = [c for c in reader.OPTIONAL_WEIGHT_COLUMNS if c in reader.weight_columns(run_dir)]
+    return reader.load_weights(run_dir, columns=TRAJECTORY_COLUMNS + extra)
 
 
 @st.cache_data(show_spinner=False)
 def class_weight_curves(run_dir: str, stamp: tuple) -> pd.DataFrame:
     """Mean weight per (epoch, training label): the paper's weight-per-class figures."""
-    w = runs.load_weights(run_dir, columns=["epoch", "label", "weight"])
+    w = reader.load_weights(run_dir, columns=["epoch", "label", "weight"])
     return w.groupby(["epoch", "label"], as_index=False)["weight"].mean()
 
 
 @st.cache_data(show_spinner=False)
 def weight_quantiles(run_dir: str, stamp: tuple) -> pd.DataFrame:
     """Quantiles (5, 25, 50, 75, 95 %) and mean of the weights of each epoch."""
-    w = runs.load_weights(run_dir, columns=["epoch", "weight"])
+    w = reader.load_weights(run_dir, columns=["epoch", "weight"])
     q = w.groupby("epoch")["weight"].quantile([0.05, 0.25, 0.5, 0.75, 0.95]).unstack()
     q.columns = ["p5", "p25", "median", "p75", "p95"]
     q["mean"] = w.groupby("epoch")["weight"].mean()
@@ -84,23 +84,23 @@ def weight_quantiles(run_dir: str, stamp: tuple) -> pd.DataFrame:
 @st.cache_data(show_spinner=False)
 def epoch_weights(run_dir: str, epoch: int, stamp: tuple) -> np.ndarray:
     """All weights of one epoch (one parquet row group)."""
-    return runs.load_weights(run_dir, columns=["weight"], epochs=[epoch])["weight"].to_numpy()
+    return reader.load_weights(run_dir, columns=["weight"], epochs=[epoch])["weight"].to_numpy()
 
 
 @st.cache_data(show_spinner=False)
 def predictions(run_dir: str, split: str, stamp: tuple) -> pd.DataFrame:
-    return runs.load_predictions(run_dir, split)
+    return reader.load_predictions(run_dir, split)
 
 
 @st.cache_data(show_spinner=False)
 def export_csv(run_dir: str, stamp: tuple) -> bytes:
     """The reviewed cases as CSV, through the same function as `dermlow flag`."""
-    return flags.export_flags(run_dir, reviewed_only=True).to_csv(index=False).encode("utf-8")
+    return flag_scores.export_flags(run_dir, reviewed_only=True).to_csv(index=False).encode("utf-8")
 
 
 def read_review(run_dir: str) -> pd.DataFrame:
-    """review.csv, read fresh each time (it is small and the app itself changes it)."""
-    return review.read_review(run_dir)
+    """review_marks.csv, read fresh each time (it is small and the app itself changes it)."""
+    return review_marks.read_review(run_dir)
 
 
 def placeholder(size: int, text: str) -> Image.Image:
@@ -119,7 +119,7 @@ def _thumbnail(path: str, size: int | None, mtime: int) -> Image.Image:
         return img
 
 
-def load_image(run: runs.Run, path: str, size: int | None = None) -> tuple[Image.Image, str | None]:
+def load_image(run: reader.Run, path: str, size: int | None = None) -> tuple[Image.Image, str | None]:
     """The image at a manifest path (a thumbnail when `size` is given), or a placeholder and the
     reason it could not be shown."""
     file = run.image_path(path)

@@ -10,8 +10,9 @@ import review_data as data
 import streamlit as st
 from sklearn.metrics import roc_curve
 
-from dermlow import metrics, runs, tracking
+from dermlow import metrics
 from dermlow.errors import UserError
+from dermlow.rundir import files, reader
 
 LOSSES = {"ce": "CE", "balanced_ce": "bCE", "focal": "FL"}
 WEIGHTINGS = {"low": "LOW", "none": "", "spl": "SPL", "is": "IS"}
@@ -25,7 +26,7 @@ CURVES = {
 
 # ---------------------------------------------------------------- runs table
 
-def setup_of(run: runs.Run) -> dict:
+def setup_of(run: reader.Run) -> dict:
     """The fields that define a setup (everything but the seed): runs sharing them are repeats."""
     c = run.config
     loss = (c.get("loss") or {}).get("name", "ce")
@@ -38,7 +39,7 @@ def setup_of(run: runs.Run) -> dict:
             "flipped labels": (c.get("data") or {}).get("flip_labels") or 0}
 
 
-def best_row(run: runs.Run) -> pd.Series | None:
+def best_row(run: reader.Run) -> pd.Series | None:
     """The metrics row of the best validation BAcc (the epoch predictions.csv comes from)."""
     m = run.metrics
     if m.empty:
@@ -48,7 +49,7 @@ def best_row(run: runs.Run) -> pd.Series | None:
     return m.iloc[-1]
 
 
-def run_rows(loaded: list[runs.Run]) -> pd.DataFrame:
+def run_rows(loaded: list[reader.Run]) -> pd.DataFrame:
     """One row per run: its setup, seed, progress and test metrics at the best validation epoch."""
     rows = []
     for run in loaded:
@@ -86,7 +87,7 @@ def runs_view(run_dirs: list[str]) -> None:
     loaded, problems = [], []
     for d in run_dirs:
         try:
-            loaded.append(data.load_run(d, data.stamp(d, tracking.CONFIG, tracking.METRICS, tracking.DONE)))
+            loaded.append(data.load_run(d, data.stamp(d, files.CONFIG, files.METRICS, files.DONE)))
         except UserError as err:
             problems.append(str(err))
     for p in problems:
@@ -106,7 +107,7 @@ def split_ui(key: str) -> str:
                     format_func=lambda s: {"test": "Test", "val": "Validation"}[s])
 
 
-def roc_frame(y: np.ndarray, probs: np.ndarray, run: runs.Run) -> pd.DataFrame:
+def roc_frame(y: np.ndarray, probs: np.ndarray, run: reader.Run) -> pd.DataFrame:
     """One-vs-rest ROC curve points per class with both positives and negatives."""
     parts = []
     for c in range(len(run.codes)):
@@ -119,7 +120,7 @@ def roc_frame(y: np.ndarray, probs: np.ndarray, run: runs.Run) -> pd.DataFrame:
     return pd.concat(parts) if parts else pd.DataFrame()
 
 
-def confusion_chart(cm: np.ndarray, run: runs.Run) -> alt.Chart:
+def confusion_chart(cm: np.ndarray, run: reader.Run) -> alt.Chart:
     frame = pd.DataFrame([(run.codes[i], run.codes[j], int(cm[i, j])) for i in range(len(cm)) for j in range(len(cm))],
                          columns=["true", "predicted", "images"])
     base = alt.Chart(frame).encode(x=alt.X("predicted:N", sort=run.codes), y=alt.Y("true:N", sort=run.codes))
@@ -127,7 +128,7 @@ def confusion_chart(cm: np.ndarray, run: runs.Run) -> alt.Chart:
     return (cells + base.mark_text().encode(text="images:Q")).properties(height=360)
 
 
-def training_curves(run: runs.Run) -> None:
+def training_curves(run: reader.Run) -> None:
     m = run.metrics
     if m.empty:
         st.info("No completed epoch yet: the curves appear after the first one.")
@@ -141,10 +142,10 @@ def training_curves(run: runs.Run) -> None:
     right.line_chart(m.set_index("epoch")[list(bacc)].rename(columns=bacc))
 
 
-def per_class_view(run: runs.Run) -> None:
+def per_class_view(run: reader.Run) -> None:
     st.header("Per-class results")
     split = split_ui("per_class_split")
-    pred = data.predictions(str(run.path), split, data.stamp(run.path, tracking.PREDICTIONS, tracking.PREDICTIONS_VAL))
+    pred = data.predictions(str(run.path), split, data.stamp(run.path, files.PREDICTIONS, files.PREDICTIONS_VAL))
     if pred.empty:
         st.info(f"No {split} predictions yet: they are written after the first epoch.")
     else:
@@ -173,12 +174,12 @@ def per_class_view(run: runs.Run) -> None:
 
 # ---------------------------------------------------------------- weights
 
-def weights_view(run: runs.Run) -> None:
+def weights_view(run: reader.Run) -> None:
     st.header("Weights over training")
     st.caption("The weight LOW gave each training image in each epoch (1 = an ordinary sample).")
     if cases.not_started(run):
         return
-    stamp = data.stamp(run.path, tracking.WEIGHTS)
+    stamp = data.stamp(run.path, files.WEIGHTS)
     curves = data.class_weight_curves(str(run.path), stamp)
     if curves.empty:
         st.info("No epoch logged yet.")

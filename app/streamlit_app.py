@@ -20,9 +20,9 @@ import review_data as data  # noqa: E402
 import review_results as results  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from dermlow import tracking  # noqa: E402
+from dermlow.rundir import files  # noqa: E402
 from dermlow.errors import UserError  # noqa: E402
-from dermlow.runs import Run  # noqa: E402
+from dermlow.rundir.reader import Run  # noqa: E402
 
 RUNS_ENV = "DERMLOW_RUNS"
 VIEWS = {
@@ -117,7 +117,7 @@ def run_status_ui(run: Run) -> None:
     st.sidebar.caption(f"**{run.name}** — epoch {run.epochs_done} of {planned}, {state}.")
     if not run.done:
         st.sidebar.button("Reload", help="Show the epochs written since the page was opened.")
-    warnings = run.path / tracking.WARNINGS
+    warnings = run.path / files.WARNINGS
     if warnings.is_file() and warnings.stat().st_size:
         with st.sidebar.expander("Training warnings"):
             st.text(warnings.read_text(errors="replace")[-3000:])

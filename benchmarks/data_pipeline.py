@@ -21,8 +21,8 @@ import pandas as pd
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from dermlow.data import ImageCache, ManifestDataset, make_loader  # noqa: E402
-from dermlow.transforms import train_transform  # noqa: E402
+from dermlow.data.loading import ImageCache, ManifestDataset, make_loader  # noqa: E402
+from dermlow.data.transforms import train_transform  # noqa: E402
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

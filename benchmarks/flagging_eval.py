@@ -36,8 +36,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dermlow import config, flags, runs, tracking, train
-from dermlow.datasets import read_manifest
+from dermlow import config
+from dermlow.data.prepare import read_manifest
+from dermlow.rundir import files, flag_scores, reader
+from dermlow.training import loop
 
 log = logging.getLogger("flagging_eval")
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,7 +72,7 @@ def setup_layer(data: str, args: argparse.Namespace) -> dict:
 
 def ensure_demo(folder: Path) -> Path:
     """The 600-image synthetic ISIC 2018 set (seed 0), written once."""
-    from dermlow.demo import make_demo
+    from dermlow.data.demo import make_demo
 
     if not (folder / "README_DEMO.txt").exists():
         make_demo(folder, year=2018, n_images=600, seed=0)
@@ -90,11 +92,11 @@ def train_once(layer: dict) -> Path:
     """Train the run named in `layer` unless it finished before (resume a partial one)."""
     cfg = config.resolve(layer)
     run_dir = Path(cfg.run.out) / cfg.run.name
-    if (run_dir / tracking.DONE).exists():
+    if (run_dir / files.DONE).exists():
         return run_dir
     start = time.perf_counter()
-    resume = run_dir if tracking.is_run_dir(run_dir) else None
-    train.train(cfg, resume=resume)
+    resume = run_dir if files.is_run_dir(run_dir) else None
+    loop.train(cfg, resume=resume)
     log.info("trained %s in %.0f s", run_dir.name, time.perf_counter() - start)
     return run_dir
 
@@ -117,11 +119,11 @@ def cross_validated_probs(run_dir: Path, base: dict, *, folds: int, epochs: int,
 
     A fold run is started by hand from the noisy run's manifest (its flipped labels kept, no
     new flips): the held-out fold becomes its `test` split, validation stays, the real test
-    split is left out; `train.train(cfg, resume=folder)` then trains it from epoch 1.
+    split is left out; `loop.train(cfg, resume=folder)` then trains it from epoch 1.
     """
-    manifest = read_manifest(run_dir / tracking.MANIFEST)
+    manifest = read_manifest(run_dir / files.MANIFEST)
     trained = manifest[manifest["split"] == "train"]
-    noisy_cfg = config.resolve(config.read_yaml(run_dir / tracking.CONFIG))
+    noisy_cfg = config.resolve(config.read_yaml(run_dir / files.CONFIG))
     fold = fold_of(trained["label"].to_numpy(), folds, noisy_cfg.run.seed)
     parts = []
     for f in range(int(fold.max()) + 1):
@@ -130,15 +132,15 @@ def cross_validated_probs(run_dir: Path, base: dict, *, folds: int, epochs: int,
         layer["optim"]["epochs"] = epochs
         cfg = config.resolve(layer)
         fold_dir = out / name
-        if not (fold_dir / tracking.DONE).exists():
-            if not tracking.is_run_dir(fold_dir):
+        if not (fold_dir / files.DONE).exists():
+            if not files.is_run_dir(fold_dir):
                 split = manifest["split"].where(manifest["split"] != "test", "")
                 split.loc[trained.index[fold == f]] = "test"
                 write_fold_run(fold_dir, cfg, manifest.assign(split=split)[split != ""], run_dir)
             start = time.perf_counter()
-            train.train(cfg, resume=fold_dir)
+            loop.train(cfg, resume=fold_dir)
             log.info("trained %s in %.0f s", name, time.perf_counter() - start)
-        parts.append(pd.read_csv(fold_dir / tracking.PREDICTIONS, dtype={"image": str}))
+        parts.append(pd.read_csv(fold_dir / files.PREDICTIONS, dtype={"image": str}))
     probs = pd.concat(parts, ignore_index=True).rename(columns={"image": "image_id"})
     keep = trained[["index", "image_id", "label", "flipped"]]
     return keep.merge(probs, on="image_id", how="left", validate="one_to_one").drop(columns="image_id")
@@ -147,15 +149,15 @@ def cross_validated_probs(run_dir: Path, base: dict, *, folds: int, epochs: int,
 def write_fold_run(fold_dir: Path, cfg: config.Config, manifest: pd.DataFrame, noisy_dir: Path) -> None:
     """The start files of a run folder (manifest, classes, config; config last, as training does)."""
     fold_dir.mkdir(parents=True, exist_ok=True)
-    tracking.write_csv(fold_dir / tracking.MANIFEST, manifest)
-    (fold_dir / tracking.CLASSES).write_text((noisy_dir / tracking.CLASSES).read_text())
-    tracking.write_yaml(fold_dir / tracking.CONFIG, cfg.to_dict())
+    files.write_csv(fold_dir / files.MANIFEST, manifest)
+    (fold_dir / files.CLASSES).write_text((noisy_dir / files.CLASSES).read_text())
+    files.write_yaml(fold_dir / files.CONFIG, cfg.to_dict())
 
 
 def cleanlab_rows(cv: pd.DataFrame, protocol: str) -> list[dict]:
     """cleanlab's label-quality ranking and find_label_issues set on the cross-validated probabilities."""
     probs = cv.drop(columns=["index", "label", "flipped"]).to_numpy(dtype=float)
-    q = flags.cleanlab_quality(cv["label"].to_numpy(), probs, cv["flipped"].to_numpy(dtype=bool))
+    q = flag_scores.cleanlab_quality(cv["label"].to_numpy(), probs, cv["flipped"].to_numpy(dtype=bool))
     return [{"score": f"cleanlab label quality ({protocol})", "ap": q["ap"], "precision_at_k": q["precision_at_k"]},
             {"score": f"cleanlab find_label_issues ({protocol})", "ap": np.nan, "precision_at_k": np.nan,
              "found": q["found"], "found_precision": q["found_precision"], "found_recall": q["found_recall"]}]
@@ -175,17 +177,17 @@ def _v1_excess(summary: pd.DataFrame, column: str) -> pd.Series:
 
 def alternatives(run_dir: Path) -> list[dict]:
     """Scores considered and not chosen (docs/flagging.md): what each change of the default did."""
-    summary = runs.weight_summary(run_dir)
+    summary = reader.weight_summary(run_dir)
     truth = summary["flipped"].to_numpy(dtype=bool)
     k = int(truth.sum())
     v1 = (0.25 * _v1_excess(summary, "weight_mean").rank(pct=True)
           + 1 / 12 * _v1_excess(summary, "weight_above1").rank(pct=True)
           + 1 / 3 * (1 - summary["p_true_mean"]).rank(pct=True) + 1 / 3 * summary["misclassified"].rank(pct=True))
-    rows = [{"score": "alt: previous default (v1)", **flags.ranking_quality(truth, v1.to_numpy(), k)}]
+    rows = [{"score": "alt: previous default (v1)", **flag_scores.ranking_quality(truth, v1.to_numpy(), k)}]
     for name, shares in [("alt: v1 shares, new class reference", V1_SHARES),
                          ("alt: combined + 1 - mean p (thirds)", {"weight_excess": 1, "loss_excess": 1, "contradiction": 1})]:
-        scored = flags.flag_scores(summary, shares=shares)  # sorted by its own rank: truth from the same frame
-        rows.append({"score": name, **flags.ranking_quality(scored["flipped"].to_numpy(dtype=bool),
+        scored = flag_scores.flag_scores(summary, shares=shares)  # sorted by its own rank: truth from the same frame
+        rows.append({"score": name, **flag_scores.ranking_quality(scored["flipped"].to_numpy(dtype=bool),
                                                             scored["score"].to_numpy(), k)})
     return rows
 
@@ -199,7 +201,7 @@ def evaluate(data: str, seed: int, args: argparse.Namespace) -> pd.DataFrame:
     for weighting in args.weightings:
         name = f"{data}-flip{args.flip:g}-{weighting}-seed{seed}"
         run_dir = train_once(run_layer(base, seed=seed, weighting=weighting, name=name, out=out, flip=args.flip))
-        ev = pd.concat([flags.evaluate_flags(run_dir), pd.DataFrame(alternatives(run_dir))], ignore_index=True)
+        ev = pd.concat([flag_scores.evaluate_flags(run_dir), pd.DataFrame(alternatives(run_dir))], ignore_index=True)
         ev[["k", "flipped", "images"]] = ev[["k", "flipped", "images"]].ffill()
         if cv is None and args.folds > 1 and seed in (args.cv_seeds or [seed]):
             epochs = args.cv_epochs or CV_EPOCHS.get(data) or config.resolve(base).optim.epochs
@@ -284,7 +286,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("dermlow.train", "dermlow.session", "dermlow.datasets"):
+    for noisy in ("dermlow.training.loop", "dermlow.training.session", "dermlow.data.prepare"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.threads:
         import torch
@@ -300,7 +302,7 @@ def main() -> None:
                 old = results.set_index(key).index.isin(new.set_index(key).index)
                 results = results[~old]
             results = pd.concat([results, new], ignore_index=True)
-            tracking.write_csv(store, results)
+            files.write_csv(store, results)
     print(summarise(results))
 
 

@@ -24,9 +24,9 @@ import time
 import numpy as np
 import torch
 
-from dermlow.nets import LeNet5
-from dermlow.objectives import make_objective
-from dermlow.weighting import low_weights
+from dermlow.method.low import low_weights
+from dermlow.method.weightings import make_objective
+from dermlow.models.paper_nets import LeNet5
 
 
 def _median_seconds(fn, repeats: int) -> float:

@@ -24,10 +24,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from dermlow import config  # noqa: E402
-from dermlow.data import make_loader  # noqa: E402
-from dermlow.demo import make_demo  # noqa: E402
-from dermlow.session import Session, start_session  # noqa: E402
-from dermlow.train import to_input, train_one_epoch  # noqa: E402
+from dermlow.data.demo import make_demo  # noqa: E402
+from dermlow.data.loading import make_loader  # noqa: E402
+from dermlow.training.loop import to_input, train_one_epoch  # noqa: E402
+from dermlow.training.session import Session, start_session  # noqa: E402
 
 
 def plain_epoch(s: Session, batches: list) -> None:

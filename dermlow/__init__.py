@@ -18,7 +18,7 @@ def __getattr__(name: str):
     # `dermlow.low_weights` imports torch on first use only, so that light modules (the review
     # app's readers, the CLI's --help) start fast.
     if name == "low_weights":
-        from dermlow.weighting import low_weights
+        from dermlow.method.low import low_weights
 
         return low_weights
     raise AttributeError(f"module 'dermlow' has no attribute {name!r}")

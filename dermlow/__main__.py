@@ -2,6 +2,6 @@
 
 import sys
 
-from dermlow.cli import main
+from dermlow.cli.main import main
 
 sys.exit(main())

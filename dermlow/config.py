@@ -206,8 +206,8 @@ def resolve(*layers: dict[str, Any]) -> Config:
 
 def check(cfg: Config) -> Config:
     """Reject values that would only fail later (after minutes of data loading)."""
-    from dermlow.losses import LOSSES
-    from dermlow.objectives import WEIGHTINGS
+    from dermlow.method.losses import LOSSES
+    from dermlow.method.weightings import WEIGHTINGS
 
     def need(ok: bool, message: str) -> None:
         if not ok:

@@ -11,7 +11,7 @@ large gradient norm g and a high LOW weight early, then partly memorised late. H
 a confusing class and have low clarity, so they are suspicious but are not flips. From the
 softmax of z the factory derives loss, g = ||p - onehot||^2, p_true, predicted and the LOW
 weights (the QP's closed form, per shuffled mini-batch), and writes every file of
-docs/run_directory.md with the writers of dermlow.tracking, plus real PNG/JPEG images.
+docs/run_directory.md with the writers of dermlow.rundir.files, plus real PNG/JPEG images.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from dermlow import tracking
 from dermlow.metrics import classification_metrics
+from dermlow.rundir import files
 
 CODES = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
 NAMES = [
@@ -239,22 +239,22 @@ def make_run(
     done_epochs = epochs if written_epochs is None else written_epochs
     cfg = _config(name, epochs=epochs, lam=lam, weighting=weighting, loss=loss, batch_size=batch_size,
                   seed=seed, flip_frac=flip_frac, data_dir=data_dir)
-    tracking.write_yaml(run_dir / tracking.CONFIG, cfg)
-    tracking.write_csv(run_dir / tracking.MANIFEST, manifest)
-    tracking.write_json(run_dir / tracking.CLASSES, {"codes": CODES[:k], "names": NAMES[:k]})
+    files.write_yaml(run_dir / files.CONFIG, cfg)
+    files.write_csv(run_dir / files.MANIFEST, manifest)
+    files.write_json(run_dir / files.CLASSES, {"codes": CODES[:k], "names": NAMES[:k]})
     if done_epochs == 0:
         return run_dir
-    columns = [c for c in tracking.WEIGHT_SCHEMA.names if extra_columns or c not in OPTIONAL]
+    columns = [c for c in files.WEIGHT_SCHEMA.names if extra_columns or c not in OPTIONAL]
     _write_weights(run_dir, weights[weights["epoch"] <= done_epochs][columns], extra_columns)
-    tracking.write_csv(run_dir / tracking.METRICS, metrics[metrics["epoch"] <= done_epochs])
+    files.write_csv(run_dir / files.METRICS, metrics[metrics["epoch"] <= done_epochs])
     best = int(metrics["val_bacc"][:done_epochs].to_numpy().argmax())
-    for fname, part in ((tracking.PREDICTIONS, "test"), (tracking.PREDICTIONS_VAL, "val")):
+    for fname, part in ((files.PREDICTIONS, "test"), (files.PREDICTIONS_VAL, "val")):
         mask = split == part
         pred = pd.DataFrame(probs[best][mask], columns=CODES[:k])
         pred.insert(0, "image", frame["image_id"][mask].to_numpy())
-        tracking.write_csv(run_dir / fname, pred)
+        files.write_csv(run_dir / fname, pred)
     if done_epochs == epochs:
-        tracking.write_text(run_dir / tracking.DONE, "")
+        files.write_text(run_dir / files.DONE, "")
     return run_dir
 
 
@@ -262,16 +262,16 @@ OPTIONAL = ("other", "p_other")  # columns that logs written before they existed
 
 
 def _write_weights(run_dir: Path, rows: pd.DataFrame, extra: bool) -> None:
-    """One row group per epoch, through tracking's writer (or an older, narrower schema)."""
+    """One row group per epoch, through the run-folder writer (or an older, narrower schema)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path = run_dir / tracking.WEIGHTS
+    path = run_dir / files.WEIGHTS
     if extra:
         for ep, group in rows.groupby("epoch"):
-            tracking.append_weight_rows(path, group, keep_epochs_below=int(ep))
+            files.append_weight_rows(path, group, keep_epochs_below=int(ep))
         return
-    schema = pa.schema([f for f in tracking.WEIGHT_SCHEMA if f.name not in OPTIONAL])
+    schema = pa.schema([f for f in files.WEIGHT_SCHEMA if f.name not in OPTIONAL])
     with pq.ParquetWriter(path, schema, compression="zstd") as writer:
         for _, group in rows.groupby("epoch"):
             writer.write_table(pa.Table.from_pandas(group, schema=schema, preserve_index=False))

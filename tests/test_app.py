@@ -9,7 +9,7 @@ import pytest
 from run_factory import make_run
 from streamlit.testing.v1 import AppTest
 
-from dermlow import runs, tracking
+from dermlow.rundir import files, reader
 
 APP = str(Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py")
 VIEWS = ["Runs", "Per-class", "Weights over training", "Lesion galleries", "Case", "Review"]
@@ -41,7 +41,7 @@ def assert_clean(at: AppTest, view: str) -> None:
 
 def test_every_view_renders_for_each_run(root, monkeypatch):
     at = app(root, monkeypatch)
-    for run_dir in runs.find_runs(root):
+    for run_dir in reader.find_runs(root):
         show(at, "Per-class").sidebar.selectbox(key="run").set_value(str(run_dir)).run()
         for view in VIEWS:
             show(at, view)
@@ -63,7 +63,7 @@ def test_runs_table_pools_the_seeds_of_one_setup(root, monkeypatch):
     table = at.dataframe[0].value
     assert len(table) == 1 and table["runs"].iloc[0] == 2
     assert table["method"].iloc[0] == "CE + LOW" and table["lambda"].iloc[0] == "1"
-    each = [runs.load_run(root / "cmp" / s).metrics for s in ("seed0", "seed1")]
+    each = [reader.load_run(root / "cmp" / s).metrics for s in ("seed0", "seed1")]
     bacc = [m.loc[m["val_bacc"].idxmax(), "test_bacc"] * 100 for m in each]
     mean, std = pd.Series(bacc).mean(), pd.Series(bacc).std()
     assert table["BAcc"].iloc[0] == f"{mean:.1f} ± {std:.1f}"
@@ -77,13 +77,13 @@ def _gallery_ids(at: AppTest, section: str) -> list[str]:
 def test_galleries_hold_the_expected_images_in_order(root, monkeypatch):
     run_dir = root / "flipped"
     at = show(app(run_dir, monkeypatch), "Lesion galleries")
-    summary = runs.weight_summary(run_dir)
-    assert _gallery_ids(at, "lowest") == list(runs.ranked_by_weight(summary, 12)["image_id"])
-    assert _gallery_ids(at, "highest") == list(runs.ranked_by_weight(summary, 12, highest=True)["image_id"])
+    summary = reader.weight_summary(run_dir)
+    assert _gallery_ids(at, "lowest") == list(reader.ranked_by_weight(summary, 12)["image_id"])
+    assert _gallery_ids(at, "highest") == list(reader.ranked_by_weight(summary, 12, highest=True)["image_id"])
     at.selectbox(key="gallery_class").set_value(1).run()
     at.number_input(key="gallery_n").set_value(5).run()
     assert_clean(at, "galleries, class 1")
-    assert _gallery_ids(at, "highest") == list(runs.ranked_by_weight(summary, 5, label=1, highest=True)["image_id"])
+    assert _gallery_ids(at, "highest") == list(reader.ranked_by_weight(summary, 5, label=1, highest=True)["image_id"])
     assert "NV — Melanocytic nevus" in at.subheader[0].value
 
 
@@ -98,15 +98,15 @@ def test_open_a_case_then_flag_and_unflag_it(root, monkeypatch):
     at.selectbox(key=f"reason-{target}").set_value("possible label error")
     at.text_area(key=f"note-{target}").input("pigment network looks like a nevus").run()
     at.button(key="flag").click().run()
-    saved = pd.read_csv(run_dir / tracking.REVIEW, keep_default_na=False)
+    saved = pd.read_csv(run_dir / files.REVIEW, keep_default_na=False)
     assert saved[["image_id", "reason", "note", "flagged"]].values.tolist() == [
         [target, "possible label error", "pigment network looks like a nevus", True]]
     show(at, "Review")
     assert_clean(at, "review")
     assert at.dataframe[0].value["image_id"].tolist() == [target]
     at.button(key="unflag_list").click().run()
-    assert not pd.read_csv(run_dir / tracking.REVIEW)["flagged"].any()
-    (run_dir / tracking.REVIEW).unlink()
+    assert not pd.read_csv(run_dir / files.REVIEW)["flagged"].any()
+    (run_dir / files.REVIEW).unlink()
 
 
 def test_a_folder_that_is_not_a_run(tmp_path, monkeypatch):
@@ -117,8 +117,8 @@ def test_a_folder_that_is_not_a_run(tmp_path, monkeypatch):
 
 def test_a_truncated_weight_log_is_reported_not_a_crash(tmp_path, monkeypatch):
     run_dir = make_run(tmp_path, epochs=3)
-    data = (run_dir / tracking.WEIGHTS).read_bytes()
-    (run_dir / tracking.WEIGHTS).write_bytes(data[:100])
+    data = (run_dir / files.WEIGHTS).read_bytes()
+    (run_dir / files.WEIGHTS).write_bytes(data[:100])
     at = app(run_dir, monkeypatch)
     assert not at.exception and not at.error  # the runs table needs no weight log
     for view in ["Weights over training", "Lesion galleries", "Case"]:
@@ -128,9 +128,9 @@ def test_a_truncated_weight_log_is_reported_not_a_crash(tmp_path, monkeypatch):
 
 def test_a_deleted_image_shows_a_message(tmp_path, monkeypatch):
     run_dir = make_run(tmp_path, epochs=3)
-    summary = runs.weight_summary(run_dir)
-    first = runs.ranked_by_weight(summary, 1, highest=True).iloc[0]
-    runs.load_run(run_dir).image_path(first["path"]).unlink()
+    summary = reader.weight_summary(run_dir)
+    first = reader.ranked_by_weight(summary, 1, highest=True).iloc[0]
+    reader.load_run(run_dir).image_path(first["path"]).unlink()
     at = show(app(run_dir, monkeypatch), "Lesion galleries")
     assert not at.exception and any("Image not found" in c.value for c in at.caption)
     at.button(key=f"open-highest-{first['image_id']}").click().run()
@@ -147,7 +147,7 @@ def test_a_run_without_any_epoch_yet(tmp_path, monkeypatch):
 
 
 def test_serve_command_and_checks(root, tmp_path):
-    from dermlow import serve
+    from dermlow.cli import serve
     from dermlow.errors import UserError
 
     cmd = serve.streamlit_command(root, host="0.0.0.0", port=9000)

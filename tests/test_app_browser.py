@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from run_factory import make_run
 
-from dermlow.serve import streamlit_command
+from dermlow.cli.serve import streamlit_command
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

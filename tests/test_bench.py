@@ -7,26 +7,27 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dermlow import bench, tracking
-from dermlow.bench import BenchSpec, GridPoint
-from dermlow.bench_report import best_lambda, paired_differences, select_lrs, summary_markdown
-from dermlow.cli_bench import add_bench
+from dermlow.bench import grid as bench_grid
+from dermlow.bench.grid import BenchSpec, GridPoint
+from dermlow.bench.report import best_lambda, paired_differences, select_lrs, summary_markdown
+from dermlow.cli.bench import add_bench
 from dermlow.errors import UserError
-from dermlow.train import train
+from dermlow.rundir import files
+from dermlow.training.loop import train
 
 
 # ----------------------------------------------------------------------------------- parsing / specs
 @pytest.mark.parametrize("text", ["0", "1,-0.5", "0.1,nan", "1,abc", "inf"])
 def test_lams_must_be_positive_numbers(text):
     with pytest.raises(UserError, match="--lams"):
-        bench.parse_numbers(text, "--lams")
+        bench_grid.parse_numbers(text, "--lams")
 
 
 def test_numbers_and_methods_parse_in_order_without_duplicates():
-    assert bench.parse_numbers("1, 0.5,0.1,1", "--lams") == [1.0, 0.5, 0.1]
-    assert bench.parse_methods("none,low,balanced_ce") == ["none", "low", "balanced_ce"]
+    assert bench_grid.parse_numbers("1, 0.5,0.1,1", "--lams") == [1.0, 0.5, 0.1]
+    assert bench_grid.parse_methods("none,low,balanced_ce") == ["none", "low", "balanced_ce"]
     with pytest.raises(UserError, match="Valid methods: none, low, focal, spl, is, balanced_ce"):
-        bench.parse_methods("none,lowest")
+        bench_grid.parse_methods("none,lowest")
 
 
 @pytest.mark.parametrize(("spec", "message"), [
@@ -37,14 +38,14 @@ def test_numbers_and_methods_parse_in_order_without_duplicates():
 ])
 def test_bad_specs_are_user_errors(spec, message):
     with pytest.raises(UserError, match=message):
-        bench.check_spec(spec)
+        bench_grid.check_spec(spec)
 
 
 def test_missing_mnist_files_stop_before_any_folder_is_written(tmp_path):
     spec = BenchSpec(dataset="mnist", methods=["none"], seeds=[0], epochs=1, data_dir=str(tmp_path / "nothing"),
                      out=str(tmp_path / "out"))
     with pytest.raises(UserError, match="--download"):
-        bench.run_grid(spec, train_fn=lambda *a, **k: pytest.fail("must not train"))
+        bench_grid.run_grid(spec, train_fn=lambda *a, **k: pytest.fail("must not train"))
     assert not (tmp_path / "out").exists()
 
 
@@ -60,24 +61,24 @@ def test_default_setups_exist_for_every_model_and_family():
     for model, family in [("lenet5", "mnist"), ("lenet5", "digits"), ("densenet_bc_100", "cifar"),
                           ("wrn_28_2", "cifar")]:
         dataset = {"mnist": "mnist", "digits": "digits", "cifar": "cifar10"}[family]
-        cfg = bench.point_config(bench.base_layers(BenchSpec(dataset=dataset, model=model)),
+        cfg = bench_grid.point_config(bench_grid.base_layers(BenchSpec(dataset=dataset, model=model)),
                                  GridPoint("none", None, 0.1, 0))
         assert cfg.model.name == model and cfg.optim.nesterov and cfg.optim.momentum == 0.9
-    paper = bench.point_config(bench.base_layers(BenchSpec(dataset="cifar10", model="wrn_28_2")),
+    paper = bench_grid.point_config(bench_grid.base_layers(BenchSpec(dataset="cifar10", model="wrn_28_2")),
                                GridPoint("none", None, 0.1, 0)).optim
     assert (paper.epochs, paper.batch_size, paper.milestones) == (100, 128, [30, 60])
     assert 0.1 * paper.lr_gamma ** 2 == pytest.approx(0.004)  # 0.1 -> 0.02 -> 0.004
     with pytest.raises(UserError, match="--config"):
-        bench.config_path(BenchSpec(dataset="cifar10", model="lenet5"))
+        bench_grid.config_path(BenchSpec(dataset="cifar10", model="lenet5"))
 
 
 def test_grid_expands_low_over_lambdas_and_maps_methods_to_loss_and_weighting():
-    points = bench.make_grid(["none", "low", "focal"], [1.0, 0.1], [0.1, 0.01], [0, 1, 2])
+    points = bench_grid.make_grid(["none", "low", "focal"], [1.0, 0.1], [0.1, 0.01], [0, 1, 2])
     assert len(points) == 3 * 2 * (2 + 2) and len({p.name for p in points}) == len(points)
     assert points[0].seed == 0 and points[-1].seed == 2  # seed-major
     layers = [{"data": {"dataset": "digits"}, "model": {"name": "lenet5"}}]
-    focal = bench.point_config(layers, GridPoint("focal", None, 0.01, 2))
-    low = bench.point_config(layers, GridPoint("low", 0.1, 0.1, 1))
+    focal = bench_grid.point_config(layers, GridPoint("focal", None, 0.01, 2))
+    low = bench_grid.point_config(layers, GridPoint("low", 0.1, 0.1, 1))
     assert (focal.loss.name, focal.weighting.name, focal.optim.lr, focal.run.seed) == ("focal", "none", 0.01, 2)
     assert (low.loss.name, low.weighting.name, low.weighting.lam) == ("ce", "low", 0.1)
     assert low.run.name == "low-lam0.1-lr0.1-seed1"
@@ -138,10 +139,10 @@ def test_ties_in_validation_go_to_the_smaller_learning_rate():
 def test_collapse_needs_a_one_class_majority_that_the_data_do_not_have():
     metrics = pd.DataFrame({"train_loss": [1.0, 0.5], "val_loss": [1.0, 0.9], "pred_majority_frac": [0.5, 0.97]})
     balanced, skewed = np.repeat(np.arange(4), 5), np.array([0] * 19 + [1])
-    assert bench.is_collapsed(metrics, balanced)
-    assert not bench.is_collapsed(metrics, skewed)  # 95% of the data really is class 0
-    assert not bench.is_collapsed(metrics.assign(pred_majority_frac=[1.0, 0.5]), balanced)  # last epoch only
-    assert bench.is_collapsed(metrics.assign(train_loss=[1.0, np.nan], pred_majority_frac=0.3), balanced)
+    assert bench_grid.is_collapsed(metrics, balanced)
+    assert not bench_grid.is_collapsed(metrics, skewed)  # 95% of the data really is class 0
+    assert not bench_grid.is_collapsed(metrics.assign(pred_majority_frac=[1.0, 0.5]), balanced)  # last epoch only
+    assert bench_grid.is_collapsed(metrics.assign(train_loss=[1.0, np.nan], pred_majority_frac=0.3), balanced)
 
 
 # ------------------------------------------------------------------------- real grid (tiny, digits)
@@ -166,7 +167,7 @@ def grid(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bench")
     counter = CountingTrain()
     spec = tiny_spec(tmp)
-    results = bench.run_grid(spec, train_fn=counter)
+    results = bench_grid.run_grid(spec, train_fn=counter)
     return spec, results, counter
 
 
@@ -174,7 +175,7 @@ def test_grid_writes_one_row_per_run_and_a_report(grid):
     spec, results, counter = grid
     assert [name for name, _ in counter.calls] == ["none-lr0.03-seed0", "low-lam0.5-lr0.03-seed0",
                                                    "focal-lr0.03-seed0", "spl-lr0.03-seed0"]
-    saved = pd.read_csv(spec.group_dir / bench.RESULTS)
+    saved = pd.read_csv(spec.group_dir / bench_grid.RESULTS)
     assert len(saved) == 4 and saved["setup"].tolist() == ["none", "low lam=0.5", "focal", "spl"]
     assert saved["done"].all() and (saved["epochs_done"] == 2).all()
     assert saved["best_test_err"].between(0, 1).all() and saved["final_test_err"].between(0, 1).all()
@@ -189,7 +190,7 @@ def test_same_seed_gives_bitwise_identical_data_order_across_methods(grid):
     spec, _, _ = grid
     orders = {}
     for name in ("none-lr0.03-seed0", "low-lam0.5-lr0.03-seed0", "focal-lr0.03-seed0", "spl-lr0.03-seed0"):
-        w = pd.read_parquet(spec.group_dir / name / tracking.WEIGHTS, columns=["epoch", "index"])
+        w = pd.read_parquet(spec.group_dir / name / files.WEIGHTS, columns=["epoch", "index"])
         orders[name] = w.loc[w["epoch"] == 1, "index"].to_numpy()
     first = next(iter(orders.values()))
     assert len(first) > 50 and not np.array_equal(first, np.sort(first))  # shuffled, not sorted
@@ -200,21 +201,21 @@ def test_same_seed_gives_bitwise_identical_data_order_across_methods(grid):
 def test_rerun_skips_finished_runs_and_resumes_an_unfinished_one(grid):
     spec, _, _ = grid
     stamps = {p: p.stat().st_mtime_ns for p in spec.group_dir.glob("*/metrics.csv")}
-    (spec.group_dir / "focal-lr0.03-seed0" / tracking.DONE).unlink()
+    (spec.group_dir / "focal-lr0.03-seed0" / files.DONE).unlink()
     counter = CountingTrain()
-    results = bench.run_grid(spec, train_fn=counter)
+    results = bench_grid.run_grid(spec, train_fn=counter)
     assert counter.calls == [("focal-lr0.03-seed0", spec.group_dir / "focal-lr0.03-seed0")]
     assert {p: p.stat().st_mtime_ns for p in spec.group_dir.glob("*/metrics.csv")} == stamps  # nothing retrained
     assert len(results) == 4 and results["done"].all()
     again = CountingTrain()
-    bench.run_grid(spec, train_fn=again)
+    bench_grid.run_grid(spec, train_fn=again)
     assert again.calls == []
 
 
 def test_a_folder_of_another_setup_is_not_silently_reused(grid):
     spec, _, _ = grid
     with pytest.raises(UserError, match="optim.epochs"):
-        bench.run_grid(tiny_spec(Path(spec.out).parent, epochs=3), train_fn=lambda *a, **k: None)
+        bench_grid.run_grid(tiny_spec(Path(spec.out).parent, epochs=3), train_fn=lambda *a, **k: None)
 
 
 def test_summary_reports_only_the_chosen_lr_and_counts_collapses():
@@ -229,11 +230,11 @@ def test_summary_reports_only_the_chosen_lr_and_counts_collapses():
 
 
 def test_settings_added_to_dermlow_later_do_not_invalidate_old_runs():
-    wanted = bench.point_config([{"data": {"dataset": "digits"}}], GridPoint("none", None, 0.1, 0)).to_dict()
+    wanted = bench_grid.point_config([{"data": {"dataset": "digits"}}], GridPoint("none", None, 0.1, 0)).to_dict()
     saved = {k: dict(v) for k, v in wanted.items()}
     del saved["optim"]["lr_gamma"]  # an old run folder without a setting that now exists
-    assert bench.config_differences(saved, wanted) == []
+    assert bench_grid.config_differences(saved, wanted) == []
     wanted["optim"]["lr_gamma"] = 0.5  # ... unless the grid asks for a non-default value
-    assert bench.config_differences(saved, wanted) == ["optim.lr_gamma"]
+    assert bench_grid.config_differences(saved, wanted) == ["optim.lr_gamma"]
     saved["run"]["device"] = "cuda"  # volatile settings never count
-    assert bench.config_differences(saved, wanted) == ["optim.lr_gamma"]
+    assert bench_grid.config_differences(saved, wanted) == ["optim.lr_gamma"]

@@ -10,8 +10,8 @@ import urllib.request
 import numpy as np
 import pytest
 
-from dermlow import benchdata
-from dermlow.benchdata import (
+from dermlow.data import arrays
+from dermlow.data.arrays import (
     NAMES,
     class_counts,
     download_mnist,
@@ -66,7 +66,7 @@ def test_read_idx_round_trips(tmp_path, gz):
 
 def test_read_idx_header_is_parsed_by_hand():
     raw = b"\x00\x00\x08\x01" + struct.pack(">I", 3) + b"\x07\x08\x09"
-    assert benchdata.parse_idx(raw).tolist() == [7, 8, 9]
+    assert arrays.parse_idx(raw).tolist() == [7, 8, 9]
 
 
 def test_truncated_idx_names_file_and_sizes(tmp_path):
@@ -126,7 +126,7 @@ def test_download_mnist_fetches_official_urls(tmp_path, monkeypatch):
 
     monkeypatch.setattr(urllib.request, "urlopen", serve)
     download_mnist(tmp_path / "dest")
-    assert sorted(asked) == sorted(benchdata.MNIST_URL + f"{p}-{k}-idx{n}-ubyte.gz"
+    assert sorted(asked) == sorted(arrays.MNIST_URL + f"{p}-{k}-idx{n}-ubyte.gz"
                                    for p in ("train", "t10k") for k, n in (("images", 3), ("labels", 1)))
     assert load_mnist(tmp_path / "dest")["train"][0].shape == (20, 28, 28)
     assert not list((tmp_path / "dest").glob("*.part"))
@@ -170,7 +170,7 @@ def test_imbalance_indices_sorted_unique_and_seeded():
 def test_imbalance_keeps_at_least_one_and_hundred_class_analogue():
     caps = imbalance_caps(np.array([100, 3, 0]), np.array([9, 9, 0]))
     assert caps.tolist() == [1, 1, 0]  # floor would give 0 and 0: a class never vanishes
-    k = benchdata.imbalance_exponents(100, np.random.default_rng(5))
+    k = arrays.imbalance_exponents(100, np.random.default_rng(5))
     assert np.bincount(k).tolist() == [10] * 10  # ten classes share each power of two
     labels = np.repeat(np.arange(100), 600)
     kept = class_counts(labels[imbalance(labels, seed=5)], 100)
@@ -227,7 +227,7 @@ def to_rows(x: np.ndarray) -> np.ndarray:  # the official layout: R plane, G pla
 
 
 def fake_cifar(root, num_classes: int, protocol: int = 2):
-    spec = benchdata.CIFAR[num_classes]
+    spec = arrays.CIFAR[num_classes]
     folder = root / spec["folder"]
     folder.mkdir(parents=True)
     names = [f"class{c}".encode() for c in range(num_classes)]
@@ -246,9 +246,9 @@ def test_load_cifar_folder(tmp_path, num_classes, protocol):
     fake_cifar(tmp_path, num_classes, protocol)
     splits, names = load_cifar(tmp_path, num_classes)
     x, y = splits["train"]
-    n_train = 4 * len(benchdata.CIFAR[num_classes]["train"])
+    n_train = 4 * len(arrays.CIFAR[num_classes]["train"])
     assert x.shape == (n_train, 32, 32, 3) and x.dtype == np.uint8 and y.dtype == np.int64
-    n_batches = len(benchdata.CIFAR[num_classes]["train"])
+    n_batches = len(arrays.CIFAR[num_classes]["train"])
     expected = np.concatenate([cifar_images(4, 10 * j) for j in range(n_batches)])
     assert np.array_equal(x, expected) and y[:4].tolist() == [0, 1, 2, 3]
     assert names[:2] == ["class0", "class1"] and len(names) == num_classes

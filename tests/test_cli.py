@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from dermlow.cli import main
-from dermlow.demo import make_demo
+from dermlow.cli.main import main
+from dermlow.data.demo import make_demo
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str]:

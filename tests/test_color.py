@@ -6,7 +6,7 @@ import albumentations as A
 import numpy as np
 import pytest
 
-from dermlow.color import ShadesOfGray, illuminant, shades_of_gray
+from dermlow.data.color import ShadesOfGray, illuminant, shades_of_gray
 
 
 def _pnorms(image: np.ndarray, p: float) -> np.ndarray:

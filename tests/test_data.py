@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-import dermlow.data as data_mod
-from dermlow.data import (
+import dermlow.data.loading as data_mod
+from dermlow.data.loading import (
     ArrayDataset,
     ImageCache,
     ManifestDataset,
@@ -19,8 +19,8 @@ from dermlow.data import (
     make_loader,
     read_image,
 )
+from dermlow.data.transforms import eval_transform, preprocess, train_transform
 from dermlow.errors import UserError
-from dermlow.transforms import eval_transform, preprocess, train_transform
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 SIZE = 32

@@ -14,9 +14,9 @@ from sklearn.model_selection import cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from dermlow.demo import TABLE1_2018, class_counts, make_demo
+from dermlow.data.demo import TABLE1_2018, class_counts, make_demo
+from dermlow.data.isic import load_manifest
 from dermlow.errors import UserError
-from dermlow.isic import load_manifest
 
 GT = "ISIC2018_Task3_Training_GroundTruth"
 

@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from dermlow import config, tracking
-from dermlow.demo import make_demo
+from dermlow import config
+from dermlow.data.demo import make_demo
 from dermlow.distributed import shard
+from dermlow.rundir import files
 
 
 def test_shard_pads_by_wrapping_and_covers_every_row_once():
@@ -45,10 +46,10 @@ def test_two_gloo_processes_write_each_image_once_and_match_single_process_metri
                              text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
-    manifest = pd.read_csv(run / tracking.MANIFEST)
+    manifest = pd.read_csv(run / files.MANIFEST)
     n_train = int((manifest["split"] == "train").sum())
     assert n_train % 2 == 1, "pick a data size whose training split needs padding"
-    weights = pd.read_parquet(run / tracking.WEIGHTS)
+    weights = pd.read_parquet(run / files.WEIGHTS)
     assert weights.groupby("epoch").size().to_dict() == {1: n_train, 2: n_train}
     assert not weights.duplicated(["epoch", "index"]).any()
     # LOW solved per process: each process's batches of 8 sum to 8, over 48 trained samples (one is a
@@ -57,16 +58,16 @@ def test_two_gloo_processes_write_each_image_once_and_match_single_process_metri
         dropped = n_train + 1 - epoch["weight"].sum()
         assert -1e-4 <= dropped <= epoch["weight"].max() + 1e-4
 
-    metrics = pd.read_csv(run / tracking.METRICS)
+    metrics = pd.read_csv(run / files.METRICS)
     assert metrics["epoch"].tolist() == [1, 2]
-    from dermlow.evaluation import evaluate_run
+    from dermlow.training.evaluate import evaluate_run
 
     best = metrics.loc[metrics["val_bacc"].idxmax()]
     single = evaluate_run(run, split="val", device="cpu")
     for key in ("acc", "bacc", "mauc", "mf1"):
         assert single.metrics[key] == pytest.approx(best[f"val_{key}"], abs=1e-5, nan_ok=True), key
     assert single.confusion.sum() == int((manifest["split"] == "val").sum())  # no padding counted
-    preds = pd.read_csv(run / tracking.PREDICTIONS)
+    preds = pd.read_csv(run / files.PREDICTIONS)
     assert preds["image"].is_unique and len(preds) == int((manifest["split"] == "test").sum())
     assert np.isfinite(preds.iloc[:, 1:].to_numpy()).all()
 
@@ -75,9 +76,9 @@ def _global_batch_worker(rank: int, port: int, out: str) -> None:
     import torch
     import torch.distributed as tdist
 
-    from dermlow.losses import ce
-    from dermlow.objectives import LowWeighting
-    from dermlow.weighting import ce_logit_grad_sq_norm
+    from dermlow.method.losses import ce
+    from dermlow.method.low import ce_logit_grad_sq_norm
+    from dermlow.method.weightings import LowWeighting
 
     tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     g = torch.tensor([[0.1, 0.2, 3.0, 0.4], [0.0, 5.0, 0.3, 0.2]])[rank]
@@ -93,7 +94,7 @@ def test_global_batch_low_solves_one_qp_over_all_processes(tmp_path):
     import torch
     import torch.multiprocessing as mp
 
-    from dermlow.weighting import low_weights
+    from dermlow.method.low import low_weights
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -110,7 +111,7 @@ def test_global_batch_low_solves_one_qp_over_all_processes(tmp_path):
 
 def test_nproc_relaunches_the_same_command_under_torchrun(monkeypatch):
     from dermlow import distributed
-    from dermlow.cli import main
+    from dermlow.cli.main import main
 
     calls = []
     monkeypatch.setattr(distributed.subprocess, "call", lambda cmd: calls.append(cmd) or 0)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from dermlow.demo import make_demo
+from dermlow.data.demo import make_demo
+from dermlow.data.fetch import FILES, download, fetch, safe_unpack
+from dermlow.data.isic import load_manifest
 from dermlow.errors import UserError
-from dermlow.fetch import FILES, download, fetch, safe_unpack
-from dermlow.isic import load_manifest
 
 
 class Server:

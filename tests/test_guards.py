@@ -1,6 +1,6 @@
 import numpy as np
 
-from dermlow.guards import collapse_warnings, weight_stats
+from dermlow.method.guards import collapse_warnings, weight_stats
 
 
 def test_weight_stats_values():

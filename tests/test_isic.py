@@ -11,8 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dermlow.errors import UserError
-from dermlow.isic import (
+from dermlow.data.isic import (
     ISIC2017,
     ISIC2018,
     check_image,
@@ -21,6 +20,7 @@ from dermlow.isic import (
     load_manifest,
     submission_frame,
 )
+from dermlow.errors import UserError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "isic"
 HAM_COUNTS = {"NV": 6705, "MEL": 1113, "BKL": 1099, "BCC": 514, "AKIEC": 327, "VASC": 142, "DF": 115}
@@ -251,7 +251,7 @@ def test_non_rgb_modes_accepted_and_counted(tmp_path, caplog):
         jpeg(folder / f"ISIC_{i:07d}.png", mode)
     (folder / "ISIC_0000005.jpg").unlink()
     Image.fromarray(np.full((12, 16), 40000, np.uint16)).save(folder / "ISIC_0000005.png")
-    with caplog.at_level(logging.WARNING, logger="dermlow.isic"):
+    with caplog.at_level(logging.WARNING, logger="dermlow.data.isic"):
         manifest, _, skipped = load_manifest(root, dataset="isic2018", test_fraction=0, val_fraction=0)
     assert len(manifest) == 8 and skipped == []
     assert "4 image(s) are not 8-bit RGB (" in caplog.text and "I;16: 1" in caplog.text and "RGBA: 1" in caplog.text

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dermlow.errors import UserError
-from dermlow.losses import LOSSES, balanced_ce, ce, class_weights, focal, get_loss
+from dermlow.method.losses import LOSSES, balanced_ce, ce, class_weights, focal, get_loss
 
 LOGITS = [[2.0, 0.5, -1.0], [0.1, 0.2, 0.3], [-3.0, 4.0, 1.0], [1.0, 1.0, 1.0]]
 TARGET = [0, 2, 0, 1]

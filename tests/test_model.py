@@ -7,7 +7,7 @@ from safetensors.torch import save_file
 
 from dermlow.config import ModelConfig
 from dermlow.errors import UserError
-from dermlow.model import create_model
+from dermlow.models.factory import create_model
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])

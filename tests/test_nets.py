@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dermlow.nets import NETS, DenseNetBC, LeNet5, WideResNet, create_net
+from dermlow.models.paper_nets import NETS, DenseNetBC, LeNet5, WideResNet, create_net
 
 
 def _n_params(model: torch.nn.Module) -> int:

@@ -1,56 +1,56 @@
-"""review.csv: flag, re-flag, unflag, persistence, and malformed files."""
+"""review_marks.csv: flag, re-flag, unflag, persistence, and malformed files."""
 
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 
-from dermlow import review, tracking
 from dermlow.errors import UserError
+from dermlow.rundir import files, review_marks
 
 
 def test_empty_until_something_is_flagged(tmp_path):
-    frame = review.read_review(tmp_path)
-    assert frame.empty and list(frame.columns) == review.COLUMNS
-    assert not (tmp_path / tracking.REVIEW).exists()
+    frame = review_marks.read_review(tmp_path)
+    assert frame.empty and list(frame.columns) == review_marks.COLUMNS
+    assert not (tmp_path / files.REVIEW).exists()
 
 
 def test_flag_reflag_unflag_survive_a_restart(tmp_path):
-    review.flag(tmp_path, "ISIC_1", 1, "hard case", "blurry border", now="t1")
-    review.flag(tmp_path, "ISIC_2", 2, "duplicate", now="t2")
-    review.flag(tmp_path, "ISIC_1", 1, "possible label error", "looks like a nevus", now="t3")
-    review.unflag(tmp_path, "ISIC_2", now="t4")
-    again = review.read_review(tmp_path).set_index("image_id")  # a fresh read: what a restarted app sees
+    review_marks.flag(tmp_path, "ISIC_1", 1, "hard case", "blurry border", now="t1")
+    review_marks.flag(tmp_path, "ISIC_2", 2, "duplicate", now="t2")
+    review_marks.flag(tmp_path, "ISIC_1", 1, "possible label error", "looks like a nevus", now="t3")
+    review_marks.unflag(tmp_path, "ISIC_2", now="t4")
+    again = review_marks.read_review(tmp_path).set_index("image_id")  # a fresh read: what a restarted app sees
     assert len(again) == 2
     assert again.loc["ISIC_1"].to_dict() == {"index": 1, "reason": "possible label error",
                                              "note": "looks like a nevus", "flagged": True, "updated_at": "t3"}
     assert again.loc["ISIC_2", "flagged"] == False and again.loc["ISIC_2", "updated_at"] == "t4"  # noqa: E712
     assert again.loc["ISIC_2", "reason"] == "duplicate"  # kept after unflagging
-    assert list(review.flagged(tmp_path)["image_id"]) == ["ISIC_1"]
-    assert [p.name for p in tmp_path.iterdir()] == [tracking.REVIEW]  # no temporary files left
+    assert list(review_marks.flagged(tmp_path)["image_id"]) == ["ISIC_1"]
+    assert [p.name for p in tmp_path.iterdir()] == [files.REVIEW]  # no temporary files left
 
 
 def test_notes_with_commas_quotes_and_newlines_round_trip(tmp_path):
     note = 'border "irregular", see\nsibling image'
-    review.flag(tmp_path, "x", 0, "image quality", note)
-    assert review.read_review(tmp_path)["note"].iloc[0] == note
+    review_marks.flag(tmp_path, "x", 0, "image quality", note)
+    assert review_marks.read_review(tmp_path)["note"].iloc[0] == note
 
 
 def test_unflag_of_an_unknown_image_changes_nothing(tmp_path):
-    assert review.unflag(tmp_path, "nobody").empty
-    assert not (tmp_path / tracking.REVIEW).exists()
+    assert review_marks.unflag(tmp_path, "nobody").empty
+    assert not (tmp_path / files.REVIEW).exists()
 
 
 def test_unknown_reason_is_refused(tmp_path):
     with pytest.raises(UserError, match="possible label error"):
-        review.flag(tmp_path, "x", 0, "ugly")
+        review_marks.flag(tmp_path, "x", 0, "ugly")
 
 
 def test_malformed_files_name_the_problem(tmp_path):
     pd.DataFrame({"image_id": ["a", "b"], "index": [0, 1], "reason": ["hard case", "bad"], "note": ["", ""],
-                  "flagged": [True, True], "updated_at": ["", ""]}).to_csv(tmp_path / tracking.REVIEW, index=False)
+                  "flagged": [True, True], "updated_at": ["", ""]}).to_csv(tmp_path / files.REVIEW, index=False)
     with pytest.raises(UserError, match=r"unknown reason at row 3 \(1 in all\)"):
-        review.read_review(tmp_path)
-    (tmp_path / tracking.REVIEW).write_text("image_id,note\na,b\n")
+        review_marks.read_review(tmp_path)
+    (tmp_path / files.REVIEW).write_text("image_id,note\na,b\n")
     with pytest.raises(UserError, match="lacks column"):
-        review.read_review(tmp_path)
+        review_marks.read_review(tmp_path)

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from run_factory import OPTIONAL, make_run
 
-from dermlow import runs, tracking
 from dermlow.errors import UserError
+from dermlow.rundir import files, reader
 
 
 @pytest.fixture(scope="module")
@@ -24,14 +24,14 @@ def _hand_run(root, rows: pd.DataFrame, extra: bool = False):
     manifest = pd.DataFrame({"index": [0, 1, 2], "image_id": ["a", "b", "c"], "path": ["a.png", "b.png", "c.png"],
                              "label": [0, 1, 2], "label_name": ["A", "B", "C"], "split": ["train", "train", "test"],
                              "lesion_id": ["L1", "L1", ""]})
-    tracking.write_yaml(run / tracking.CONFIG, {"run": {"name": "hand", "seed": 0}, "optim": {"epochs": 3}})
-    tracking.write_csv(run / tracking.MANIFEST, manifest)
-    tracking.write_json(run / tracking.CLASSES, {"codes": ["A", "B", "C"], "names": ["Alpha", "Beta", "C"]})
+    files.write_yaml(run / files.CONFIG, {"run": {"name": "hand", "seed": 0}, "optim": {"epochs": 3}})
+    files.write_csv(run / files.MANIFEST, manifest)
+    files.write_json(run / files.CLASSES, {"codes": ["A", "B", "C"], "names": ["Alpha", "Beta", "C"]})
     if extra:
         for ep, group in rows.groupby("epoch"):
-            tracking.append_weight_rows(run / tracking.WEIGHTS, group, keep_epochs_below=int(ep))
+            files.append_weight_rows(run / files.WEIGHTS, group, keep_epochs_below=int(ep))
     else:  # a log written before the optional columns existed
-        rows.to_parquet(run / tracking.WEIGHTS, index=False)
+        rows.to_parquet(run / files.WEIGHTS, index=False)
     return run
 
 
@@ -48,8 +48,8 @@ def test_find_runs_single_nested_and_sorted(tmp_path):
     make_run(tmp_path / "sweep", "seed1", epochs=2, images=False)
     make_run(tmp_path / "sweep", "seed0", epochs=2, images=False)
     (tmp_path / "notes").mkdir()
-    assert runs.find_runs(one) == [one]
-    assert [p.relative_to(tmp_path).as_posix() for p in runs.find_runs(tmp_path)] == [
+    assert reader.find_runs(one) == [one]
+    assert [p.relative_to(tmp_path).as_posix() for p in reader.find_runs(tmp_path)] == [
         "b-run", "sweep/seed0", "sweep/seed1"]
 
 
@@ -59,11 +59,11 @@ def test_find_runs_bad_paths_are_user_errors(tmp_path, make):
     if make == "file":
         target.write_text("x")
     with pytest.raises(UserError, match="run folder"):
-        runs.find_runs(target)
+        reader.find_runs(target)
 
 
 def test_load_run_reads_everything(run_dir):
-    run = runs.load_run(run_dir)
+    run = reader.load_run(run_dir)
     assert run.codes[0] == "MEL" and run.class_label(0) == "MEL — Melanoma"
     assert run.done and run.epochs_done == 8 == run.epochs_planned
     assert run.name == "run"
@@ -72,60 +72,60 @@ def test_load_run_reads_everything(run_dir):
 
 
 def test_load_run_of_a_run_still_training(tmp_path):
-    run = runs.load_run(make_run(tmp_path, epochs=6, written_epochs=2, images=False))
+    run = reader.load_run(make_run(tmp_path, epochs=6, written_epochs=2, images=False))
     assert not run.done and run.epochs_done == 2
-    assert set(runs.load_weights(run.path, columns=["epoch"])["epoch"]) == {1, 2}
+    assert set(reader.load_weights(run.path, columns=["epoch"])["epoch"]) == {1, 2}
 
 
 def test_run_at_epoch_zero_has_no_weights_yet(tmp_path):
-    run = runs.load_run(make_run(tmp_path, written_epochs=0, images=False))
+    run = reader.load_run(make_run(tmp_path, written_epochs=0, images=False))
     assert run.epochs_done == 0 and run.metrics.empty
     with pytest.raises(UserError, match="not finished its first epoch"):
-        runs.load_weights(run.path)
+        reader.load_weights(run.path)
 
 
-@pytest.mark.parametrize("missing", [tracking.MANIFEST, tracking.CLASSES])
+@pytest.mark.parametrize("missing", [files.MANIFEST, files.CLASSES])
 def test_missing_files_are_named(tmp_path, missing):
     run_dir = make_run(tmp_path, epochs=2, images=False)
     (run_dir / missing).unlink()
     with pytest.raises(UserError, match=missing.replace(".", r"\.")):
-        runs.load_run(run_dir)
+        reader.load_run(run_dir)
 
 
 def test_manifest_without_a_column_is_a_user_error(tmp_path):
     run_dir = make_run(tmp_path, epochs=2, images=False)
-    m = pd.read_csv(run_dir / tracking.MANIFEST).drop(columns=["split"])
-    m.to_csv(run_dir / tracking.MANIFEST, index=False)
+    m = pd.read_csv(run_dir / files.MANIFEST).drop(columns=["split"])
+    m.to_csv(run_dir / files.MANIFEST, index=False)
     with pytest.raises(UserError, match="lacks the column.*split"):
-        runs.load_run(run_dir)
+        reader.load_run(run_dir)
 
 
 def test_truncated_and_deleted_weight_log(tmp_path):
     run_dir = make_run(tmp_path, epochs=2, images=False)
-    file = run_dir / tracking.WEIGHTS
+    file = run_dir / files.WEIGHTS
     data = file.read_bytes()
     file.write_bytes(data[: len(data) // 2])
     with pytest.raises(UserError, match="truncated or damaged"):
-        runs.weight_summary(run_dir)
+        reader.weight_summary(run_dir)
     file.unlink()
     with pytest.raises(UserError, match="deleted or never written"):
-        runs.load_weights(run_dir)
+        reader.load_weights(run_dir)
 
 
 def test_load_weights_columns_and_epochs(run_dir):
-    n_train = int((runs.read_manifest(run_dir)["split"] == "train").sum())
-    w = runs.load_weights(run_dir, columns=["index", "weight"], epochs=[2, 5])
+    n_train = int((reader.read_manifest(run_dir)["split"] == "train").sum())
+    w = reader.load_weights(run_dir, columns=["index", "weight"], epochs=[2, 5])
     assert list(w.columns) == ["index", "weight"] and len(w) == 2 * n_train
-    full = runs.load_weights(run_dir)
-    expected = [c for c in tracking.WEIGHT_SCHEMA.names if c not in OPTIONAL]  # an older, narrower log
+    full = reader.load_weights(run_dir)
+    expected = [c for c in files.WEIGHT_SCHEMA.names if c not in OPTIONAL]  # an older, narrower log
     assert list(full.columns) == expected and len(full) == 8 * n_train
-    assert runs.load_weights(run_dir, epochs=[99]).empty
+    assert reader.load_weights(run_dir, epochs=[99]).empty
     with pytest.raises(UserError, match="lacks column"):
-        runs.load_weights(run_dir, columns=["nonsense"])
+        reader.load_weights(run_dir, columns=["nonsense"])
 
 
 def test_weight_summary_known_answer(tmp_path):
-    s = runs.weight_summary(_hand_run(tmp_path, HAND)).set_index("image_id")
+    s = reader.weight_summary(_hand_run(tmp_path, HAND)).set_index("image_id")
     a, b = s.loc["a"], s.loc["b"]
     assert a["epochs"] == 3 and a["weight_mean"] == pytest.approx(1.5) and a["weight_above1"] == pytest.approx(1 / 3)
     assert a["weight_late"] == pytest.approx(2.0)  # epochs 2 and 3 (> 3 / 2)
@@ -142,15 +142,15 @@ def test_weight_summary_known_answer(tmp_path):
 def test_weight_summary_uses_logged_runner_up(tmp_path):
     rows = HAND.assign(other=np.array([1, 0, 2, 2, 2, 2], dtype=np.int16),
                        p_other=np.array([0.7, 0.1, 0.8, 0.5, 0.3, 0.2], dtype=np.float32))
-    s = runs.weight_summary(_hand_run(tmp_path, rows, extra=True)).set_index("image_id")
+    s = reader.weight_summary(_hand_run(tmp_path, rows, extra=True)).set_index("image_id")
     assert s.loc["a", "other_label"] == 2 and s.loc["a", "other_prob"] == pytest.approx(0.5)
     assert s.loc["b", "other_label"] == 2 and s.loc["b", "other_prob"] == pytest.approx(1.1 / 3)
     assert s.loc["b", "pred_prob_last"] == pytest.approx(0.7)
 
 
 def test_weight_summary_matches_a_plain_loop(run_dir):
-    s = runs.weight_summary(run_dir).set_index("index")
-    w = runs.load_weights(run_dir)
+    s = reader.weight_summary(run_dir).set_index("index")
+    w = reader.load_weights(run_dir)
     for index, g in list(w.groupby("index"))[:15]:
         row = s.loc[index]
         assert row["weight_mean"] == pytest.approx(g["weight"].mean(), rel=1e-6)
@@ -160,39 +160,39 @@ def test_weight_summary_matches_a_plain_loop(run_dir):
 
 
 def test_ranked_by_weight_orders_and_filters(run_dir):
-    s = runs.weight_summary(run_dir)
-    low = runs.ranked_by_weight(s, 5)
+    s = reader.weight_summary(run_dir)
+    low = reader.ranked_by_weight(s, 5)
     assert list(low["image_id"]) == list(s.sort_values(["weight_mean", "index"])["image_id"][:5])
-    high = runs.ranked_by_weight(s, 4, label=1, highest=True)
+    high = reader.ranked_by_weight(s, 4, label=1, highest=True)
     assert (high["label"] == 1).all() and high["weight_mean"].is_monotonic_decreasing
     assert high["weight_mean"].iloc[0] == s.loc[s["label"] == 1, "weight_mean"].max()
 
 
 def test_load_predictions_joins_true_labels(run_dir):
-    p = runs.load_predictions(run_dir, "test")
-    m = runs.read_manifest(run_dir).set_index("image_id")
+    p = reader.load_predictions(run_dir, "test")
+    m = reader.read_manifest(run_dir).set_index("image_id")
     assert list(p.columns[:3]) == ["image_id", "index", "label"] and len(p) == (m["split"] == "test").sum()
     assert (p["label"].to_numpy() == m.loc[p["image_id"], "label"].to_numpy()).all()
-    assert np.allclose(p[runs.load_run(run_dir).codes].sum(axis=1), 1.0, atol=1e-6)
+    assert np.allclose(p[reader.load_run(run_dir).codes].sum(axis=1), 1.0, atol=1e-6)
 
 
 def test_predictions_from_another_run_are_refused(tmp_path):
     run_dir = make_run(tmp_path, epochs=2, images=False)
-    pred = pd.read_csv(run_dir / tracking.PREDICTIONS)
+    pred = pd.read_csv(run_dir / files.PREDICTIONS)
     pred.loc[0, "image"] = "ISIC_9999999"
-    pred.to_csv(run_dir / tracking.PREDICTIONS, index=False)
+    pred.to_csv(run_dir / files.PREDICTIONS, index=False)
     with pytest.raises(UserError, match="not in manifest.csv at row 2 "):
-        runs.load_predictions(run_dir)
+        reader.load_predictions(run_dir)
 
 
 def test_relative_image_paths_resolve_against_the_data_folder(tmp_path):
-    run = runs.load_run(make_run(tmp_path, epochs=2, relative_paths=True))
+    run = reader.load_run(make_run(tmp_path, epochs=2, relative_paths=True))
     path = run.manifest["path"].iloc[0]
     assert not path.startswith("/") and run.image_path(path).is_file()
 
 
 def test_bad_classes_json(tmp_path):
     run_dir = make_run(tmp_path, epochs=2, images=False)
-    (run_dir / tracking.CLASSES).write_text(json.dumps({"names": ["x"]}))
+    (run_dir / files.CLASSES).write_text(json.dumps({"names": ["x"]}))
     with pytest.raises(UserError, match="codes"):
-        runs.load_run(run_dir)
+        reader.load_run(run_dir)

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dermlow.data.isic import load_manifest, save_splits
+from dermlow.data.splits import assign_splits, describe, held_out, shared_lesion_images, siblings_across
 from dermlow.errors import UserError
-from dermlow.isic import load_manifest, save_splits
-from dermlow.splits import assign_splits, describe, held_out, shared_lesion_images, siblings_across
 
 FIXTURES = Path(__file__).parent / "fixtures" / "isic"
 
@@ -49,7 +49,7 @@ def test_split_is_seeded_and_row_order_independent(ham_dir, tmp_path):
 
 
 def test_random_split_warns_with_leak_count(ham_dir, caplog):
-    with caplog.at_level(logging.WARNING, logger="dermlow.splits"):
+    with caplog.at_level(logging.WARNING, logger="dermlow.data.splits"):
         m = load_ham(ham_dir, split="random")
     leaked = siblings_across(m["split"], m["lesion_id"], "test", "train")
     n_test = int((m["split"] == "test").sum())
@@ -89,7 +89,7 @@ def test_bad_split_options():
 def test_no_lesion_ids_warns(tmp_path, caplog):
     rows = "".join(f"img{i},{i % 2}\n" for i in range(40))
     (tmp_path / "labels.csv").write_text("image,label\n" + rows)
-    with caplog.at_level(logging.WARNING, logger="dermlow.splits"):
+    with caplog.at_level(logging.WARNING, logger="dermlow.data.splits"):
         m, _, _ = load_manifest(tmp_path, dataset="generic", check_images=False)
     assert "no lesion ids" in caplog.text and (m["split"] == "test").sum() == 8
 

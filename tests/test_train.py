@@ -14,9 +14,10 @@ import pytest
 import torch
 import yaml
 
-from dermlow import config, tracking
-from dermlow.demo import make_demo
-from dermlow.train import train
+from dermlow import config
+from dermlow.data.demo import make_demo
+from dermlow.rundir import files
+from dermlow.training.loop import train
 
 TINY = ["data.image_size=40", "data.crop_size=32", "data.num_workers=0", "model.name=mobilenetv3_small_050",
         "model.pretrained=false", "optim.batch_size=16", "optim.lr=0.02", "optim.milestones=[2]"]
@@ -41,28 +42,28 @@ def low_run(demo_dir, tmp_path_factory) -> Path:
 
 
 def test_every_run_file_is_present_with_its_schema(low_run):
-    for name in (tracking.CONFIG, tracking.MANIFEST, tracking.CLASSES, tracking.METRICS, tracking.WEIGHTS,
-                 tracking.PREDICTIONS, tracking.PREDICTIONS_VAL, tracking.CHECKPOINT, tracking.BEST, tracking.DONE):
+    for name in (files.CONFIG, files.MANIFEST, files.CLASSES, files.METRICS, files.WEIGHTS,
+                 files.PREDICTIONS, files.PREDICTIONS_VAL, files.CHECKPOINT, files.BEST, files.DONE):
         assert (low_run / name).is_file(), name
-    manifest = pd.read_csv(low_run / tracking.MANIFEST)
+    manifest = pd.read_csv(low_run / files.MANIFEST)
     assert list(manifest.columns[:7]) == ["index", "image_id", "path", "label", "label_name", "split", "lesion_id"]
-    codes = json.loads((low_run / tracking.CLASSES).read_text())["codes"]
+    codes = json.loads((low_run / files.CLASSES).read_text())["codes"]
     assert codes == ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
-    for name, split in ((tracking.PREDICTIONS, "test"), (tracking.PREDICTIONS_VAL, "val")):
+    for name, split in ((files.PREDICTIONS, "test"), (files.PREDICTIONS_VAL, "val")):
         preds = pd.read_csv(low_run / name)
         assert list(preds.columns) == ["image", *codes]  # exactly the ISIC submission layout
         assert sorted(preds["image"]) == sorted(manifest.loc[manifest["split"] == split, "image_id"])
         np.testing.assert_allclose(preds[codes].sum(axis=1), 1.0, atol=1e-5)
-    saved = yaml.safe_load((low_run / tracking.CONFIG).read_text())
+    saved = yaml.safe_load((low_run / files.CONFIG).read_text())
     assert saved["weighting"] == {"name": "low", "lam": 0.05, "grad_scale": "per_sample", "global_batch": False,
                                   "options": {}}
-    ckpt = torch.load(low_run / tracking.CHECKPOINT, weights_only=False)
+    ckpt = torch.load(low_run / files.CHECKPOINT, weights_only=False)
     assert ckpt["epoch"] == 2 and ckpt["classes"]["codes"] == codes and "rng" in ckpt and "scheduler" in ckpt
 
 
 def test_weight_log_has_every_training_image_once_per_epoch(low_run):
-    manifest = pd.read_csv(low_run / tracking.MANIFEST)
-    weights = pd.read_parquet(low_run / tracking.WEIGHTS)
+    manifest = pd.read_csv(low_run / files.MANIFEST)
+    weights = pd.read_parquet(low_run / files.WEIGHTS)
     train_ids = set(manifest.loc[manifest["split"] == "train", "index"])
     assert len(weights) == len(train_ids) * 2
     for _, epoch in weights.groupby("epoch"):
@@ -77,7 +78,7 @@ def test_weight_log_has_every_training_image_once_per_epoch(low_run):
 
 
 def test_metrics_are_finite_and_logged_per_epoch(low_run):
-    metrics = pd.read_csv(low_run / tracking.METRICS)
+    metrics = pd.read_csv(low_run / files.METRICS)
     assert metrics["epoch"].tolist() == [1, 2]
     for column in ("train_loss", "val_acc", "val_bacc", "val_mauc", "val_mf1", "test_acc", "test_bacc",
                    "weight_std", "weight_max", "weight_zero_frac", "lr", "seconds"):
@@ -85,15 +86,15 @@ def test_metrics_are_finite_and_logged_per_epoch(low_run):
 
 
 def test_same_seed_gives_same_order_and_initialisation_for_every_method(demo_dir, tmp_path):
-    from dermlow.session import start_session
-    from dermlow.train import fit
+    from dermlow.training.loop import fit
+    from dermlow.training.session import start_session
 
     sessions = [start_session(tiny_config(demo_dir, tmp_path, f"run.name={w}", f"weighting.name={w}",
                                           "optim.epochs=1")) for w in ("none", "low")]
     initial = [{k: v.clone() for k, v in s.net.state_dict().items()} for s in sessions]
     for key, tensor in initial[0].items():
         assert torch.equal(tensor, initial[1][key]), key
-    logs = [pd.read_parquet(fit(s) / tracking.WEIGHTS) for s in sessions]
+    logs = [pd.read_parquet(fit(s) / files.WEIGHTS) for s in sessions]
     np.testing.assert_array_equal(logs[0]["index"], logs[1]["index"])  # identical sample order
     assert (logs[0]["weight"] == 1).all() and not (logs[1]["weight"] == 1).all()
 
@@ -107,7 +108,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(demo_dir, tmp_path):
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "dermlow", "train", "--config", str(cfg_file)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = tmp_path / "killed" / tracking.CHECKPOINT
+    ckpt = tmp_path / "killed" / files.CHECKPOINT
     deadline = time.time() + 240
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -116,26 +117,26 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(demo_dir, tmp_path):
     assert torch.load(ckpt, weights_only=False)["epoch"] < 3, "the run finished before it could be killed"
     done = subprocess.run([*cmd[:4], "--resume", str(tmp_path / "killed")], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    a, b = (pd.read_csv(r / tracking.METRICS) for r in (full, tmp_path / "killed"))
+    a, b = (pd.read_csv(r / files.METRICS) for r in (full, tmp_path / "killed"))
     assert b["epoch"].tolist() == [1, 2, 3]
     cols = [c for c in a.columns if c != "seconds"]
     pd.testing.assert_frame_equal(a[cols], b[cols], rtol=1e-5)
-    wa, wb = (pd.read_parquet(r / tracking.WEIGHTS) for r in (full, tmp_path / "killed"))
+    wa, wb = (pd.read_parquet(r / files.WEIGHTS) for r in (full, tmp_path / "killed"))
     assert len(wb) == len(wa) and not wb.duplicated(["epoch", "index"]).any()
     pd.testing.assert_frame_equal(wa, wb, rtol=1e-5)
 
 
 def test_evaluate_recomputes_the_best_epoch_metrics(low_run, capsys):
-    from dermlow.cli import main
-    from dermlow.evaluation import evaluate_run
+    from dermlow.cli.main import main
+    from dermlow.training.evaluate import evaluate_run
 
-    metrics = pd.read_csv(low_run / tracking.METRICS)
+    metrics = pd.read_csv(low_run / files.METRICS)
     best = metrics.loc[metrics["val_bacc"].idxmax()]
     result = evaluate_run(low_run, split="test", device="cpu")
     for key in ("acc", "bacc", "mauc", "mf1"):
         assert result.metrics[key] == pytest.approx(best[f"test_{key}"], abs=1e-6, nan_ok=True), key
     assert list(result.report["code"]) == ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
-    assert result.confusion.sum() == (pd.read_csv(low_run / tracking.MANIFEST)["split"] == "test").sum()
+    assert result.confusion.sum() == (pd.read_csv(low_run / files.MANIFEST)["split"] == "test").sum()
     assert main(["evaluate", str(low_run), "--split", "val", "--tta", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "confusion (rows = true, columns = predicted)" in out and "Melanoma" in out

@@ -8,8 +8,8 @@ import pytest
 import timm
 import torch
 
-from dermlow.color import shades_of_gray
-from dermlow.transforms import (
+from dermlow.data.color import shades_of_gray
+from dermlow.data.transforms import (
     eval_transform,
     normalisation_from_timm,
     normalise_batch,

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 import dermlow
-from dermlow.losses import ce, focal
-from dermlow.objectives import WEIGHTINGS, ImportanceSampling, SelfPaced, make_objective
-from dermlow.weighting import ce_logit_grad_sq_norm, logit_grad_sq_norm, low_weights
+from dermlow.method.losses import ce, focal
+from dermlow.method.low import ce_logit_grad_sq_norm, logit_grad_sq_norm, low_weights
+from dermlow.method.weightings import WEIGHTINGS, ImportanceSampling, SelfPaced, make_objective
 
 
 @functools.cache

@@ -29,8 +29,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from dermlow.data.transforms import preprocess
 from dermlow.errors import UserError
-from dermlow.transforms import preprocess
 
 logger = logging.getLogger(__name__)
 

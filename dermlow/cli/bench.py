@@ -43,8 +43,8 @@ def add_bench(subparsers) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from dermlow import bench
-    from dermlow.bench_report import SUMMARY
+    from dermlow.bench import grid
+    from dermlow.bench.report import SUMMARY
     from dermlow.config import parse_overrides
 
     if args.seeds < 1:
@@ -55,17 +55,17 @@ def _bench(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    spec = bench.BenchSpec(
-        dataset=args.dataset, model=args.model, methods=bench.parse_methods(args.methods),
-        lams=bench.parse_numbers(args.lams, "--lams"), seeds=list(range(args.seeds)),
-        lrs=bench.parse_numbers(args.lrs, "--lrs") if args.lrs else None, epochs=args.epochs,
+    spec = grid.BenchSpec(
+        dataset=args.dataset, model=args.model, methods=grid.parse_methods(args.methods),
+        lams=grid.parse_numbers(args.lams, "--lams"), seeds=list(range(args.seeds)),
+        lrs=grid.parse_numbers(args.lrs, "--lrs") if args.lrs else None, epochs=args.epochs,
         data_dir=args.data_dir, out=args.out, download=args.download, device=args.device,
         num_workers=args.workers, config=str(args.config) if args.config else None,
         overrides=parse_overrides(args.set), select=args.select,
     )
-    results = bench.run_grid(spec)
+    results = grid.run_grid(spec)
     group = spec.group_dir
-    print(f"{len(results)} runs in {group}\nresults: {group / bench.RESULTS}\nsummary: {group / SUMMARY}")
+    print(f"{len(results)} runs in {group}\nresults: {group / grid.RESULTS}\nsummary: {group / SUMMARY}")
     if (group / SUMMARY).is_file():
         print("\n" + (group / SUMMARY).read_text().split("## Validation")[0].rstrip())
     return 0

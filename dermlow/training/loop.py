@@ -15,10 +15,10 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from dermlow import distributed as dist
-from dermlow.guards import collapse_warnings, weight_stats
+from dermlow.data.transforms import normalise_batch, tta_variants
+from dermlow.method.guards import collapse_warnings, weight_stats
 from dermlow.metrics import classification_metrics
-from dermlow.session import Session, start_session
-from dermlow.transforms import normalise_batch, tta_variants
+from dermlow.training.session import Session, start_session
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from dermlow import config, tracking
+from dermlow import config
 from dermlow.errors import UserError
-from dermlow.guards import COLLAPSE_SHARE, MAJORITY_MARGIN
+from dermlow.method.guards import COLLAPSE_SHARE, MAJORITY_MARGIN
+from dermlow.rundir import files
 
 log = logging.getLogger(__name__)
 
@@ -223,20 +224,20 @@ def config_differences(saved: dict, wanted: dict) -> list[str]:
 
 def run_state(run_dir: Path, cfg: config.Config) -> str:
     """'done', 'resume' or 'new' for a run folder; a folder made with another setup is a UserError."""
-    if not tracking.is_run_dir(run_dir):
+    if not files.is_run_dir(run_dir):
         return "new"
-    saved = yaml.safe_load((run_dir / tracking.CONFIG).read_text()) or {}
+    saved = yaml.safe_load((run_dir / files.CONFIG).read_text()) or {}
     diff = config_differences(saved, cfg.to_dict())
     if diff:
         shown = ", ".join(f"{k} (saved {_flat(saved).get(k)!r}, now {_flat(cfg.to_dict()).get(k)!r})" for k in diff[:3])
         raise UserError(f"{run_dir} holds a run of another setup: {shown}. Use another --out for a new grid, "
                         "or delete that folder to redo it.")
-    return "done" if (run_dir / tracking.DONE).is_file() else "resume"
+    return "done" if (run_dir / files.DONE).is_file() else "resume"
 
 
 def preflight(spec: BenchSpec) -> None:
     """Load the data once before any folder is written (missing files stop here, with the fix)."""
-    from dermlow.benchdata import load_benchmark
+    from dermlow.data.arrays import load_benchmark
 
     load_benchmark(spec.dataset, spec.data_dir, seed=spec.seeds[0], download=spec.download)
 
@@ -247,7 +248,7 @@ def run_grid(spec: BenchSpec, *, train_fn: Callable[..., Path] | None = None) ->
     `train_fn(cfg, resume=None|run_dir)` defaults to `dermlow.train.train` (tests count its calls).
     """
     if train_fn is None:
-        from dermlow.train import train as train_fn
+        from dermlow.training.loop import train as train_fn
     check_spec(spec)
     layers = base_layers(spec)
     lrs = spec.lrs or [config.resolve(*layers).optim.lr]
@@ -268,8 +269,8 @@ def run_grid(spec: BenchSpec, *, train_fn: Callable[..., Path] | None = None) ->
         log.info("[%d/%d] %s %s in %.0fs", i, len(points), point.name, "resumed" if state == "resume" else "trained",
                  time.perf_counter() - t0)
     results = collect(points, spec)
-    tracking.write_csv(spec.group_dir / RESULTS, results, index=False)
-    from dermlow.bench_report import write_report
+    files.write_csv(spec.group_dir / RESULTS, results, index=False)
+    from dermlow.bench.report import write_report
 
     write_report(spec.group_dir, results, grid_description(spec, lrs))
     return results
@@ -288,7 +289,7 @@ def collect(points: list[GridPoint], spec: BenchSpec) -> pd.DataFrame:
     rows = []
     for point in points:
         run_dir = spec.group_dir / point.name
-        if (run_dir / tracking.METRICS).is_file():
+        if (run_dir / files.METRICS).is_file():
             rows.append({"dataset": spec.dataset, "model": spec.model_name, **run_row(point, run_dir)})
     return pd.DataFrame(rows)
 
@@ -297,15 +298,15 @@ def run_row(point: GridPoint, run_dir: Path) -> dict[str, Any]:
     """A run's summary: validation and test errors at the best validation epoch (`best_*`, the epoch
     of best.pt) and at the last epoch (`final_*`), and whether it collapsed. Errors are fractions
     (err = 1 - accuracy, berr = 1 - balanced accuracy)."""
-    metrics = pd.read_csv(run_dir / tracking.METRICS)
-    manifest = pd.read_csv(run_dir / tracking.MANIFEST, usecols=["label", "split"])
+    metrics = pd.read_csv(run_dir / files.METRICS)
+    manifest = pd.read_csv(run_dir / files.MANIFEST, usecols=["label", "split"])
     val_labels = manifest.loc[manifest["split"] == "val", "label"].to_numpy()
     best = best_epoch_row(metrics)
     last = metrics.iloc[-1]
     return {
         "method": point.method, "lam": np.nan if point.lam is None else point.lam, "lr": point.lr,
         "seed": point.seed, "setup": point.setup, "epochs_done": int(last["epoch"]),
-        "done": (run_dir / tracking.DONE).is_file(), "best_epoch": int(best["epoch"]),
+        "done": (run_dir / files.DONE).is_file(), "best_epoch": int(best["epoch"]),
         "best_val_berr": 1 - best["val_bacc"], "best_val_err": 1 - best["val_acc"],
         "best_test_err": 1 - best["test_acc"], "best_test_berr": 1 - best["test_bacc"],
         "final_val_berr": 1 - last["val_bacc"], "final_val_err": 1 - last["val_acc"],

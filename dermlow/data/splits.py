@@ -21,7 +21,7 @@ import pandas as pd
 from dermlow.errors import UserError, format_rows
 
 if TYPE_CHECKING:
-    from dermlow.isic import DatasetSpec
+    from dermlow.data.isic import DatasetSpec
 
 log = logging.getLogger(__name__)
 

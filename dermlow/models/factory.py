@@ -25,7 +25,7 @@ def create_model(cfg: ModelConfig, num_classes: int, *, in_chans: int = 3) -> nn
     Without network and without `cfg.weights` this stops with a message that says how to fix it.
     """
     if cfg.name in OWN_NETS:
-        from dermlow.nets import create_net
+        from dermlow.models.paper_nets import create_net
 
         if cfg.weights:
             raise UserError(f"--weights applies to timm models, not to {cfg.name}.")

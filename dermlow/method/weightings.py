@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dermlow.losses import get_loss
-from dermlow.weighting import (
+from dermlow.method.losses import get_loss
+from dermlow.method.low import (
     PerSampleLoss,
     _check_low_args,
     ce_logit_grad_sq_norm,

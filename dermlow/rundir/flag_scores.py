@@ -42,8 +42,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dermlow import review, runs, tracking
 from dermlow.errors import UserError
+from dermlow.rundir import files, reader, review_marks
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def weight_source(config: dict) -> str | None:
 def flag_scores(summary: pd.DataFrame, *, shares: dict[str, float] | None = None,
                 min_reference: float = 5.0, weight_from: str | None = None) -> pd.DataFrame:
     """Add the components, their percentile ranks (`<component>_pct`), `score` and `rank` (1 = most
-    suspicious) to a `runs.weight_summary` frame; sorted by rank. `min_reference`: how many agreed
+    suspicious) to a `reader.weight_summary` frame; sorted by rank. `min_reference`: how many agreed
     images a class needs before its own median counts as much as the run's (the prior weight of
     the run median in `class_excess`); `weight_from`: see `weight_history` (pass
     `weight_source(run.config)`). See the module docstring."""
@@ -104,7 +104,7 @@ def flag_scores(summary: pd.DataFrame, *, shares: dict[str, float] | None = None
         raise ValueError(f"min_reference must be positive, got {min_reference}")
     missing = [c for c in NEEDED if c not in summary.columns]
     if missing:
-        raise ValueError(f"summary lacks column(s) {missing}: pass runs.weight_summary(run_dir)")
+        raise ValueError(f"summary lacks column(s) {missing}: pass reader.weight_summary(run_dir)")
     out = summary.copy()
     label, agreed = out["label"], out["misclassified"] <= 0.5
     weight, _ = weight_history(out, weight_from)
@@ -127,13 +127,13 @@ def _code(codes: list[str], label: pd.Series) -> pd.Series:
     return pd.Series(table[label.to_numpy(dtype=np.int64)], index=label.index)
 
 
-def _named(run: runs.Run, label: pd.Series) -> pd.Series:
+def _named(run: reader.Run, label: pd.Series) -> pd.Series:
     return label.map(lambda v: run.class_label(v) if v >= 0 else "")
 
 
 def _with_review(scored: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
     """Join the app's review flags: review_flagged, review_reason, review_note, review_updated_at."""
-    rv = review.read_review(run_dir)[["image_id", "flagged", "reason", "note", "updated_at"]]
+    rv = review_marks.read_review(run_dir)[["image_id", "flagged", "reason", "note", "updated_at"]]
     rv = rv.rename(columns={c: f"review_{c}" for c in ["flagged", "reason", "note", "updated_at"]})
     out = scored.merge(rv, on="image_id", how="left")
     out["review_flagged"] = out["review_flagged"].fillna(False).astype(bool)
@@ -153,10 +153,10 @@ EXPORT_COLUMNS = list(dict.fromkeys([
 def flag_table(run_dir: str | Path) -> pd.DataFrame:
     """Every training image of the run, scored and ranked, with readable labels and review flags."""
     run_dir = Path(run_dir)
-    run = runs.load_run(run_dir)
-    summary = runs.weight_summary(run_dir)
+    run = reader.load_run(run_dir)
+    summary = reader.weight_summary(run_dir)
     if summary.empty:
-        raise UserError(f"{run_dir} has no logged epoch yet ({tracking.WEIGHTS} is empty): flags need at "
+        raise UserError(f"{run_dir} has no logged epoch yet ({files.WEIGHTS} is empty): flags need at "
                         "least one completed epoch.")
     scored = _with_review(flag_scores(summary, weight_from=weight_source(run.config)), run_dir)
     given = scored["label"]
@@ -189,11 +189,11 @@ def export_flags(run_dir: str | Path, *, top: int | None = None, per_class: bool
     if top is not None:
         table = table.groupby("label", sort=False).head(top) if per_class else table.head(top)
     if per_class:
-        order = {code: i for i, code in enumerate(runs.load_run(run_dir).codes)}
+        order = {code: i for i, code in enumerate(reader.load_run(run_dir).codes)}
         table = table.sort_values(["label", "rank"], key=lambda s: s.map(order) if s.name == "label" else s)
     table = table.reset_index(drop=True)
     if out is not None:
-        tracking.write_csv(out, table)
+        files.write_csv(out, table)
         log.debug("wrote %d flagged cases to %s", len(table), out)
     if copy_images is not None:
         copy_flagged_images(run_dir, table, copy_images)
@@ -203,7 +203,7 @@ def export_flags(run_dir: str | Path, *, top: int | None = None, per_class: bool
 def copy_flagged_images(run_dir: str | Path, table: pd.DataFrame, dest: str | Path) -> int:
     """Copy each row's image into dest/<label>/; returns the number copied. Missing images are
     skipped with one warning that names them."""
-    run = runs.load_run(run_dir)
+    run = reader.load_run(run_dir)
     dest = Path(dest)
     missing, copied = [], 0
     for row in table[["image_id", "path", "label"]].itertuples(index=False):
@@ -266,11 +266,11 @@ def evaluate_flags(run_dir: str | Path, *, k: int | None = None) -> pd.DataFrame
     precision_at_k, k, flipped, images. k defaults to the number of flipped images.
     """
     run_dir = Path(run_dir)
-    summary = runs.weight_summary(run_dir)
+    summary = reader.weight_summary(run_dir)
     if "flipped" not in summary.columns or not summary["flipped"].any():
-        raise UserError(f"{run_dir / tracking.MANIFEST} records no flipped labels: evaluate flags on a run "
+        raise UserError(f"{run_dir / files.MANIFEST} records no flipped labels: evaluate flags on a run "
                         "trained with --flip-labels FRACTION.")
-    scored = flag_scores(summary, weight_from=weight_source(runs.load_run(run_dir).config))
+    scored = flag_scores(summary, weight_from=weight_source(reader.load_run(run_dir).config))
     truth = scored["flipped"].to_numpy(dtype=bool)
     k = int(truth.sum()) if k is None else int(k)
     rows = [{"score": name, **ranking_quality(truth, s.to_numpy(dtype=float), k)}

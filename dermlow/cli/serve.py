@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 from dermlow.errors import UserError
-from dermlow.runs import find_runs
+from dermlow.rundir.reader import find_runs
 
 log = logging.getLogger(__name__)
 
-APP = Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py"
+APP = Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py"
 RUNS_ENV = "DERMLOW_RUNS"
 """The app reads the runs folder from `--runs PATH` after `--`, else from this variable."""
 

@@ -19,15 +19,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from dermlow import config as config_mod
 from dermlow import distributed as dist
-from dermlow import tracking
 from dermlow.config import Config
-from dermlow.data import make_loader
-from dermlow.datasets import RunData, build_datasets, prepare
+from dermlow.data.isic import DatasetSpec, submission_frame
+from dermlow.data.loading import make_loader
+from dermlow.data.prepare import RunData, build_datasets, prepare
 from dermlow.errors import UserError
-from dermlow.isic import DatasetSpec, submission_frame
-from dermlow.model import create_model, load_checkpoint
-from dermlow.objectives import make_objective
-from dermlow.runs import read_manifest
+from dermlow.method.weightings import make_objective
+from dermlow.models.factory import create_model, load_checkpoint
+from dermlow.rundir import files
+from dermlow.rundir.reader import read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -91,16 +91,16 @@ class Session:
                              "weight": records["weight"], "p_true": records["p_true"],
                              "predicted": records["predicted"], "other": records["other"],
                              "p_other": records["p_other"]})
-        tracking.append_weight_rows(self.run_dir / tracking.WEIGHTS, rows, keep_epochs_below=epoch)
-        metrics = tracking.truncate_metrics(self.run_dir / tracking.METRICS, last_epoch=epoch - 1)
-        tracking.write_csv(self.run_dir / tracking.METRICS, pd.concat([metrics, pd.DataFrame([row])]))
+        files.append_weight_rows(self.run_dir / files.WEIGHTS, rows, keep_epochs_below=epoch)
+        metrics = files.truncate_metrics(self.run_dir / files.METRICS, last_epoch=epoch - 1)
+        files.write_csv(self.run_dir / files.METRICS, pd.concat([metrics, pd.DataFrame([row])]))
         if row["val_bacc"] > self.best_bacc:
             self.best_bacc, self.best_epoch = row["val_bacc"], epoch
-            for split, name in (("test", tracking.PREDICTIONS), ("val", tracking.PREDICTIONS_VAL)):
+            for split, name in (("test", files.PREDICTIONS), ("val", files.PREDICTIONS_VAL)):
                 if split in evals:
-                    tracking.write_csv(self.run_dir / name, self.submission(*evals[split][::2]))
-            tracking.save_torch(self.run_dir / tracking.BEST, self.checkpoint(epoch, rng))
-        tracking.save_torch(self.run_dir / tracking.CHECKPOINT, self.checkpoint(epoch, rng))
+                    files.write_csv(self.run_dir / name, self.submission(*evals[split][::2]))
+            files.save_torch(self.run_dir / files.BEST, self.checkpoint(epoch, rng))
+        files.save_torch(self.run_dir / files.CHECKPOINT, self.checkpoint(epoch, rng))
 
     def submission(self, index: np.ndarray, probs: np.ndarray) -> pd.DataFrame:
         """ISIC submission layout: `image`, then one probability column per class in model order."""
@@ -122,14 +122,14 @@ class Session:
         if not dist.is_main():
             return
         log.warning(message)
-        path = self.run_dir / tracking.WARNINGS
+        path = self.run_dir / files.WARNINGS
         old = path.read_text() if path.exists() else ""
-        tracking.write_text(path, old + message + "\n")
+        files.write_text(path, old + message + "\n")
 
     def finish(self) -> None:
         if not dist.is_main():
             return
-        tracking.write_text(self.run_dir / tracking.DONE, f"best epoch {self.best_epoch} val bacc {self.best_bacc:.4f}\n")
+        files.write_text(self.run_dir / files.DONE, f"best epoch {self.best_epoch} val bacc {self.best_bacc:.4f}\n")
 
 
 def start_session(cfg: Config, *, resume: str | Path | None = None) -> Session:
@@ -149,7 +149,7 @@ def start_session(cfg: Config, *, resume: str | Path | None = None) -> Session:
         cfg.run.name = cfg.run.name or config_mod.run_name(cfg)
         run_dir = Path(cfg.run.out) / cfg.run.name
     if resume is None and dist.is_main():
-        if tracking.is_run_dir(run_dir):
+        if files.is_run_dir(run_dir):
             raise UserError(f"{run_dir} already holds a run. Continue it with --resume {run_dir}, "
                             f"or pick another name with --set run.name=NAME.")
         data = prepare(cfg)
@@ -163,13 +163,13 @@ def start_session(cfg: Config, *, resume: str | Path | None = None) -> Session:
         torch.manual_seed(cfg.run.seed)
         net = create_model(cfg.model, len(data.codes), in_chans=data.in_chans)
     session = _assemble(cfg, run_dir, data, net.to(device), device)
-    if resume is not None and (run_dir / tracking.CHECKPOINT).exists():
-        _restore(session, load_checkpoint(run_dir / tracking.CHECKPOINT, map_location=device))
+    if resume is not None and (run_dir / files.CHECKPOINT).exists():
+        _restore(session, load_checkpoint(run_dir / files.CHECKPOINT, map_location=device))
     return session
 
 
 def _assemble(cfg: Config, run_dir: Path, data: RunData, net: nn.Module, device: torch.device) -> Session:
-    from dermlow.transforms import normalisation_from_timm
+    from dermlow.data.transforms import normalisation_from_timm
 
     if device.type == "cuda" and cfg.model.channels_last and data.in_chans == 3:
         net = net.to(memory_format=torch.channels_last)
@@ -230,18 +230,18 @@ def pick_device(name: str) -> torch.device:
 
 def _write_run_start(run_dir: Path, cfg: Config, data: RunData) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    tracking.write_csv(run_dir / tracking.MANIFEST, data.manifest)
-    tracking.write_json(run_dir / tracking.CLASSES, {"codes": data.codes, "names": data.names,
+    files.write_csv(run_dir / files.MANIFEST, data.manifest)
+    files.write_json(run_dir / files.CLASSES, {"codes": data.codes, "names": data.names,
                                                      "in_chans": data.in_chans})
     if data.skipped:
-        tracking.write_text(run_dir / "skipped_images.txt", "\n".join(data.skipped) + "\n")
-    tracking.write_yaml(run_dir / tracking.CONFIG, cfg.to_dict())  # last: marks a complete run start
+        files.write_text(run_dir / "skipped_images.txt", "\n".join(data.skipped) + "\n")
+    files.write_yaml(run_dir / files.CONFIG, cfg.to_dict())  # last: marks a complete run start
 
 
 def _load_run_data(run_dir: Path) -> RunData:
-    if not tracking.is_run_dir(run_dir):
+    if not files.is_run_dir(run_dir):
         raise UserError(f"{run_dir} is not a dermlow run folder (no config.yaml and manifest.csv).")
-    classes = json.loads((run_dir / tracking.CLASSES).read_text())
+    classes = json.loads((run_dir / files.CLASSES).read_text())
     return RunData(read_manifest(run_dir), classes["codes"], classes["names"],
                    classes.get("in_chans", 3))
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from dermlow import tracking
 from dermlow.errors import UserError, format_rows
+from dermlow.rundir import files
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def empty_review() -> pd.DataFrame:
 
 def read_review(run_dir: str | Path) -> pd.DataFrame:
     """The run's review.csv (an empty table when nobody has flagged anything yet)."""
-    file = Path(run_dir) / tracking.REVIEW
+    file = Path(run_dir) / files.REVIEW
     if not file.is_file():
         return empty_review()
     try:
@@ -61,7 +61,7 @@ def _now() -> str:
 
 
 def _write(run_dir: str | Path, frame: pd.DataFrame) -> None:
-    tracking.write_csv(Path(run_dir) / tracking.REVIEW, frame[COLUMNS])
+    files.write_csv(Path(run_dir) / files.REVIEW, frame[COLUMNS])
 
 
 def flag(run_dir: str | Path, image_id: str, index: int, reason: str, note: str = "",

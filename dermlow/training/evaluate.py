@@ -11,16 +11,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dermlow import tracking
 from dermlow.config import ModelConfig, from_dict
-from dermlow.data import make_loader
-from dermlow.datasets import build_datasets
+from dermlow.data.loading import make_loader
+from dermlow.data.prepare import build_datasets
 from dermlow.errors import UserError
 from dermlow.metrics import classification_metrics, confusion, format_report, per_class_report
-from dermlow.model import create_model, load_checkpoint
-from dermlow.runs import read_manifest
-from dermlow.session import pick_device
-from dermlow.train import evaluate
+from dermlow.models.factory import create_model, load_checkpoint
+from dermlow.rundir import files
+from dermlow.rundir.reader import read_manifest
+from dermlow.training.loop import evaluate
+from dermlow.training.session import pick_device
 
 
 @dataclass
@@ -38,7 +38,7 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", tta: bool = False,
                  device: str = "auto") -> Evaluation:
     """Metrics of the run's `checkpoint` (best | last) on `split`, optionally with 8-view TTA."""
     run_dir = Path(run_dir)
-    name = {"best": tracking.BEST, "last": tracking.CHECKPOINT}.get(checkpoint)
+    name = {"best": files.BEST, "last": files.CHECKPOINT}.get(checkpoint)
     if name is None:
         raise UserError(f"--checkpoint must be best or last, got '{checkpoint}'.")
     dev = pick_device(device)
@@ -48,7 +48,7 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", tta: bool = False,
     model_cfg = ModelConfig(**{**cfg.model.__dict__, "pretrained": False, "weights": None})
     net = create_model(model_cfg, len(codes), in_chans=ckpt.get("in_chans", 3)).to(dev)
     net.load_state_dict(ckpt["model"])
-    from dermlow.transforms import normalisation_from_timm
+    from dermlow.data.transforms import normalisation_from_timm
 
     mean, std = normalisation_from_timm(net)
     manifest = read_manifest(run_dir)

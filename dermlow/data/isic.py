@@ -26,9 +26,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from dermlow.data.splits import assign_splits, describe, read_splits, save_splits
 from dermlow.errors import UserError, format_rows
-from dermlow.splits import assign_splits, describe, read_splits, save_splits
-from dermlow.tracking import MANIFEST_COLUMNS
+from dermlow.rundir.files import MANIFEST_COLUMNS
 
 log = logging.getLogger(__name__)
 

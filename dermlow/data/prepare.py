@@ -39,9 +39,9 @@ def prepare(cfg: Config) -> RunData:
     if cfg.data.dataset in ISIC_SETS:
         data = _isic(cfg)
     else:
-        from dermlow import benchrun
+        from dermlow.data import array_manifest
 
-        data = benchrun.prepare(cfg)
+        data = array_manifest.prepare(cfg)
     if "val" not in set(data.manifest["split"]):
         raise UserError("the data has no validation split, which model selection needs: set data.val_fraction > 0.")
     if cfg.data.flip_labels > 0:
@@ -50,7 +50,7 @@ def prepare(cfg: Config) -> RunData:
 
 
 def _isic(cfg: Config) -> RunData:
-    from dermlow.isic import load_manifest
+    from dermlow.data.isic import load_manifest
 
     d = cfg.data
     manifest, spec, skipped = load_manifest(
@@ -87,11 +87,11 @@ def flip_labels(manifest: pd.DataFrame, fraction: float, num_classes: int, *, se
 def build_datasets(cfg: Config, manifest: pd.DataFrame, *, mean, std) -> dict[str, Dataset]:
     """torch datasets per split yielding (image, label, index), augmentation on `train` only."""
     if cfg.data.dataset not in ISIC_SETS:
-        from dermlow import benchrun
+        from dermlow.data import array_manifest
 
-        return benchrun.build_datasets(cfg, manifest, mean=mean, std=std)
-    from dermlow.data import ImageCache, ManifestDataset
-    from dermlow.transforms import eval_transform, train_transform
+        return array_manifest.build_datasets(cfg, manifest, mean=mean, std=std)
+    from dermlow.data.loading import ImageCache, ManifestDataset
+    from dermlow.data.transforms import eval_transform, train_transform
 
     d = cfg.data
     cache = ImageCache(d.cache_dir, image_size=d.image_size, p=d.color_p) if d.cache_dir else None

@@ -17,7 +17,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import albumentations as A  # noqa: E402  (the environment variable must be set first)
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 
-from dermlow.color import shades_of_gray  # noqa: E402
+from dermlow.data.color import shades_of_gray  # noqa: E402
 
 
 def preprocess(image: np.ndarray, *, image_size: int = 300, p: float = 6) -> np.ndarray:

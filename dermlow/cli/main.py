@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from dermlow.cli_bench import add_bench
+from dermlow.cli.bench import add_bench
 from dermlow.errors import UserError
 
 log = logging.getLogger("dermlow")
@@ -118,15 +118,15 @@ def _deep_update(base: dict, update: dict) -> dict:
 def _train(args: argparse.Namespace) -> int:
     from dermlow import config
     from dermlow import distributed as dist
-    from dermlow.train import train
+    from dermlow.training.loop import train
 
     if args.nproc and args.nproc > 1 and dist.env_world_size() == 1:
         return dist.launch(args.nproc, _without_nproc(args.argv))
 
     if args.resume is not None:
-        from dermlow import tracking
+        from dermlow.rundir import files
 
-        if not tracking.is_run_dir(args.resume):
+        if not files.is_run_dir(args.resume):
             raise UserError(f"--resume {args.resume}: not a dermlow run folder (no config.yaml and manifest.csv).")
         allowed = {"optim": {"epochs"}, "run": {"device", "log_every"}, "data": {"num_workers", "cache_dir"}}
         flags = _flag_layer(args)
@@ -192,7 +192,7 @@ def _add_evaluate(sub) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from dermlow.evaluation import evaluate_run
+    from dermlow.training.evaluate import evaluate_run
 
     result = evaluate_run(args.run_dir, split=args.split, tta=args.tta, checkpoint=args.checkpoint, device=args.device)
     print(result.text())
@@ -231,7 +231,7 @@ def _add_data(sub) -> None:
 
 
 def _data_demo(args: argparse.Namespace) -> int:
-    from dermlow.demo import make_demo
+    from dermlow.data.demo import make_demo
 
     path = make_demo(args.out, year=args.year, n_images=args.n_images, seed=args.seed)
     print(f"wrote a synthetic ISIC {args.year} data set to {path}")
@@ -239,8 +239,8 @@ def _data_demo(args: argparse.Namespace) -> int:
 
 
 def _data_check(args: argparse.Namespace) -> int:
-    from dermlow.isic import describe, load_manifest
-    from dermlow.splits import save_splits
+    from dermlow.data.isic import describe, load_manifest
+    from dermlow.data.splits import save_splits
 
     dataset = args.dataset or (f"isic{args.year}" if args.year else None)
     if dataset is None:
@@ -260,7 +260,7 @@ def _data_check(args: argparse.Namespace) -> int:
 
 
 def _data_fetch(args: argparse.Namespace) -> int:
-    from dermlow.fetch import fetch
+    from dermlow.data.fetch import fetch
 
     path = fetch(args.year, args.out)
     print(f"ISIC {args.year} files are in {path}. Train with: dermlow train --year {args.year} --data-dir {path}")
@@ -280,7 +280,7 @@ def _add_flag(sub) -> None:
 
 
 def _flag(args: argparse.Namespace) -> int:
-    from dermlow.flags import export_flags
+    from dermlow.rundir.flag_scores import export_flags
 
     out = args.out or args.run_dir / "flagged.csv"
     frame = export_flags(args.run_dir, top=args.top, per_class=args.per_class, out=out, copy_images=args.copy_images)
@@ -298,7 +298,7 @@ def _add_app(sub) -> None:
 
 
 def _app(args: argparse.Namespace) -> int:
-    from dermlow.serve import serve
+    from dermlow.cli.serve import serve
 
     return serve(args.path, host=args.host, port=args.port)
 

@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from dermlow import tracking
 from dermlow.errors import UserError, format_rows
-from dermlow.tracking import MANIFEST_COLUMNS
+from dermlow.rundir import files
+from dermlow.rundir.files import MANIFEST_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -84,24 +84,24 @@ def find_runs(path: str | Path) -> list[Path]:
         raise UserError(f"{path} does not exist: give a run folder (runs/<name>) or a folder of runs.")
     if not path.is_dir():
         raise UserError(f"{path} is a file: give a run folder (runs/<name>) or a folder of runs.")
-    if tracking.is_run_dir(path):
+    if files.is_run_dir(path):
         return [path]
     found: list[Path] = []
     stack = [path]
     while stack:
         folder = stack.pop()
         for child in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            (found if tracking.is_run_dir(child) else stack).append(child)
+            (found if files.is_run_dir(child) else stack).append(child)
     if not found:
         raise UserError(
-            f"{path} is not a run folder and holds no runs: a run folder contains {tracking.CONFIG} "
-            f"and {tracking.MANIFEST} (written by `dermlow train`). Point at runs/<name> or at runs/."
+            f"{path} is not a run folder and holds no runs: a run folder contains {files.CONFIG} "
+            f"and {files.MANIFEST} (written by `dermlow train`). Point at runs/<name> or at runs/."
         )
     return sorted(found)
 
 
 def _read_config(run_dir: Path) -> dict:
-    file = run_dir / tracking.CONFIG
+    file = run_dir / files.CONFIG
     try:
         data = yaml.safe_load(file.read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
@@ -113,7 +113,7 @@ def _read_config(run_dir: Path) -> dict:
 
 def read_manifest(run_dir: str | Path) -> pd.DataFrame:
     """manifest.csv with its column types; a missing file or column is a UserError."""
-    file = Path(run_dir) / tracking.MANIFEST
+    file = Path(run_dir) / files.MANIFEST
     if not file.is_file():
         raise UserError(f"{file} is missing: {Path(run_dir)} is not a complete run folder.")
     try:
@@ -130,7 +130,7 @@ def read_manifest(run_dir: str | Path) -> pd.DataFrame:
 
 
 def _read_classes(run_dir: Path) -> tuple[list[str], list[str]]:
-    file = run_dir / tracking.CLASSES
+    file = run_dir / files.CLASSES
     try:
         data = json.loads(file.read_text())
         codes, names = [str(c) for c in data["codes"]], [str(n) for n in data.get("names") or data["codes"]]
@@ -144,7 +144,7 @@ def _read_classes(run_dir: Path) -> tuple[list[str], list[str]]:
 
 
 def _read_metrics(run_dir: Path) -> pd.DataFrame:
-    file = run_dir / tracking.METRICS
+    file = run_dir / files.METRICS
     if not file.is_file() or file.stat().st_size == 0:
         return pd.DataFrame({"epoch": pd.Series(dtype="int64")})
     try:
@@ -158,19 +158,19 @@ def load_run(run_dir: str | Path) -> Run:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir} is not a folder: give a run folder (runs/<name>).")
-    missing = [f for f in (tracking.CONFIG, tracking.MANIFEST) if not (run_dir / f).is_file()]
+    missing = [f for f in (files.CONFIG, files.MANIFEST) if not (run_dir / f).is_file()]
     if missing:
         raise UserError(f"{run_dir} is not a run folder: {', '.join(missing)} missing (a run written by "
-                        f"`dermlow train` holds {tracking.CONFIG}, {tracking.MANIFEST}, {tracking.CLASSES}, ...).")
+                        f"`dermlow train` holds {files.CONFIG}, {files.MANIFEST}, {files.CLASSES}, ...).")
     codes, names = _read_classes(run_dir)
     return Run(run_dir, _read_config(run_dir), read_manifest(run_dir), codes, names, _read_metrics(run_dir),
-               (run_dir / tracking.DONE).exists())
+               (run_dir / files.DONE).exists())
 
 
 def _weights_file(run_dir: Path) -> pq.ParquetFile:
-    file = run_dir / tracking.WEIGHTS
+    file = run_dir / files.WEIGHTS
     if not file.is_file():
-        started = not (run_dir / tracking.METRICS).is_file()
+        started = not (run_dir / files.METRICS).is_file()
         why = "the run has not finished its first epoch yet" if started else "it was deleted or never written"
         raise UserError(f"{file} is missing ({why}); the weight views need it.")
     try:
@@ -196,14 +196,14 @@ def load_weights(run_dir: str | Path, columns: list[str] | None = None,
     names = pf.schema_arrow.names
     missing = [c for c in (columns or []) if c not in names]
     if missing:
-        raise UserError(f"{run_dir / tracking.WEIGHTS} lacks column(s) {', '.join(missing)} "
+        raise UserError(f"{run_dir / files.WEIGHTS} lacks column(s) {', '.join(missing)} "
                         f"(it has {', '.join(names)}); it was written by an incompatible dermlow version.")
     read = None if columns is None else list(dict.fromkeys([*columns, *(["epoch"] if epochs is not None else [])]))
     groups = _epoch_groups(pf, epochs)
     try:
         table = pf.read_row_groups(groups, columns=read) if groups else pf.schema_arrow.empty_table()
     except (OSError, pa.ArrowException) as err:
-        raise UserError(f"{run_dir / tracking.WEIGHTS} is truncated or damaged ({err}); copy it again.") from None
+        raise UserError(f"{run_dir / files.WEIGHTS} is truncated or damaged ({err}); copy it again.") from None
     frame = table.to_pandas()
     if epochs is not None:
         frame = frame[frame["epoch"].isin(list(epochs))].reset_index(drop=True)
@@ -299,7 +299,7 @@ def load_predictions(run_dir: str | Path, split: str = "test") -> pd.DataFrame:
     image_id, index, label (true, from the manifest), then one probability column per class code.
     Empty when the run has not written predictions yet."""
     run_dir = Path(run_dir)
-    names = {"test": tracking.PREDICTIONS, "val": tracking.PREDICTIONS_VAL}
+    names = {"test": files.PREDICTIONS, "val": files.PREDICTIONS_VAL}
     if split not in names:
         raise ValueError(f"split must be one of {sorted(names)}, got {split!r}")
     codes, _ = _read_classes(run_dir)
@@ -319,7 +319,7 @@ def load_predictions(run_dir: str | Path, split: str = "test") -> pd.DataFrame:
     unknown = out["index"].isna()
     if unknown.any():
         rows = [int(i) + 2 for i in np.flatnonzero(unknown.to_numpy())]
-        raise UserError(f"{file}: image ids not in {tracking.MANIFEST} at {format_rows(rows)}; the files are from different runs.")
+        raise UserError(f"{file}: image ids not in {files.MANIFEST} at {format_rows(rows)}; the files are from different runs.")
     out["index"] = out["index"].astype(np.int64)
     out["label"] = out["label"].astype(np.int64)
     return out[["image_id", "index", "label", *codes]]

@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import Dataset
 
-from dermlow.benchdata import load_benchmark
 from dermlow.config import Config
-from dermlow.data import ArrayDataset, CifarTrainTransform
-from dermlow.datasets import RunData
-from dermlow.tracking import MANIFEST_COLUMNS
+from dermlow.data.arrays import load_benchmark
+from dermlow.data.loading import ArrayDataset, CifarTrainTransform
+from dermlow.data.prepare import RunData
+from dermlow.rundir.files import MANIFEST_COLUMNS
 
 log = logging.getLogger(__name__)
 

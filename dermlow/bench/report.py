@@ -25,7 +25,7 @@ from typing import Any
 
 import pandas as pd
 
-from dermlow import tracking
+from dermlow.rundir import files
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ def error_curves(runs: pd.DataFrame) -> pd.DataFrame:
     frames = []
     for setup, group in runs.groupby("setup", sort=False):
         for run_dir in group["run_dir"]:
-            m = pd.read_csv(Path(run_dir) / tracking.METRICS, usecols=["epoch", "test_acc"])
+            m = pd.read_csv(Path(run_dir) / files.METRICS, usecols=["epoch", "test_acc"])
             frames.append(pd.DataFrame({"setup": setup, "epoch": m["epoch"], "err": 1 - m["test_acc"]}))
     curves = pd.concat(frames).groupby(["setup", "epoch"], sort=False)["err"].agg(["mean", "std"])
     return curves.reset_index()
@@ -196,7 +196,7 @@ def error_curves(runs: pd.DataFrame) -> pd.DataFrame:
 
 def class_weight_curves(run_dir: str | Path) -> pd.DataFrame:
     """Mean LOW weight per (epoch, label) of one run: index epoch, one column per label."""
-    w = pd.read_parquet(Path(run_dir) / tracking.WEIGHTS, columns=["epoch", "label", "weight"])
+    w = pd.read_parquet(Path(run_dir) / files.WEIGHTS, columns=["epoch", "label", "weight"])
     return w.groupby(["epoch", "label"])["weight"].mean().unstack("label")
 
 
@@ -248,7 +248,7 @@ def plot_class_weights(results: pd.DataFrame, selected: pd.DataFrame, path: Path
         ax.set_visible(False)
     for ax, run in zip(axes.flat, low.itertuples(), strict=False):
         curves = class_weight_curves(run.run_dir)
-        manifest = pd.read_csv(Path(run.run_dir) / tracking.MANIFEST, usecols=["label", "split"])
+        manifest = pd.read_csv(Path(run.run_dir) / files.MANIFEST, usecols=["label", "split"])
         counts = manifest.loc[manifest["split"] == "train", "label"].value_counts()
         for label in curves.columns:
             ax.plot(curves.index, curves[label], label=f"{label} (n={counts.get(label, 0)})")
@@ -272,7 +272,7 @@ def write_report(group_dir: Path, results: pd.DataFrame, grid: dict[str, Any]) -
     selected = select_lrs(results, rule=grid.get("select", "final"))
     plot_test_error(results, selected, group_dir / ERROR_PLOT)
     plot_class_weights(results, selected, group_dir / WEIGHT_PLOT)
-    path = tracking.write_text(group_dir / SUMMARY, summary_markdown(results, grid))
+    path = files.write_text(group_dir / SUMMARY, summary_markdown(results, grid))
     log.info("wrote %s", path)
     return path
 
