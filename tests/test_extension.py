@@ -113,6 +113,33 @@ def test_toy_entries_appear_in_help_checks_and_bench_methods(toys, capsys):
     assert "--boost BOOST weight of samples easier than the meta batch" in out  # its flag, declared beside it
 
 
+def test_a_new_challenge_year_is_one_reader_and_one_yaml(demo_dir, tmp_path, monkeypatch, capsys):
+    """ISIC 2019 stand-in: a reader registered with year=2019 plus configs/isic2019.yaml."""
+    from dermlow.data.image_sets import register_reader
+    from dermlow.data.isic import ISIC2018, read_isic2018
+    from dermlow.data.prepare import DATASETS
+
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    for year in (2017, 2018):
+        (configs / f"isic{year}.yaml").write_text(config.year_config(year).read_text())
+    (configs / "isic2019.yaml").write_text("data:\n  dataset: isic2019\n  data_dir: data/isic2019\n")
+    monkeypatch.setattr(config, "CONFIG_DIR", configs)
+    register_reader("isic2019", label="ISIC 2019 (test)", year=2019)(
+        lambda root, csv, images: (read_isic2018(root, csv, images)[0], ISIC2018))
+    try:
+        assert config.years() == [2017, 2018, 2019]
+        cfg = config.resolve(config.read_yaml(config.year_config(2019)))
+        assert cfg.data.dataset == "isic2019"
+        assert main(["data", "check", "--year", "2019", "--data-dir", str(demo_dir)]) == 0
+        assert "isic2019: 60 images, 7 classes" in capsys.readouterr().out
+        with pytest.raises(SystemExit):
+            main(["train", "--help"])
+        assert "{2017,2018,2019}" in capsys.readouterr().out
+    finally:
+        DATASETS.remove("isic2019")
+
+
 # ---------------------------------------------------------------------------------- the registry
 def test_registry_names_labels_and_errors():
     reg: Registry = Registry("colour")
