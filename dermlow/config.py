@@ -1,7 +1,7 @@
 """Typed run configuration: code defaults < YAML file < command-line flags < --set.
 
 The configuration is composed of sections, each a dataclass owned by the package that uses it:
-`data:` (`dermlow.data.sources.DataConfig`), `model:` (`dermlow.models.factory.ModelConfig`),
+`data:` (`dermlow.data.sources.DataConfig`), `model:` (`dermlow.models.config.ModelConfig`),
 `optim:` and `run:` (here), and two sections that choose a registry entry by `name` and hold that
 entry's own options: `loss:` (`dermlow.method.losses.LOSSES`) and `weighting:`
 (`dermlow.method.weightings.WEIGHTINGS`), e.g. ``weighting: {name: low, lam: 0.5}``. Each value is
@@ -27,7 +27,7 @@ from dermlow.data.sources import DataConfig
 from dermlow.errors import UserError
 from dermlow.method.losses import LOSSES
 from dermlow.method.weightings import WEIGHTINGS
-from dermlow.models.factory import ModelConfig
+from dermlow.models.config import ModelConfig
 from dermlow.registry import Registry
 from dermlow.settings import finite, flag, require
 

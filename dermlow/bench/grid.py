@@ -34,7 +34,6 @@ from dermlow.method.guards import COLLAPSE_SHARE, MAJORITY_MARGIN
 from dermlow.method.losses import LOSSES
 from dermlow.method.weightings import WEIGHTINGS
 from dermlow.rundir import files
-from dermlow.training.loop import train
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +259,8 @@ def run_grid(spec: BenchSpec, *, train_fn: Callable[..., Path] | None = None) ->
 
     `train_fn(cfg, resume=None|run_dir)` defaults to `dermlow.training.loop.train` (tests count its calls).
     """
-    train_fn = train if train_fn is None else train_fn
+    if train_fn is None:
+        from dermlow.training.loop import train as train_fn  # here: `dermlow --help` needs no training code
     check_spec(spec)
     layers = base_layers(spec)
     lrs = spec.lrs or [config.resolve(*layers).optim.lr]

@@ -19,7 +19,6 @@ import pandas as pd
 from torch.utils.data import Dataset
 
 from dermlow.data.arrays import NAMES, load_benchmark
-from dermlow.data.loading import ArrayDataset, CifarTrainTransform
 from dermlow.data.sources import DATASETS, MANIFEST_COLUMNS, DataConfig, DataSource, RunData
 
 log = logging.getLogger(__name__)
@@ -55,6 +54,9 @@ class ArraySet(DataSource):
     def build_datasets(self, data: DataConfig, manifest: pd.DataFrame, *, seed: int, mean=None,
                        std=None) -> dict[str, Dataset]:
         """ArrayDatasets per split, normalised with the training set's own channel statistics."""
+        # imported here: albumentations (through loading) takes a second, and `dermlow --help` needs none of it
+        from dermlow.data.loading import ArrayDataset, CifarTrainTransform
+
         bench = _load(self.name, str(data.data_dir), seed, False)
         arrays = {"train": bench.train_x, "test": bench.test_x}
         train_source = manifest[manifest["split"] == "train"]

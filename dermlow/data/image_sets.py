@@ -29,10 +29,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from dermlow.data.label_files import ROWS_NOTE, Part, index_images
-from dermlow.data.loading import ImageCache, ManifestDataset
 from dermlow.data.sources import DATASETS, MANIFEST_COLUMNS, DataConfig, DatasetSpec, DataSource, RunData
 from dermlow.data.splits import assign_splits, read_splits
-from dermlow.data.transforms import eval_transform, train_transform
 from dermlow.errors import UserError, format_rows
 
 log = logging.getLogger(__name__)
@@ -54,6 +52,10 @@ class ImageFolderSet(DataSource):
         return RunData(manifest, list(spec.codes), list(spec.names), 3, skipped)
 
     def build_datasets(self, data: DataConfig, manifest: pd.DataFrame, *, seed: int, mean, std) -> dict[str, Dataset]:
+        # imported here, not at the top: albumentations takes a second, and `dermlow --help` needs none of it
+        from dermlow.data.loading import ImageCache, ManifestDataset
+        from dermlow.data.transforms import eval_transform, train_transform
+
         cache = ImageCache(data.cache_dir, image_size=data.image_size, p=data.color_p) if data.cache_dir else None
         if cache is not None:
             cache.build(manifest, workers=max(data.num_workers, 1), progress=True)
