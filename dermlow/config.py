@@ -59,7 +59,8 @@ class OptimConfig:
         require(all(m >= 1 for m in steps) and all(a < b for a, b in zip(steps, steps[1:], strict=False)),
                 f"optim.milestones must be increasing epoch numbers >= 1, like [75, 112], got {steps}.")
         require(finite(self.lr_gamma) and self.lr_gamma > 0,
-                f"optim.lr_gamma must be a finite number > 0 (the factor applied at each milestone), got {self.lr_gamma}.")
+                f"optim.lr_gamma must be a finite number > 0 (the factor applied at each milestone), "
+                f"got {self.lr_gamma}.")
 
 
 def _one_path_component(name: str) -> bool:
@@ -71,7 +72,8 @@ def _one_path_component(name: str) -> bool:
 class RunConfig:
     """The `run:` section: where the run folder goes, seed, device."""
 
-    name: str | None = field(default=None, metadata=flag("--name", "run folder name (default: derived from the setup)"))
+    name: str | None = field(default=None, metadata=flag(
+        "--name", "run folder name (default: derived from the setup)"))
     out: str = field(default="runs", metadata=flag("--out", "folder that holds run folders (default runs/)"))
     seed: int = field(default=0, metadata=flag("--seed", "seed of the initial weights, data order and splits"))
     device: str = field(default="auto", metadata=flag("--device", "auto | cpu | cuda"))

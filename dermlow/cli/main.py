@@ -66,7 +66,8 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train", help="fine-tune a model with LOW (or a baseline) and record every sample weight",
                        description="Fine-tune a timm model on ISIC 2017/2018 with the paper's setup "
                        "(configs/isic<year>.yaml). Precedence: code defaults < --config YAML < flags < --set.")
-    p.add_argument("--year", type=int, choices=config.years(), help="ISIC challenge year: picks configs/isic<year>.yaml")
+    p.add_argument("--year", type=int, choices=config.years(),
+                   help="ISIC challenge year: picks configs/isic<year>.yaml")
     p.add_argument("--config", type=Path, help="a YAML config file (instead of, or after, the year's)")
     for section, cls in config.SECTIONS.items():
         more = {"dataset": {"flag": "--dataset", "help": DATASETS.help_text()}} if section == "data" else {}
