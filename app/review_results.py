@@ -5,14 +5,15 @@ from __future__ import annotations
 import altair as alt
 import numpy as np
 import pandas as pd
-import review_cases as cases
-import review_data as data
 import streamlit as st
 from sklearn.metrics import roc_curve
 
 from dermlow import metrics
 from dermlow.errors import UserError
 from dermlow.rundir import files, reader
+
+from . import review_cases as cases
+from . import review_data as data
 
 LOSSES = {"ce": "CE", "balanced_ce": "bCE", "focal": "FL"}
 WEIGHTINGS = {"low": "LOW", "none": "", "spl": "SPL", "is": "IS"}

@@ -14,8 +14,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from dermlow.errors import UserError
-
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+from dermlow.resources import config_dir
 
 
 @dataclass
@@ -237,7 +236,7 @@ def year_config(year: int) -> Path:
     """The shipped config of an ISIC challenge year."""
     if year not in (2017, 2018):
         raise UserError(f"--year must be 2017 or 2018, got {year}.")
-    return CONFIG_DIR / f"isic{year}.yaml"
+    return config_dir() / f"isic{year}.yaml"
 
 
 def run_name(cfg: Config) -> str:
