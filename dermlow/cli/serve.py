@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-import subprocess
+import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from dermlow.errors import UserError
 from dermlow.resources import app_script
@@ -30,10 +31,12 @@ def streamlit_command(path: str | Path, *, host: str = "127.0.0.1", port: int = 
     ]
 
 
-def serve(path: str | Path, *, host: str = "127.0.0.1", port: int = 8501, open_browser: bool = False) -> int:
-    """Serve the review app on `path` until interrupted; returns streamlit's exit code.
+def serve(path: str | Path, *, host: str = "127.0.0.1", port: int = 8501, open_browser: bool = False) -> NoReturn:
+    """Serve the review app on `path` until interrupted.
 
-    The path is checked first (a UserError if it holds no run), and the address is logged.
+    The path and port are checked first (a UserError if wrong), and the address is logged. Then
+    this process becomes the Streamlit server (exec), so Ctrl+C and a process manager's SIGTERM
+    reach it directly and no dermlow parent is left to orphan it.
     """
     find_runs(path)
     if not app_script().is_file():
@@ -41,13 +44,7 @@ def serve(path: str | Path, *, host: str = "127.0.0.1", port: int = 8501, open_b
     if not 0 < port < 65536:
         raise UserError(f"--port must be between 1 and 65535, got {port}.")
     log.info("serving the dermlow review app at http://%s:%d (Ctrl+C stops it)", host, port)
-    proc = subprocess.Popen(streamlit_command(path, host=host, port=port, open_browser=open_browser))
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        try:
-            return proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            return proc.wait()
+    command = streamlit_command(path, host=host, port=port, open_browser=open_browser)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(command[0], command)

@@ -19,8 +19,8 @@ import pandas as pd
 from torch.utils.data import Dataset
 
 from dermlow.config import Config
+from dermlow.data.array_batches import ArrayDataset, PadCropFlip
 from dermlow.data.arrays import load_benchmark
-from dermlow.data.loading import ArrayDataset, CifarTrainTransform
 from dermlow.data.prepare import RunData
 from dermlow.rundir.files import MANIFEST_COLUMNS
 
@@ -50,19 +50,20 @@ def prepare(cfg: Config) -> RunData:
 
 
 def build_datasets(cfg: Config, manifest: pd.DataFrame, *, mean=None, std=None) -> dict[str, Dataset]:
-    """ArrayDatasets per split, normalised with the training set's own channel statistics."""
+    """ArrayDatasets per split, normalised with the training set's own channel statistics; CIFAR's
+    training split is augmented a batch at a time (pad 4, random crop, flip)."""
     bench = _load(cfg.data.dataset, str(cfg.data.data_dir), cfg.run.seed, False)
     arrays = {"train": bench.train_x, "test": bench.test_x}
     train_source = manifest[manifest["split"] == "train"]
     pixels = _gather(arrays, train_source).reshape(-1, bench.in_chans).astype(np.float64) / 255.0
     mean, std = pixels.mean(axis=0), pixels.std(axis=0)
-    augment = CifarTrainTransform(pad=4) if cfg.data.dataset.startswith("cifar") else None
+    augment = PadCropFlip(pad=4) if cfg.data.dataset.startswith("cifar") else None
     out = {}
     for split in ("train", "val", "test"):
         rows = manifest[manifest["split"] == split]
         if len(rows):
             out[split] = ArrayDataset(_gather(arrays, rows), rows["label"].to_numpy(), rows["index"].to_numpy(),
-                                      transform=augment if split == "train" else None, mean=mean, std=std)
+                                      augment=augment if split == "train" else None, mean=mean, std=std)
     return out
 
 
