@@ -214,6 +214,25 @@ def test_augmentation_varies_by_epoch_and_flips_independently(manifest):
     assert torch.equal(ds[0][0], ds[0][0])  # plain row keys are deterministic too
 
 
+def test_uint8_batches_travel_as_nhwc_and_reach_the_model_unchanged(manifest):
+    from dermlow.data.transforms import normalise_batch
+    from dermlow.training.loop import to_input
+
+    ds = ManifestDataset(manifest, transform=train_transform(crop_size=24, mean=MEAN, std=STD, normalise=False),
+                         image_size=SIZE)
+    images, labels, index = next(iter(make_loader(ds, batch_size=4, shuffle=True, seed=1, epoch=1, num_workers=0)))
+    rows = epoch_permutation(len(ds), seed=1, epoch=1)[:4].tolist()
+    items = [ds[SampleKey(r, seed=1, epoch=1)] for r in rows]
+    expected = torch.stack([x for x, _, _ in items])
+    assert torch.equal(images, expected) and images.dtype == torch.uint8
+    assert images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous()
+    assert labels.tolist() == [y for _, y, _ in items] and index.tolist() == [i for _, _, i in items]
+    for channels_last in (False, True):
+        x = to_input(images, torch.device("cpu"), (MEAN, STD), channels_last=channels_last)
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        assert x.is_contiguous(memory_format=layout) and torch.equal(x, normalise_batch(expected, MEAN, STD))
+
+
 class _WhoLoads(torch.utils.data.Dataset):
     """Each item: the process that loaded it and the epoch of its key."""
 

@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from tqdm.auto import tqdm
 
 from dermlow.data.array_batches import ArrayBatches, ArrayDataset
@@ -118,6 +118,18 @@ def seed_worker(worker_id: int, *, seed: int) -> None:
     random.seed(s)
 
 
+def collate_as_stored(batch: list[tuple]) -> list:
+    """default_collate, except that images held as CHW views of HWC memory (albumentations'
+    ToTensorV2 output) are stacked as NHWC, a copy per image rather than a transpose, and come out
+    as NCHW views of that memory (channels-last strides). `training.loop.to_input` gives the batch
+    the model's memory format on the device, where that is free (CUDA, channels_last) or cheap."""
+    images = [item[0] for item in batch]
+    rest = default_collate([item[1:] for item in batch])
+    if all(isinstance(t, torch.Tensor) and t.dim() == 3 and t.stride(0) == 1 for t in images):
+        return [default_collate([t.permute(1, 2, 0) for t in images]).permute(0, 3, 1, 2), *rest]
+    return [default_collate(images), *rest]
+
+
 def make_loader(dataset: Dataset | ArrayDataset, *, batch_size: int, shuffle: bool, seed: int, epoch: int,
                 num_workers: int, pin_memory: bool = False, drop_last: bool = False, rank: int = 0,
                 world: int = 1, device: torch.device | str | None = None) -> EpochLoader | ArrayBatches:
@@ -125,8 +137,8 @@ def make_loader(dataset: Dataset | ArrayDataset, *, batch_size: int, shuffle: bo
 
     Make one per run and call `set_epoch` before each pass: the `num_workers` worker processes
     start once and persist. Datasets with `accepts_sample_keys = True` (ManifestDataset) get
-    `SampleKey`s and seed each item's augmentation; any other map-style dataset gets plain row
-    numbers (its order is still seeded). The loader's own generator is seeded too, so creating
+    `SampleKey`s and seed each item's augmentation, and their images are batched by
+    `collate_as_stored`; any other map-style dataset gets plain row numbers (its order is still seeded). The loader's own generator is seeded too, so creating
     and iterating it never consumes the caller's global torch RNG. An ArrayDataset gets
     `ArrayBatches` instead: batches made on `device` in this process (num_workers is not used).
     """
@@ -141,6 +153,7 @@ def make_loader(dataset: Dataset | ArrayDataset, *, batch_size: int, shuffle: bo
                              world=world),
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
+        collate_fn=collate_as_stored if keys else None,
         pin_memory=pin_memory,
         drop_last=drop_last,
         worker_init_fn=functools.partial(seed_worker, seed=seed) if num_workers > 0 else None,
