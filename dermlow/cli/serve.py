@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import logging
-import os
+import subprocess
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 from dermlow.errors import UserError
 from dermlow.resources import app_script
@@ -31,12 +30,10 @@ def streamlit_command(path: str | Path, *, host: str = "127.0.0.1", port: int = 
     ]
 
 
-def serve(path: str | Path, *, host: str = "127.0.0.1", port: int = 8501, open_browser: bool = False) -> NoReturn:
-    """Serve the review app on `path` until interrupted.
+def serve(path: str | Path, *, host: str = "127.0.0.1", port: int = 8501, open_browser: bool = False) -> int:
+    """Serve the review app on `path` until interrupted; returns streamlit's exit code.
 
-    The path and port are checked first (a UserError if wrong), and the address is logged. Then
-    this process becomes the Streamlit server (exec), so Ctrl+C and a process manager's SIGTERM
-    reach it directly and no dermlow parent is left to orphan it.
+    The path is checked first (a UserError if it holds no run), and the address is logged.
     """
     find_runs(path)
     if not app_script().is_file():
@@ -44,7 +41,13 @@ def serve(path: str | Path, *, host: str = "127.0.0.1", port: int = 8501, open_b
     if not 0 < port < 65536:
         raise UserError(f"--port must be between 1 and 65535, got {port}.")
     log.info("serving the dermlow review app at http://%s:%d (Ctrl+C stops it)", host, port)
-    command = streamlit_command(path, host=host, port=port, open_browser=open_browser)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(command[0], command)
+    proc = subprocess.Popen(streamlit_command(path, host=host, port=port, open_browser=open_browser))
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        try:
+            return proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
