@@ -1,9 +1,9 @@
 """dermlow review app: where a dermoscopy model struggles, and which images deserve a second look.
 
 Start it with `dermlow app RUNS_DIR` (or `streamlit run app/streamlit_app.py -- --runs RUNS_DIR`).
-It reads run folders only, through dermlow.rundir, and works on runs that are still training.
-Layout follows the streamlit demo-self-driving app: main() -> run_the_app(), which reads as
-named steps; small *_ui() functions return the user's choices.
+It reads run folders only, through dermlow.rundir (reader, flag scores, review marks), and works on
+runs that are still training. Layout follows the streamlit demo-self-driving app: main() ->
+run_the_app(), which reads as named steps; small *_ui() functions return the user's choices.
 
 This folder is installed as the package `dermlow._app` (pyproject.toml), which is how this script
 imports its sibling view modules, from a wheel, an editable install or `streamlit run` alike.
@@ -45,7 +45,7 @@ VIEWS = [
     View("Weights over training", "LOW weights per epoch", results.weights_view),
     View("Lesion galleries", "lowest / highest weighted", cases.galleries_view),
     View("Case", "one image in detail", cases.case_view),
-    View("Review", "flagged cases", cases.review_view),
+    View("Review", "marked cases, flag scores", cases.review_view),
 ]
 
 

@@ -11,7 +11,7 @@ import torch
 import dermlow.data.loading as data_mod
 from dermlow.data.loading import ImageCache, ManifestDataset, SampleKey, make_loader, read_image
 from dermlow.data.seeding import epoch_permutation
-from dermlow.data.transforms import eval_transform, preprocess, train_transform
+from dermlow.data.transforms import eval_transform, normalise_batch, preprocess, to_input, train_transform
 from dermlow.errors import UserError
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -215,9 +215,6 @@ def test_augmentation_varies_by_epoch_and_flips_independently(manifest):
 
 
 def test_uint8_batches_travel_as_nhwc_and_reach_the_model_unchanged(manifest):
-    from dermlow.data.transforms import normalise_batch
-    from dermlow.training.loop import to_input
-
     ds = ManifestDataset(manifest, transform=train_transform(crop_size=24, mean=MEAN, std=STD, normalise=False),
                          image_size=SIZE)
     images, labels, index = next(iter(make_loader(ds, batch_size=4, shuffle=True, seed=1, epoch=1, num_workers=0)))

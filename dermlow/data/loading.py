@@ -121,7 +121,7 @@ def seed_worker(worker_id: int, *, seed: int) -> None:
 def collate_as_stored(batch: list[tuple]) -> list:
     """default_collate, except that images held as CHW views of HWC memory (albumentations'
     ToTensorV2 output) are stacked as NHWC, a copy per image rather than a transpose, and come out
-    as NCHW views of that memory (channels-last strides). `training.loop.to_input` gives the batch
+    as NCHW views of that memory (channels-last strides). `transforms.to_input` gives the batch
     the model's memory format on the device, where that is free (CUDA, channels_last) or cheap."""
     images = [item[0] for item in batch]
     rest = default_collate([item[1:] for item in batch])
