@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import altair as alt
 import pandas as pd
-import review_data as data
 import streamlit as st
 
 from dermlow.errors import UserError
 from dermlow.rundir import files, reader, review_marks
+
+from . import review_data as data
 
 TILE = 180  # thumbnail size in pixels
 PER_ROW = 6

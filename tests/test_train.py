@@ -140,3 +140,16 @@ def test_evaluate_recomputes_the_best_epoch_metrics(low_run, capsys):
     assert main(["evaluate", str(low_run), "--split", "val", "--tta", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "confusion (rows = true, columns = predicted)" in out and "Melanoma" in out
+
+
+@pytest.mark.slow
+def test_persistent_loader_workers_reproduce_the_reference_run(demo_dir, tmp_path):
+    """2 epochs with 2 loader workers kept across epochs give the numbers that the code before
+    persistent workers wrote with num_workers=0 (tests/fixtures/same_seed, LOW lam 0.05)."""
+    fixtures = Path(__file__).parent / "fixtures" / "same_seed"
+    run = train(tiny_config(demo_dir, tmp_path, "run.name=workers", "weighting.lam=0.05", "data.num_workers=2"))
+    metrics = pd.read_csv(run / files.METRICS).drop(columns=["seconds"])
+    pd.testing.assert_frame_equal(metrics, pd.read_csv(fixtures / "low_metrics.csv"), rtol=0, atol=1e-6)
+    weights = pd.read_parquet(run / files.WEIGHTS)
+    pd.testing.assert_frame_equal(weights, pd.read_parquet(fixtures / "low_sample_weights.parquet"),
+                                  rtol=0, atol=1e-6)

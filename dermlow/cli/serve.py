@@ -1,4 +1,4 @@
-"""`dermlow app`: serve the Streamlit review app (app/streamlit_app.py) on a run folder."""
+"""`dermlow app`: serve the Streamlit review app (app/streamlit_app.py, shipped as dermlow._app) on a run folder."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 from dermlow.errors import UserError
+from dermlow.resources import app_script
 from dermlow.rundir.reader import find_runs
 
 log = logging.getLogger(__name__)
 
-APP = Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py"
 RUNS_ENV = "DERMLOW_RUNS"
 """The app reads the runs folder from `--runs PATH` after `--`, else from this variable."""
 
@@ -21,7 +21,7 @@ def streamlit_command(path: str | Path, *, host: str = "127.0.0.1", port: int = 
                       open_browser: bool = False) -> list[str]:
     """The `streamlit run` command line that serves the app on `path` (a run or a folder of runs)."""
     return [
-        sys.executable, "-m", "streamlit", "run", str(APP),
+        sys.executable, "-m", "streamlit", "run", str(app_script()),
         "--server.address", host, "--server.port", str(port),
         "--server.headless", "false" if open_browser else "true",
         "--browser.gatherUsageStats", "false",  # no telemetry: the app must work offline
@@ -36,8 +36,8 @@ def serve(path: str | Path, *, host: str = "127.0.0.1", port: int = 8501, open_b
     The path is checked first (a UserError if it holds no run), and the address is logged.
     """
     find_runs(path)
-    if not APP.is_file():
-        raise UserError(f"the app script {APP} is missing: run dermlow from its source checkout.")
+    if not app_script().is_file():
+        raise UserError(f"the app script {app_script()} is missing: reinstall dermlow (pip install .).")
     if not 0 < port < 65536:
         raise UserError(f"--port must be between 1 and 65535, got {port}.")
     log.info("serving the dermlow review app at http://%s:%d (Ctrl+C stops it)", host, port)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from dermlow import config as config_mod
 from dermlow import distributed as dist
@@ -58,6 +58,7 @@ class Session:
     start_epoch: int = 1
     best_bacc: float = -1.0
     best_epoch: int = 0
+    loaders: dict = field(default_factory=dict)  # one per split for the whole run (workers persist)
 
     @property
     def channels_last(self) -> bool:
@@ -73,17 +74,24 @@ class Session:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def train_loader(self, epoch: int) -> DataLoader:
+    def train_loader(self, epoch: int) -> Iterable:
         """This process's share of the epoch's seeded order, in batches of its share of the batch."""
-        batch = self.cfg.optim.batch_size // dist.world() * self.weighting.batch_multiplier
-        return make_loader(self.datasets["train"], batch_size=batch, shuffle=True, seed=self.cfg.run.seed,
-                           epoch=epoch, num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda",
-                           rank=dist.rank(), world=dist.world())
+        if "train" not in self.loaders:
+            batch = self.cfg.optim.batch_size // dist.world() * self.weighting.batch_multiplier
+            self.loaders["train"] = make_loader(
+                self.datasets["train"], batch_size=batch, shuffle=True, seed=self.cfg.run.seed, epoch=epoch,
+                num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda", rank=dist.rank(),
+                world=dist.world(), device=self.device)
+        self.loaders["train"].set_epoch(epoch)
+        return self.loaders["train"]
 
-    def eval_loader(self, split: str) -> DataLoader:
-        return make_loader(self.datasets[split], batch_size=self.cfg.optim.batch_size * 2, shuffle=False,
-                           seed=self.cfg.run.seed, epoch=0, num_workers=self.cfg.data.num_workers,
-                           pin_memory=self.device.type == "cuda", rank=dist.rank(), world=dist.world())
+    def eval_loader(self, split: str) -> Iterable:
+        if split not in self.loaders:
+            self.loaders[split] = make_loader(
+                self.datasets[split], batch_size=self.cfg.optim.batch_size * 2, shuffle=False,
+                seed=self.cfg.run.seed, epoch=0, num_workers=self.cfg.data.num_workers,
+                pin_memory=self.device.type == "cuda", rank=dist.rank(), world=dist.world(), device=self.device)
+        return self.loaders[split]
 
     def meta_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]] | None:
         """Endless (images, labels) batches of the weighting's `meta_split`, on the device and
@@ -158,6 +166,7 @@ class Session:
         files.write_text(path, old + message + "\n")
 
     def finish(self) -> None:
+        self.loaders.clear()  # stops their worker processes
         if not dist.is_main():
             return
         files.write_text(self.run_dir / files.DONE, f"best epoch {self.best_epoch} val bacc {self.best_bacc:.4f}\n")
