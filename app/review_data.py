@@ -95,7 +95,8 @@ def predictions(run_dir: str, split: str, stamp: tuple) -> pd.DataFrame:
 @st.cache_data(show_spinner=False)
 def export_csv(run_dir: str, stamp: tuple) -> bytes:
     """The reviewed cases as CSV, through the same function as `dermlow flag`."""
-    return flag_scores.export_flags(run_dir, reviewed_only=True).to_csv(index=False).encode("utf-8")
+    table = flag_scores.export_flags(run_dir, reviewed_only=True)
+    return files.escape_cells(table).to_csv(index=False).encode("utf-8")  # opened in spreadsheets
 
 
 def read_review(run_dir: str) -> pd.DataFrame:

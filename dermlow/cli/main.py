@@ -27,9 +27,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args) or 0
-    except UserError as err:
+    except UserError as err:  # TrainingDiverged exits with 3
         print(f"dermlow: error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
     except KeyboardInterrupt:
         print("dermlow: interrupted. A training run continues with `dermlow train --resume RUN_DIR`.",
               file=sys.stderr)

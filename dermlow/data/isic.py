@@ -28,6 +28,7 @@ from PIL import Image
 
 from dermlow.data.splits import assign_splits, describe, read_splits, save_splits
 from dermlow.errors import UserError, format_rows
+from dermlow.rundir import files
 from dermlow.rundir.files import MANIFEST_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -106,8 +107,18 @@ def _rows_error(path: Path, mask: pd.Series, df: pd.DataFrame, what: str, todo: 
     return UserError(f"{path}: {what} in {format_rows(df.loc[mask, 'row'].tolist())}; {ROWS_NOTE}. {todo}")
 
 
+def refuse_formulas(df: pd.DataFrame, column: str, path: Path) -> None:
+    """Refuse cells of `column` that a spreadsheet would run as formulas (= + - @ first; no ISIC
+    id or label starts so). Exports escape such cells too, but they should not enter a run."""
+    if (bad := df[column].map(files.formula_like)).any():
+        raise _rows_error(path, bad, df, f"{int(bad.sum())} value(s) in column '{column}' start with = + - @ "
+                          f"(e.g. '{df.loc[bad, column].iloc[0]}'), which spreadsheets run as formulas",
+                          "Rename them so they start with a letter or digit.")
+
+
 def clean_ids(df: pd.DataFrame, column: str, path: Path) -> pd.Series:
-    """Image ids without an image extension; rejects empty, path-like and duplicate ids."""
+    """Image ids without an image extension; rejects empty, path-like, formula-like and duplicate ids."""
+    refuse_formulas(df, column, path)
     ids = df[column]
     bad = (ids == "") | ids.str.contains(r"[/\\]|^\.|^[A-Za-z]:", regex=True)
     if bad.any():
@@ -204,6 +215,7 @@ def _lesions_2018(root: Path, ids: pd.Series, gt: Path) -> pd.Series:
                             *((n, "image_id") for n in HAM_METADATA)):
         if path := find(root, name):
             df = read_csv(path, [image_col, "lesion_id"])
+            refuse_formulas(df, "lesion_id", path)
             lesions = pd.Series(df["lesion_id"].to_numpy(), index=clean_ids(df, image_col, path))
             if not (known := ids.isin(lesions.index)).any():
                 raise UserError(f"{path}: shares no image ids with {gt}. Is it the lesion file of this data set?")
@@ -243,6 +255,7 @@ def _read_ham10000(root: Path, labels_csv: Path | None, image_dir: Path | None) 
         raise _nothing_found(root, "HAM10000", list(HAM_METADATA), "Download HAM10000_metadata and "
                              "HAM10000_images_part_{1,2}.zip from Harvard Dataverse (doi:10.7910/DVN/DBW86T)")
     df = read_csv(meta, ["lesion_id", "image_id", "dx"])
+    refuse_formulas(df, "lesion_id", meta)
     if (bad := ~(dx := df["dx"].str.lower()).isin(list(HAM_DX))).any():
         raise _rows_error(meta, bad, df, f"unknown dx value(s) {sorted(set(df.loc[bad, 'dx']))}",
                           f"dx must be one of {', '.join(HAM_DX)}.")
@@ -264,6 +277,9 @@ def _read_generic(root: Path, labels_csv: Path | None, image_dir: Path | None) -
     df = read_csv(csv, ["image", "label"])
     if (bad := df["label"] == "").any():
         raise _rows_error(csv, bad, df, "empty labels", "Give every image a class label.")
+    for column in ("label", "lesion_id"):
+        if column in df.columns:
+            refuse_formulas(df, column, csv)
     codes = _class_order(df["label"])
     spec = DatasetSpec("generic", tuple(codes), tuple(codes), note=f"classes from {csv.name}")
     labels = df["label"].map({c: i for i, c in enumerate(codes)}).to_numpy()
@@ -365,11 +381,11 @@ def load_manifest(data_dir: str | Path, *, dataset: str, split: str = "lesion", 
 def _combine(parts: list[_Part]) -> pd.DataFrame:
     frames = []
     for part in parts:
-        files = index_images(part.folders)
+        found = index_images(part.folders)
         t = part.table.copy()
         t["split"] = part.split
         t["csv"] = str(part.csv)
-        t["path"] = [str(files.get(i, part.folders[0] / f"{i}.jpg")) for i in t["image_id"]]
+        t["path"] = [str(found.get(i, part.folders[0] / f"{i}.jpg")) for i in t["image_id"]]
         frames.append(t)
     table = pd.concat(frames, ignore_index=True)
     if (dup := table["image_id"].duplicated(keep=False)).any():

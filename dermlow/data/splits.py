@@ -10,8 +10,6 @@ sorted by image_id first, so the order of the CSV rows does not matter. They are
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from dermlow.errors import UserError, format_rows
+from dermlow.rundir import files
 
 if TYPE_CHECKING:
     from dermlow.data.isic import DatasetSpec
@@ -111,27 +110,25 @@ def _warn_leakage(split: pd.Series, lesion: pd.Series) -> None:
 
 def save_splits(manifest: pd.DataFrame, path: str | Path) -> Path:
     """Write `image_id,split` (sorted by image_id) atomically; reload with load_manifest(splits_file=)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame = manifest[["image_id", "split"]].sort_values("image_id")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", newline="") as fh:
-        frame.to_csv(fh, index=False)
-    os.replace(tmp, path)
-    return path
+    return files.write_csv(path, manifest[["image_id", "split"]].sort_values("image_id"))
 
 
 def read_splits(path: Path, image_ids: pd.Series) -> pd.Series:
     """The split of each of `image_ids` (same index) from an `image_id,split` CSV; every id must match."""
     if not path.is_file():
         raise UserError(f"{path}: splits file not found. Write one with `save_splits` (dermlow data check).")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    try:
+        df = files.unescape_cells(pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig"))
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as e:
+        raise UserError(f"{path}: cannot be read as a CSV file ({e}).") from None
     df.columns = [str(c).strip() for c in df.columns]
     if not {"image_id", "split"} <= set(df.columns):
         raise UserError(f"{path}: expected the columns image_id,split; found {','.join(df.columns)}.")
     rows = pd.Series(np.arange(len(df)) + 2)
     note = "rows are counted as in a spreadsheet: the header is row 1"
     for bad, what in ((~df["split"].str.strip().isin(SPLITS), f"split values other than {', '.join(SPLITS)}"),
+                      (df["image_id"].map(files.formula_like), "image ids starting with = + - @ tab or CR "
+                       "(spreadsheets run such cells as formulas)"),
                       (df["image_id"].duplicated(keep=False), "image ids listed more than once")):
         if bad.any():
             raise UserError(f"{path}: {what} in {format_rows(rows[bad].tolist())}; {note}. Fix those rows.")

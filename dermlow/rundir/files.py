@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -55,12 +56,34 @@ WEIGHT_SCHEMA = pa.schema(
 )
 
 
+TMP_GLOB = ".*.tmp"
+"""Names of atomic_write's temporary files (`.<name>.<random>.tmp`): left only by a killed write."""
+
+
+def current_umask() -> int:
+    """The process's umask (from /proc on Linux, which reads it without changing it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: the classic read-by-setting, restored at once
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], Any]) -> Path:
-    """Call `write(file)` on a temporary file beside `path`, then move it into place."""
+    """Call `write(file)` on a temporary file beside `path`, then move it into place.
+
+    The file gets the permissions of any new file (0666 less the umask), not mkstemp's 0600,
+    so colleagues sharing a runs folder can read it where the umask allows.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -77,10 +100,64 @@ def write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+"""First characters that make a spreadsheet read a cell as a formula (OWASP CSV injection)."""
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def formula_like(text: object) -> bool:
+    """True for text a spreadsheet would run as a formula: it starts with = + - @ tab or CR and
+    is not a plain number (-1 and +2.5 are numbers to a spreadsheet, not formulas)."""
+    return isinstance(text, str) and text.startswith(FORMULA_START) and not _NUMBER.fullmatch(text)
+
+
+def escape_cell(text: object) -> object:
+    """OWASP's rule: a formula-like text gets a leading single quote, so spreadsheets show it as
+    text. Text that already starts with a quote gets one more, which makes `unescape_cell` exact."""
+    if isinstance(text, str) and (formula_like(text) or text.startswith("'")):
+        return "'" + text
+    return text
+
+
+def unescape_cell(text: object) -> object:
+    """The inverse of `escape_cell` (dermlow's own readers see the original text again)."""
+    if isinstance(text, str) and text.startswith("'") and (formula_like(text[1:]) or text[1:].startswith("'")):
+        return text[1:]
+    return text
+
+
+def _map_text(frame: pd.DataFrame, cell: Callable[[object], object]) -> pd.DataFrame:
+    """A copy of `frame` with `cell` applied to its column names and to the cells of its text columns."""
+    out = frame.copy()
+    out.columns = [cell(c) for c in frame.columns]
+    for i, dtype in enumerate(frame.dtypes):
+        if pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype):
+            out.iloc[:, i] = frame.iloc[:, i].map(cell)
+    return out
+
+
+def escape_cells(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of `frame` whose text cells and column names are escaped with `escape_cell`."""
+    return _map_text(frame, escape_cell)
+
+
+def unescape_cells(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` as read from a CSV that `write_csv` wrote, text cells and column names unescaped."""
+    return _map_text(frame, unescape_cell)
+
+
 def write_csv(path: str | Path, frame: pd.DataFrame, **kwargs: Any) -> Path:
-    """Atomically write a DataFrame as CSV (no index column unless asked)."""
+    """Atomically write a DataFrame as CSV (no index column unless asked), text cells escaped
+    against spreadsheet formula injection (`escape_cells`): run files are opened in spreadsheets."""
     kwargs.setdefault("index", False)
-    return write_text(path, frame.to_csv(**kwargs))
+    return write_text(path, escape_cells(frame).to_csv(**kwargs))
+
+
+def safe_name(text: str, *, limit: int = 100) -> str:
+    """`text` as one harmless path component: characters other than letters, digits, '.', '_' and
+    '-' become '_', leading dots and dashes are dropped ('..', '.hidden', '-rf'), never empty."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", str(text))[:limit].lstrip(".-")
+    return name or "_"
 
 
 def write_yaml(path: str | Path, data: dict) -> Path:

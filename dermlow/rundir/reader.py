@@ -121,6 +121,7 @@ def read_manifest(run_dir: str | Path) -> pd.DataFrame:
                                          "label_name": str}, keep_default_na=False)
     except (OSError, ValueError, pd.errors.ParserError) as err:
         raise UserError(f"{file} cannot be read as CSV ({err}).") from None
+    frame = files.unescape_cells(frame)
     missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
     if missing:
         raise UserError(f"{file} lacks the column(s) {', '.join(missing)}; it needs {', '.join(MANIFEST_COLUMNS)}.")
@@ -307,7 +308,7 @@ def load_predictions(run_dir: str | Path, split: str = "test") -> pd.DataFrame:
     if not file.is_file():
         return pd.DataFrame(columns=["image_id", "index", "label", *codes])
     try:
-        pred = pd.read_csv(file, dtype={"image": str})
+        pred = files.unescape_cells(pd.read_csv(file, dtype={"image": str}))
     except (OSError, ValueError, pd.errors.ParserError) as err:
         raise UserError(f"{file} cannot be read as CSV ({err}).") from None
     missing = [c for c in ["image", *codes] if c not in pred.columns]

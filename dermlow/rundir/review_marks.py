@@ -39,6 +39,7 @@ def read_review(run_dir: str | Path) -> pd.DataFrame:
                             keep_default_na=False)
     except (OSError, ValueError, pd.errors.ParserError) as err:
         raise UserError(f"{file} cannot be read as CSV ({err}); fix or delete it (it holds only review flags).") from None
+    frame = files.unescape_cells(frame)
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise UserError(f"{file} lacks column(s) {', '.join(missing)}; it needs {', '.join(COLUMNS)}.")
