@@ -88,7 +88,10 @@ def claim_run_dir(path: str | Path, *, resume: bool) -> RunClaim:
 def _lock(folder: Path) -> RunClaim:
     """Take RUN/.lock exclusively (without waiting) and write our pid into it."""
     file = folder / LOCK
-    fd = os.open(file, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    try:  # never through a symlink: the lock file is written
+        fd = os.open(file, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    except OSError as err:
+        raise UserError(f"{file}: cannot lock it ({err.strerror}); remove it if it is not a plain file.") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

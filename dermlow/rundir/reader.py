@@ -105,7 +105,7 @@ def _read_config(run_dir: Path) -> dict:
     try:
         data = yaml.safe_load(file.read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
-        raise UserError(f"{file} cannot be read as YAML ({err}); restore it from the training output.") from None
+        raise UserError(f"{file} cannot be read as YAML ({' '.join(str(err).split())}); restore it from the training output.") from None
     if not isinstance(data, dict):
         raise UserError(f"{file} must hold a mapping of sections (data:, model:, ...).")
     return data
