@@ -36,6 +36,7 @@ class DataConfig:
     cache_dir: str | None = ".cache/dermlow"  # derived image cache; null disables it
     num_workers: int = 4
     skip_bad_images: bool = False
+    max_image_pixels: int = 100_000_000  # images above it are refused before decoding (decompression bombs)
     flip_labels: float = 0.0  # fraction of training labels flipped on purpose (flagging studies)
     download: bool = False  # benchmark mode: fetch MNIST/CIFAR from their official hosts
 
@@ -225,6 +226,7 @@ def check(cfg: Config) -> Config:
     need(cfg.optim.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.optim.batch_size}.")
     need(cfg.optim.lr > 0, f"--lr must be positive, got {cfg.optim.lr:g}.")
     need(cfg.data.split in ("lesion", "random"), f"data.split must be lesion or random, got '{cfg.data.split}'.")
+    need(cfg.data.max_image_pixels > 0, f"data.max_image_pixels must be positive, got {cfg.data.max_image_pixels}.")
     need(0 <= cfg.data.flip_labels < 1, f"--flip-labels must be in [0, 1), got {cfg.data.flip_labels:g}.")
     need(0 < cfg.data.test_fraction < 1 and 0 <= cfg.data.val_fraction < 1,
          "data.test_fraction must be in (0, 1) and data.val_fraction in [0, 1).")

@@ -11,6 +11,9 @@ class UserError(Exception):
     exit_code = 2
 
 
+ROWS_NOTE = "rows are counted as in a spreadsheet: the header is row 1"
+
+
 def format_rows(rows: list[int], limit: int = 20) -> str:
     """'rows 3, 7, 9' for error messages: the first `limit` row numbers and a count of the rest."""
     rows = sorted(rows)

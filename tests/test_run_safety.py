@@ -117,7 +117,7 @@ def test_a_trained_checkpoint_is_plain_data(trained):
 # ---------------------------------------------------------------- item 2: one writer per run folder
 
 def test_resume_of_a_run_held_by_another_process_is_refused(tmp_path, capsys):
-    run = make_run(tmp_path / "runs", "busy", epochs=2, written_epochs=1)
+    run = make_run(tmp_path / "runs", "busy", epochs=2, written_epochs=1, extra_columns=True)
     holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\n"
                                f"fd = os.open({str(run / '.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
                                "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, str(os.getpid()).encode())\n"

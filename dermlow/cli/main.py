@@ -79,6 +79,8 @@ def _add_train(sub) -> None:
     p.add_argument("--flip-labels", type=float, help="flip this fraction of training labels on purpose (seeded)")
     p.add_argument("--skip-bad-images", action="store_true", default=None,
                    help="leave unreadable images out (listed in skipped_images.txt) instead of stopping")
+    p.add_argument("--max-image-pixels", type=int, metavar="N",
+                   help="refuse images with more pixels than this, before decoding them (default 100000000)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any config value, e.g. --set optim.milestones=[30,60] (repeatable)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its last complete epoch")
@@ -94,6 +96,7 @@ FLAG_KEYS = {
     "model": "model.name", "weights": "model.weights", "seed": "run.seed", "device": "run.device",
     "out": "run.out", "name": "run.name", "workers": "data.num_workers", "split": "data.split",
     "flip_labels": "data.flip_labels", "skip_bad_images": "data.skip_bad_images",
+    "max_image_pixels": "data.max_image_pixels",
 }
 
 
@@ -221,6 +224,8 @@ def _add_data(sub) -> None:
     check.add_argument("--splits-file", type=Path, help="reuse an image_id,split CSV instead of splitting")
     check.add_argument("--skip-bad-images", action="store_true",
                        help="report unreadable images and go on instead of stopping")
+    check.add_argument("--max-image-pixels", type=int, default=100_000_000, metavar="N",
+                       help="refuse images with more pixels than this, before decoding them (default 100 MP)")
     check.add_argument("--save-splits", type=Path, help="write the image_id,split table to this CSV")
     check.set_defaults(func=_data_check)
     fetch = dsub.add_parser("fetch", help="download and unpack the official archives (resumable)")
@@ -240,7 +245,7 @@ def _data_demo(args: argparse.Namespace) -> int:
 
 def _data_check(args: argparse.Namespace) -> int:
     from dermlow.data.isic import describe, load_manifest
-    from dermlow.data.splits import save_splits
+    from dermlow.data.splits import class_warnings, save_splits
 
     dataset = args.dataset or (f"isic{args.year}" if args.year else None)
     if dataset is None:
@@ -248,8 +253,10 @@ def _data_check(args: argparse.Namespace) -> int:
     manifest, spec, skipped = load_manifest(
         args.data_dir, dataset=dataset, split=args.split, seed=args.seed, labels_csv=args.labels_csv,
         image_dir=args.image_dir, test_fraction=args.test_fraction, val_fraction=args.val_fraction,
-        splits_file=args.splits_file, skip_bad_images=args.skip_bad_images)
+        splits_file=args.splits_file, skip_bad_images=args.skip_bad_images, max_image_pixels=args.max_image_pixels)
     print(describe(manifest, spec))
+    for warning in class_warnings(manifest, spec):
+        print(f"dermlow: warning: {warning}", file=sys.stderr)
     if skipped:
         print(f"\n{len(skipped)} unreadable images would be left out:")
         print("\n".join(f"  {line}" for line in skipped))

@@ -7,7 +7,7 @@ their official names, there or up to two folders below (an unzipped ground-truth
 in a folder of the zip's name). Problems a user can fix raise `UserError` naming the file, the
 rows (as in a spreadsheet: the header is row 1) and what to do.
 
-Image modes: every image that decodes is accepted. Greyscale, palette, RGBA, CMYK and 16-bit
+Image modes: every image that decodes cleanly (data.image_check) is accepted. Greyscale, palette, RGBA, CMYK and 16-bit
 images are counted in one warning; the loader (dermlow.data.read_image, OpenCV IMREAD_COLOR)
 converts them to 8-bit RGB (grey copied to 3 channels, alpha dropped, 16-bit scaled, not clipped).
 """
@@ -17,17 +17,17 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
+from dermlow.data.image_check import MAX_IMAGE_PIXELS, check_image
+from dermlow.data.image_check import check_images as check_images_of
 from dermlow.data.splits import assign_splits, describe, read_splits, save_splits
-from dermlow.errors import UserError, format_rows
+from dermlow.errors import ROWS_NOTE, UserError, format_rows
 from dermlow.rundir import files
 from dermlow.rundir.files import MANIFEST_COLUMNS
 
@@ -37,7 +37,6 @@ __all__ = ["DatasetSpec", "ISIC2017", "ISIC2018", "HAM10000", "DATASETS", "load_
            "save_splits", "submission_frame", "isic2017_part3_frame", "check_image"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-ROWS_NOTE = "rows are counted as in a spreadsheet: the header is row 1"
 HAM_DX = {"mel": "MEL", "nv": "NV", "bcc": "BCC", "akiec": "AKIEC", "bkl": "BKL", "df": "DF", "vasc": "VASC"}
 HAM_METADATA = ("HAM10000_metadata.csv", "HAM10000_metadata", "HAM10000_metadata.tab")
 
@@ -294,59 +293,11 @@ READERS: dict[str, Callable[[Path, Path | None, Path | None], Read]] = {
 DATASETS = tuple(READERS)
 
 
-def check_image(path: str | Path) -> tuple[str, str]:
-    """(Pillow mode, problem) of one image file; problem is "" when the whole file decodes.
-
-    JPEGs decode at 1/8 scale (DCT scaling): cheap, yet every byte is parsed, so a file cut
-    short by even two bytes fails as truncated.
-    """
-    try:
-        with Image.open(path) as im:
-            im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8)))
-            im.load()
-            return im.mode, ""
-    except FileNotFoundError:
-        return "", "missing"
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        return "", f"unreadable ({e})"
-
-
-def _check_images(table: pd.DataFrame, skip: bool) -> tuple[pd.DataFrame, list[str]]:
-    workers = min(8, 2 * (os.cpu_count() or 1))
-    log.info("checking %d image files with %d threads", len(table), workers)
-    with ThreadPoolExecutor(workers) as pool:
-        results = list(pool.map(check_image, table["path"]))
-    modes, problems = (pd.Series(list(col), index=table.index, dtype=str) for col in zip(*results, strict=True))
-    if len(converted := modes[(modes != "RGB") & (modes != "")]):
-        log.warning("%d image(s) are not 8-bit RGB (%s); they are converted when loaded: grey copied to 3 "
-                    "channels, palette expanded, alpha dropped, 16-bit scaled to 8-bit", len(converted),
-                    ", ".join(f"{m}: {n}" for m, n in converted.value_counts().items()))
-    bad = problems != ""
-    skipped = [f"{p}: {r}" for p, r in zip(table.loc[bad, "path"], problems[bad], strict=True)]
-    if bad.any() and not skip:
-        raise _bad_images_error(table[bad], problems[bad])
-    if skipped:
-        log.warning("skipping %d bad image(s): %s", len(skipped), "; ".join(skipped[:5]))
-    return table[~bad], skipped
-
-
-def _bad_images_error(bad: pd.DataFrame, problems: pd.Series) -> UserError:
-    lines = []
-    for (csv, missing), g in bad.groupby(["csv", problems == "missing"], sort=True):
-        examples = "; ".join(f"{p}: {problems[i]}" for i, p in g["path"].head(3).items())
-        lines.append(f"{csv}: {len(g)} image(s) {'missing on disk' if missing else 'unreadable'}, "
-                     f"{format_rows(g['row'].tolist())} ({ROWS_NOTE}); e.g. {examples}")
-    folders = sorted({str(Path(p).parent) for p in bad["path"]})
-    return UserError("\n".join(lines) + f"\nLooked in {', '.join(folders)} for <id>.jpg/.jpeg/.png. Put the "
-                     "(re-downloaded) images there or fix the ids, or pass skip_bad_images "
-                     "(--skip-bad-images) to continue without them.")
-
-
 def load_manifest(data_dir: str | Path, *, dataset: str, split: str = "lesion", test_fraction: float = 0.2,
                   val_fraction: float = 0.1, seed: int = 0, skip_bad_images: bool = False,
                   check_images: bool = True, labels_csv: str | Path | None = None,
                   image_dir: str | Path | None = None, splits_file: str | Path | None = None,
-                  ) -> tuple[pd.DataFrame, DatasetSpec, list[str]]:
+                  max_image_pixels: int = MAX_IMAGE_PIXELS) -> tuple[pd.DataFrame, DatasetSpec, list[str]]:
     """Read and validate a data set into (manifest, spec, skipped bad images as "path: reason").
 
     dataset: isic2017 | isic2018 | ham10000 | generic. split: "lesion" (grouped by lesion,
@@ -363,7 +314,10 @@ def load_manifest(data_dir: str | Path, *, dataset: str, split: str = "lesion", 
     opt = [Path(p).expanduser().resolve() if p else None for p in (labels_csv, image_dir)]
     parts, spec = READERS[dataset](root, *opt)
     table = _combine(parts)
-    table, skipped = _check_images(table, skip_bad_images) if check_images else (table, [])
+    if check_images:  # every image decodes cleanly, and none is above the pixel limit (data.image_check)
+        table, skipped = check_images_of(table, skip_bad_images, max_pixels=max_image_pixels)
+    else:
+        skipped = []
     if table.empty:
         raise UserError(f"{root}: none of the images could be used; see the skipped list.")
     if splits_file:

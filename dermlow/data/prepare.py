@@ -44,6 +44,10 @@ def prepare(cfg: Config) -> RunData:
         data = array_manifest.prepare(cfg)
     if "val" not in set(data.manifest["split"]):
         raise UserError("the data has no validation split, which model selection needs: set data.val_fraction > 0.")
+    train = data.manifest.loc[data.manifest["split"] == "train", "label"].to_numpy()
+    if empty := [code for i, code in enumerate(data.codes) if not (train == i).any()]:
+        raise UserError(f"class(es) {', '.join(empty)} have no training images in {cfg.data.data_dir}: the model "
+                        "cannot learn them. Add their images, or drop the class from the labels.")
     if cfg.data.flip_labels > 0:
         data.manifest = flip_labels(data.manifest, cfg.data.flip_labels, len(data.codes), seed=cfg.run.seed)
     return data
@@ -53,11 +57,16 @@ def _isic(cfg: Config) -> RunData:
     from dermlow.data.isic import load_manifest
 
     d = cfg.data
+    from dermlow.data.splits import class_warnings
+
     manifest, spec, skipped = load_manifest(
         d.data_dir, dataset=d.dataset, split=d.split, test_fraction=d.test_fraction,
         val_fraction=d.val_fraction, seed=cfg.run.seed, skip_bad_images=d.skip_bad_images,
         labels_csv=d.labels_csv, image_dir=d.image_dir, splits_file=d.splits_file,
+        max_image_pixels=d.max_image_pixels,
     )
+    for warning in class_warnings(manifest, spec):
+        log.warning(warning)
     return RunData(manifest, list(spec.codes), list(spec.names), 3, skipped)
 
 

@@ -165,3 +165,35 @@ def describe(manifest: pd.DataFrame, spec: DatasetSpec) -> str:
         lines.append(f"images whose lesion also has images in another split: "
                      f"{shared_lesion_images(manifest['split'], lesion)}")
     return "\n".join(lines)
+
+
+def class_warnings(manifest: pd.DataFrame, spec: DatasetSpec) -> list[str]:
+    """Problems with the classes that do not stop a run but spoil its evaluation: an empty class,
+    a class whose images all come from one lesion (a lesion-grouped split cannot put it in both
+    training and validation/test), a class missing from a split, and labels that differ only in
+    case (generic CSVs: `mel` and `MEL` become two classes)."""
+    out = []
+    labels = manifest["label"].to_numpy()
+    lesion = manifest["lesion_id"].where(manifest["lesion_id"] != "", manifest["image_id"])
+    splits = [s for s in SPLITS if (manifest["split"] == s).any()]
+    for i, code in enumerate(spec.codes):
+        mine = labels == i
+        lesions = lesion[mine].nunique()
+        if not mine.any():
+            out.append(f"class {code} has no images: the model gets an output it can never learn; remove the "
+                       "class or add its images (training refuses an empty class).")
+            continue
+        if lesions < 2:
+            out.append(f"class {code} has images of only {lesions} lesion ({int(mine.sum())} image(s)): a lesion-"
+                       "grouped split cannot put it in both training and validation/test; add images of more lesions.")
+        missing = [s for s in splits if not (mine & (manifest["split"] == s).to_numpy()).any()]
+        if missing:
+            out.append(f"class {code} has no {' and no '.join(missing)} images, so its scores there are undefined.")
+    folded: dict[str, list[str]] = {}
+    for code in spec.codes:
+        folded.setdefault(code.casefold(), []).append(code)
+    for same in folded.values():
+        if len(same) > 1:
+            out.append(f"labels {' and '.join(repr(c) for c in same)} differ only in case, so they are {len(same)} "
+                       "separate classes; write one spelling if they mean the same diagnosis.")
+    return out
