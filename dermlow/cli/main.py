@@ -231,6 +231,8 @@ def _add_data(sub) -> None:
     fetch = dsub.add_parser("fetch", help="download and unpack the official archives (resumable)")
     fetch.add_argument("--year", type=int, choices=(2017, 2018), required=True)
     fetch.add_argument("--out", type=Path, required=True)
+    fetch.add_argument("--max-unpack-ratio", type=float, default=20, metavar="X",
+                       help="refuse an archive that would unpack to more than X times its size (default 20)")
     fetch.set_defaults(func=_data_fetch)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
@@ -269,7 +271,7 @@ def _data_check(args: argparse.Namespace) -> int:
 def _data_fetch(args: argparse.Namespace) -> int:
     from dermlow.data.fetch import fetch
 
-    path = fetch(args.year, args.out)
+    path = fetch(args.year, args.out, max_unpack_ratio=args.max_unpack_ratio)
     print(f"ISIC {args.year} files are in {path}. Train with: dermlow train --year {args.year} --data-dir {path}")
     return 0
 
