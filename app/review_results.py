@@ -8,6 +8,7 @@ import pandas as pd
 import review_cases as cases
 import review_data as data
 import streamlit as st
+from review_text import md
 from sklearn.metrics import roc_curve
 
 from dermlow import metrics
@@ -91,7 +92,7 @@ def runs_view(run_dirs: list[str]) -> None:
         except UserError as err:
             problems.append(str(err))
     for p in problems:
-        st.error(p)
+        st.error(md(p))
     if not loaded:
         return
     rows = run_rows(loaded)

@@ -76,9 +76,16 @@ class Run:
         return (bases[0] if bases else self.path) / p
 
 
-def find_runs(path: str | Path) -> list[Path]:
+MAX_DEPTH = 4
+"""How many folder levels below the given folder `find_runs` looks (runs/<grid>/<group>/<run> fits)."""
+MAX_FOLDERS = 20_000
+"""How many folders `find_runs` opens at most, so pointing it at a huge tree costs seconds, not minutes."""
+
+
+def find_runs(path: str | Path, *, max_depth: int = MAX_DEPTH, max_folders: int = MAX_FOLDERS) -> list[Path]:
     """The run directories at `path`: the folder itself if it is a run, else every run below it
-    (any depth, not descending into runs), sorted by path."""
+    (up to `max_depth` levels, at most `max_folders` folders opened, not descending into runs or
+    hidden folders), sorted by path."""
     path = Path(path).expanduser()
     if not path.exists():
         raise UserError(f"{path} does not exist: give a run folder (runs/<name>) or a folder of runs.")
@@ -87,11 +94,21 @@ def find_runs(path: str | Path) -> list[Path]:
     if files.is_run_dir(path):
         return [path]
     found: list[Path] = []
-    stack = [path]
-    while stack:
-        folder = stack.pop()
-        for child in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            (found if files.is_run_dir(child) else stack).append(child)
+    stack, opened = [(path, 0)], 0
+    while stack and opened < max_folders:
+        folder, depth = stack.pop()
+        opened += 1
+        try:
+            children = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        except OSError:  # unreadable folder: not ours to look into
+            continue
+        for child in children:
+            if files.is_run_dir(child):
+                found.append(child)
+            elif depth + 1 < max_depth:
+                stack.append((child, depth + 1))
+    if stack:
+        log.warning("%s: stopped looking for runs after %d folders; point at a smaller folder", path, opened)
     if not found:
         raise UserError(
             f"{path} is not a run folder and holds no runs: a run folder contains {files.CONFIG} "
