@@ -261,3 +261,16 @@ def test_case_variants_and_single_lesion_classes_are_warned_about(tmp_path):
     assert "labels 'MEL' and 'mel' differ only in case, so they are 2 separate classes" in " ".join(found)
     assert any(w.startswith("class mel has images of only 1 lesion (6 image(s))") for w in found)
     assert not any(w.startswith("class nv has images of only") for w in found)
+
+
+def test_the_apps_review_download_escapes_formula_cells(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "app"))
+    import review_data
+
+    run = make_run(tmp_path, "run", epochs=2)
+    target = reader.weight_summary(run)["image_id"].iloc[0]
+    review_marks.flag(run, target, 0, "hard case", "=1+2 check")
+    raw = pd.read_csv(io.BytesIO(review_data.export_csv(str(run), ("x",))), dtype=str, keep_default_na=False)
+    assert raw["review_note"].tolist() == ["'=1+2 check"]

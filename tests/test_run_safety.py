@@ -95,6 +95,17 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, capsys, command):
     assert f"{run / name} holds Python objects" in err and "it references io.open" in err
 
 
+def test_weights_that_would_run_code_are_refused(tmp_path, capsys, demo_dir):
+    marker = tmp_path / "pwned"
+    torch.save({"conv.weight": torch.zeros(1), "payload": Hostile(marker)}, tmp_path / "densenet161.pth")
+    code, err = cli(capsys, "train", "--year", "2018", "--data-dir", str(demo_dir), "--out", str(tmp_path / "runs"),
+                    "--model", "mobilenetv3_small_050", "--weights", str(tmp_path / "densenet161.pth"),
+                    "--set", f"data.cache_dir={tmp_path / 'cache'}")
+    assert code == 2 and not marker.exists() and not (tmp_path / "runs").exists()
+    one_line(err)
+    assert "densenet161.pth holds Python objects" in err
+
+
 def test_rng_states_survive_a_plain_data_round_trip(tmp_path):
     from dermlow.training.session import _rng_state, _set_rng_state
 

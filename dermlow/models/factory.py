@@ -60,6 +60,15 @@ def _from_local_weights(cfg: ModelConfig, num_classes: int, in_chans: int) -> nn
     path = Path(cfg.weights).expanduser()
     if not path.is_file():
         raise UserError(f"--weights {path}: no such file.")
+    if path.suffix != ".safetensors":  # a pickle: make sure it is plain data before timm reads it
+        try:
+            torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise UserError(f"--weights {path} holds Python objects other than tensors and plain data "
+                            f"({_unsafe_globals(path, err)}); dermlow refuses to load it because unpickling it "
+                            f"could run code. Use a .safetensors file or a plain state dict.") from None
+        except Exception:  # not a checkpoint at all: timm's loader below says so
+            pass
     try:
         return timm.create_model(
             cfg.name,
