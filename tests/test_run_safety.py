@@ -165,6 +165,8 @@ def test_a_new_run_claims_only_a_fresh_or_empty_folder(tmp_path):
         claim_run_dir(tmp_path / "new", resume=False)
     taken.release()
     claim_run_dir(tmp_path / "new", resume=False).release()  # left empty by a killed start: reusable
+    (tmp_path / "new" / files.MANIFEST).write_text("index\n")  # a start killed before config.yaml
+    claim_run_dir(tmp_path / "new", resume=False).release()
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "a.jpg").write_bytes(b"x")
     with pytest.raises(UserError, match="holds files that are not a run"):

@@ -34,6 +34,7 @@ PREDICTIONS_VAL = "predictions_val.csv"
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
 WARNINGS = "warnings.log"
+SKIPPED = "skipped_images.txt"
 DONE = "done"
 REVIEW = "review.csv"
 

@@ -55,8 +55,8 @@ class RunClaim:
 def claim_run_dir(path: str | Path, *, resume: bool) -> RunClaim:
     """Claim run folder `path` for writing: a new one (`resume=False`) or an existing run.
 
-    A new run needs a folder that does not exist yet (or one left empty by a start that was
-    killed before it wrote anything); `--resume` needs a run folder. Either way a folder held
+    A new run needs a folder that does not exist yet (or one left by a start that was killed
+    before it wrote config.yaml, which it writes last); `--resume` needs a run folder. Either way a folder held
     by another live process is a UserError naming the folder and that process.
     """
     path = Path(path)
@@ -77,7 +77,8 @@ def claim_run_dir(path: str | Path, *, resume: bool) -> RunClaim:
         claim.release()
         raise UserError(f"{path} already holds a run. Continue it with --resume {path}, "
                         f"or pick another name with --name NAME.")
-    leftovers = [p.name for p in path.iterdir() if p.name != LOCK and not p.match(files.TMP_GLOB)]
+    start_files = {LOCK, files.MANIFEST, files.CLASSES, files.SKIPPED}  # a start killed before config.yaml
+    leftovers = [p.name for p in path.iterdir() if p.name not in start_files and not p.match(files.TMP_GLOB)]
     if leftovers:
         claim.release()
         raise UserError(f"{path} exists and holds files that are not a run ({', '.join(sorted(leftovers)[:3])}); "

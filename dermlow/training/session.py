@@ -256,7 +256,7 @@ def _write_run_start(run_dir: Path, cfg: Config, data: RunData) -> None:
     files.write_json(run_dir / files.CLASSES, {"codes": data.codes, "names": data.names,
                                                      "in_chans": data.in_chans})
     if data.skipped:
-        files.write_text(run_dir / "skipped_images.txt", "\n".join(data.skipped) + "\n")
+        files.write_text(run_dir / files.SKIPPED, "\n".join(data.skipped) + "\n")
     files.write_yaml(run_dir / files.CONFIG, cfg.to_dict())  # last: marks a complete run start
 
 
