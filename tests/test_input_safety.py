@@ -120,7 +120,7 @@ def test_exports_escape_formula_cells_and_readers_get_them_back(tmp_path):
     raw = pd.read_csv(tmp_path / "flagged.csv", dtype=str, keep_default_na=False)
     assert f"'{HOSTILE}" in set(raw["image_id"]) and HOSTILE not in set(raw["image_id"])
     assert not raw.map(files.formula_like).any().any()  # no cell a spreadsheet would run
-    review_marks.flag(run, "ISIC_0000001", 1, "hard case", "-- looks like a nevus =?")
+    review_marks.mark(run, "ISIC_0000001", 1, "hard case", "-- looks like a nevus =?")
     assert "'-- looks like a nevus =?" in (run / files.REVIEW).read_text()
     assert review_marks.read_review(run)["note"].tolist() == ["-- looks like a nevus =?"]
     predictions = (run / files.PREDICTIONS).read_text().splitlines()[0]
@@ -257,7 +257,7 @@ def test_case_variants_and_single_lesion_classes_are_warned_about(tmp_path):
     rows = [f"i{k},{'mel' if k < 6 else 'MEL' if k < 10 else 'nv'},{'L1' if k < 6 else f'L{k}'}\n" for k in range(20)]
     (tmp_path / "labels.csv").write_text("image,label,lesion_id\n" + "".join(rows))
     manifest, spec, _ = load_manifest(tmp_path, dataset="generic", check_images=False)
-    found = class_warnings(manifest, spec)
+    found = class_warnings(manifest, spec.codes)
     assert "labels 'MEL' and 'mel' differ only in case, so they are 2 separate classes" in " ".join(found)
     assert any(w.startswith("class mel has images of only 1 lesion (6 image(s))") for w in found)
     assert not any(w.startswith("class nv has images of only") for w in found)
@@ -271,6 +271,6 @@ def test_the_apps_review_download_escapes_formula_cells(tmp_path):
 
     run = make_run(tmp_path, "run", epochs=2)
     target = reader.weight_summary(run)["image_id"].iloc[0]
-    review_marks.flag(run, target, 0, "hard case", "=1+2 check")
+    review_marks.mark(run, target, 0, "hard case", "=1+2 check")
     raw = pd.read_csv(io.BytesIO(review_data.export_csv(str(run), ("x",))), dtype=str, keep_default_na=False)
     assert raw["review_note"].tolist() == ["'=1+2 check"]

@@ -3,8 +3,8 @@
 Each file is downloaded to `<name>.part` and renamed when its size matches the server's
 Content-Length, so an interrupted download resumes with an HTTP Range request, on the next try
 or the next run. Files already complete are skipped. Zips are kept in `archives/` and unpacked
-into the output folder (the official layout that `dermlow.isic` reads) by `data.unpack`, which
-validates every member before writing any; a `<zip>.unpacked` marker makes re-runs skip them.
+into the output folder (the official layout that `dermlow.data.isic` reads) by `data.unpack`,
+which validates every member before writing any; a `<zip>.unpacked` marker makes re-runs skip them.
 """
 
 from __future__ import annotations

@@ -10,22 +10,21 @@ sorted by image_id first, so the order of the CSV rows does not matter. They are
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from dermlow.data.shared_files import current_umask, escape_cells, formula_like, unescape_cells
+from dermlow.data.sources import SPLIT_METHODS, DatasetSpec
 from dermlow.errors import UserError, format_rows
-from dermlow.rundir import files
-
-if TYPE_CHECKING:
-    from dermlow.data.isic import DatasetSpec
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-METHODS = ("lesion", "random")
+METHODS = SPLIT_METHODS
 
 
 def held_out(labels: np.ndarray, groups: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -110,7 +109,15 @@ def _warn_leakage(split: pd.Series, lesion: pd.Series) -> None:
 
 def save_splits(manifest: pd.DataFrame, path: str | Path) -> Path:
     """Write `image_id,split` (sorted by image_id) atomically; reload with load_manifest(splits_file=)."""
-    return files.write_csv(path, manifest[["image_id", "split"]].sort_values("image_id"))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame = escape_cells(manifest[["image_id", "split"]].sort_values("image_id"))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~current_umask())
+    with os.fdopen(fd, "w", newline="") as fh:
+        frame.to_csv(fh, index=False)
+    os.replace(tmp, path)
+    return path
 
 
 def read_splits(path: Path, image_ids: pd.Series) -> pd.Series:
@@ -118,7 +125,7 @@ def read_splits(path: Path, image_ids: pd.Series) -> pd.Series:
     if not path.is_file():
         raise UserError(f"{path}: splits file not found. Write one with `save_splits` (dermlow data check).")
     try:
-        df = files.unescape_cells(pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig"))
+        df = unescape_cells(pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig"))
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as e:
         raise UserError(f"{path}: cannot be read as a CSV file ({e}).") from None
     df.columns = [str(c).strip() for c in df.columns]
@@ -127,7 +134,7 @@ def read_splits(path: Path, image_ids: pd.Series) -> pd.Series:
     rows = pd.Series(np.arange(len(df)) + 2)
     note = "rows are counted as in a spreadsheet: the header is row 1"
     for bad, what in ((~df["split"].str.strip().isin(SPLITS), f"split values other than {', '.join(SPLITS)}"),
-                      (df["image_id"].map(files.formula_like), "image ids starting with = + - @ tab or CR "
+                      (df["image_id"].map(formula_like), "image ids starting with = + - @ tab or CR "
                        "(spreadsheets run such cells as formulas)"),
                       (df["image_id"].duplicated(keep=False), "image ids listed more than once")):
         if bad.any():
@@ -167,7 +174,7 @@ def describe(manifest: pd.DataFrame, spec: DatasetSpec) -> str:
     return "\n".join(lines)
 
 
-def class_warnings(manifest: pd.DataFrame, spec: DatasetSpec) -> list[str]:
+def class_warnings(manifest: pd.DataFrame, codes: list[str] | tuple[str, ...]) -> list[str]:
     """Problems with the classes that do not stop a run but spoil its evaluation: an empty class,
     a class whose images all come from one lesion (a lesion-grouped split cannot put it in both
     training and validation/test), a class missing from a split, and labels that differ only in
@@ -176,7 +183,7 @@ def class_warnings(manifest: pd.DataFrame, spec: DatasetSpec) -> list[str]:
     labels = manifest["label"].to_numpy()
     lesion = manifest["lesion_id"].where(manifest["lesion_id"] != "", manifest["image_id"])
     splits = [s for s in SPLITS if (manifest["split"] == s).any()]
-    for i, code in enumerate(spec.codes):
+    for i, code in enumerate(codes):
         mine = labels == i
         lesions = lesion[mine].nunique()
         if not mine.any():
@@ -190,7 +197,7 @@ def class_warnings(manifest: pd.DataFrame, spec: DatasetSpec) -> list[str]:
         if missing:
             out.append(f"class {code} has no {' and no '.join(missing)} images, so its scores there are undefined.")
     folded: dict[str, list[str]] = {}
-    for code in spec.codes:
+    for code in codes:
         folded.setdefault(code.casefold(), []).append(code)
     for same in folded.values():
         if len(same) > 1:

@@ -22,6 +22,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from dermlow.data.shared_files import (  # noqa: F401  (re-exported: run files are shared files)
+    FORMULA_START,
+    current_umask,
+    escape_cell,
+    escape_cells,
+    formula_like,
+    unescape_cell,
+    unescape_cells,
+)
+from dermlow.data.sources import MANIFEST_COLUMNS as MANIFEST_COLUMNS  # the run folder's manifest layout
+
 log = logging.getLogger(__name__)
 
 CONFIG = "config.yaml"
@@ -37,8 +48,6 @@ WARNINGS = "warnings.log"
 SKIPPED = "skipped_images.txt"
 DONE = "done"
 REVIEW = "review.csv"
-
-MANIFEST_COLUMNS = ["index", "image_id", "path", "label", "label_name", "split", "lesion_id"]
 
 WEIGHT_SCHEMA = pa.schema(
     [
@@ -59,19 +68,6 @@ WEIGHT_SCHEMA = pa.schema(
 
 TMP_GLOB = ".*.tmp"
 """Names of atomic_write's temporary files (`.<name>.<random>.tmp`): left only by a killed write."""
-
-
-def current_umask() -> int:
-    """The process's umask (from /proc on Linux, which reads it without changing it)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)  # elsewhere: the classic read-by-setting, restored at once
-    os.umask(mask)
-    return mask
 
 
 def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], Any]) -> Path:
@@ -99,52 +95,6 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], Any]) ->
 def write_text(path: str | Path, text: str) -> Path:
     """Atomically write a UTF-8 text file."""
     return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-
-
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-"""First characters that make a spreadsheet read a cell as a formula (OWASP CSV injection)."""
-_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
-
-
-def formula_like(text: object) -> bool:
-    """True for text a spreadsheet would run as a formula: it starts with = + - @ tab or CR and
-    is not a plain number (-1 and +2.5 are numbers to a spreadsheet, not formulas)."""
-    return isinstance(text, str) and text.startswith(FORMULA_START) and not _NUMBER.fullmatch(text)
-
-
-def escape_cell(text: object) -> object:
-    """OWASP's rule: a formula-like text gets a leading single quote, so spreadsheets show it as
-    text. Text that already starts with a quote gets one more, which makes `unescape_cell` exact."""
-    if isinstance(text, str) and (formula_like(text) or text.startswith("'")):
-        return "'" + text
-    return text
-
-
-def unescape_cell(text: object) -> object:
-    """The inverse of `escape_cell` (dermlow's own readers see the original text again)."""
-    if isinstance(text, str) and text.startswith("'") and (formula_like(text[1:]) or text[1:].startswith("'")):
-        return text[1:]
-    return text
-
-
-def _map_text(frame: pd.DataFrame, cell: Callable[[object], object]) -> pd.DataFrame:
-    """A copy of `frame` with `cell` applied to its column names and to the cells of its text columns."""
-    out = frame.copy()
-    out.columns = [cell(c) for c in frame.columns]
-    for i, dtype in enumerate(frame.dtypes):
-        if pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype):
-            out.iloc[:, i] = frame.iloc[:, i].map(cell)
-    return out
-
-
-def escape_cells(frame: pd.DataFrame) -> pd.DataFrame:
-    """A copy of `frame` whose text cells and column names are escaped with `escape_cell`."""
-    return _map_text(frame, escape_cell)
-
-
-def unescape_cells(frame: pd.DataFrame) -> pd.DataFrame:
-    """`frame` as read from a CSV that `write_csv` wrote, text cells and column names unescaped."""
-    return _map_text(frame, unescape_cell)
 
 
 def write_csv(path: str | Path, frame: pd.DataFrame, **kwargs: Any) -> Path:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from dermlow.data.isic import IMAGE_EXTENSIONS, check_image
+from dermlow.data.image_check import check_image
+from dermlow.data.label_files import IMAGE_EXTENSIONS
 from dermlow.rundir import files, reader
 
 log = logging.getLogger(__name__)

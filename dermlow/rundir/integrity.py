@@ -19,7 +19,7 @@ from dermlow.rundir import files, reader
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "scheduler", "scaler", "objective", "rng", "config", "classes",
+CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "scheduler", "scaler", "rng", "config", "classes",
                    "best_bacc", "best_epoch")
 
 

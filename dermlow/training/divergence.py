@@ -53,14 +53,15 @@ def check_outputs(evals: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], *
             raise LossNotFinite(step)
 
 
-def diverged(epoch: int, step: int, *, lr: float, weighting: str, lam: float) -> TrainingDiverged:
-    """The error that ends a diverged run: where, which settings, what was kept, what to change."""
+def diverged(epoch: int, step: int, *, lr: float, lam: float | None = None) -> TrainingDiverged:
+    """The error that ends a diverged run: where, which settings, what was kept, what to change
+    (`lam`: LOW's lambda, None for weightings without one)."""
     kept = (f"The run folder keeps the checkpoint and records of epoch {epoch - 1}; the broken epoch was not "
             "written." if epoch > 1 else "No epoch had finished, so the run folder holds no checkpoint.")
     advice = f"a lower learning rate (--lr, e.g. {lr / 10:g})"
-    if weighting == "low":
+    if lam is not None:
         advice += f" or a larger LOW lambda (--lam, e.g. {lam * 10:g})"
-    where = f"lr {lr:g}" + (f", lambda {lam:g}" if weighting == "low" else "")
+    where = f"lr {lr:g}" + (f", lambda {lam:g}" if lam is not None else "")
     when = f"at step {step}" if step else "by the end"
     return TrainingDiverged(f"training diverged: the loss or the model's outputs became NaN or infinite {when} of "
                             f"epoch {epoch} ({where}). {kept} Start a new run with {advice}.")
