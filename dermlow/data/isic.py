@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dermlow.data.image_sets import build_manifest, check_image, reader_of, register_reader
+from dermlow.data.image_check import check_image
+from dermlow.data.image_sets import build_manifest, reader_of, register_reader
 from dermlow.data.label_files import (
     Part,
     Read,
