@@ -16,6 +16,7 @@ from dermlow.rundir import files, reader
 
 from . import review_cases as cases
 from . import review_data as data
+from .review_text import md
 
 SCORES = {"acc": "Acc", "bacc": "BAcc", "mauc": "mAUC", "mf1": "mF1"}
 CURVES = {
@@ -92,7 +93,7 @@ def runs_view(run_dirs: list[str]) -> None:
         except UserError as err:
             problems.append(str(err))
     for p in problems:
-        st.error(p)
+        st.error(md(p))
     if not loaded:
         return
     rows = run_rows(loaded)

@@ -22,6 +22,7 @@ import streamlit as st
 from dermlow._app import review_cases as cases
 from dermlow._app import review_data as data
 from dermlow._app import review_results as results
+from dermlow._app.review_text import md
 
 from dermlow.errors import UserError
 from dermlow.rundir import files
@@ -64,6 +65,8 @@ def main() -> None:
 
 def run_the_app() -> None:
     root = runs_folder_ui()
+    if root is None:
+        return
     run_dirs = find_runs_or_explain(root)
     if not run_dirs:
         return
@@ -78,17 +81,33 @@ def run_the_app() -> None:
     show_view(view, run)
 
 
-def runs_folder_ui() -> str:
+def runs_folder_ui() -> str | None:
+    """The folder to show: the one the app was started on, or a folder below it (never elsewhere:
+    whoever reaches the page must not browse the server's disk)."""
     st.sidebar.title("dermlow review")
-    return st.sidebar.text_input("Runs folder", value=default_runs_path(), key="root",
-                                 help="A run folder (runs/<name>) or a folder holding several runs.")
+    start = default_runs_path()
+    typed = st.sidebar.text_input("Runs folder", value=start, key="root",
+                                  help="A run folder (runs/<name>) or a folder holding several runs, inside "
+                                  "the folder the app was started on.")
+    folder = inside(start, typed)
+    if folder is None:
+        st.error(md(f"{typed} is not inside {start}, the folder this app was started on: it shows only that "
+                    "folder and the runs below it. Start `dermlow app` on another folder to see other runs."))
+    return folder
+
+
+def inside(start: str, typed: str) -> str | None:
+    """`typed` (relative paths are taken from `start`) when it resolves inside `start`, else None."""
+    base = Path(start).expanduser().resolve()
+    given = Path(start) / typed.strip()  # an absolute `typed` stays as it is
+    return str(given) if given.resolve().is_relative_to(base) else None
 
 
 def find_runs_or_explain(root: str) -> list[str]:
     try:
         return data.find_runs(root)
     except UserError as err:
-        st.error(str(err))
+        st.error(md(err))
         return []
 
 
@@ -123,14 +142,14 @@ def load_run_or_explain(run_dir: str) -> Run | None:
     try:
         return data.load_run(run_dir, data.stamp(run_dir))
     except UserError as err:
-        st.error(str(err))
+        st.error(md(err))
         return None
 
 
 def run_status_ui(run: Run) -> None:
     planned = run.epochs_planned or "?"
     state = "finished" if run.done else "still training" if run.epochs_done else "no epoch completed yet"
-    st.sidebar.caption(f"**{run.name}** — epoch {run.epochs_done} of {planned}, {state}.")
+    st.sidebar.caption(f"**{md(run.name)}** — epoch {run.epochs_done} of {planned}, {state}.")
     if not run.done:
         st.sidebar.button("Reload", help="Show the epochs written since the page was opened.")
     warnings = run.path / files.WARNINGS
@@ -144,7 +163,7 @@ def show_view(view: View, run: Run) -> None:
     try:
         view.show(run)
     except UserError as err:
-        st.error(str(err))
+        st.error(md(err))
 
 
 if __name__ == "__main__":

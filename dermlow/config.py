@@ -203,7 +203,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise UserError(f"config file {path} is not valid YAML: {err}") from None
+        raise UserError(f"config file {path} is not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of sections (data:, model:, ...).")
     return data

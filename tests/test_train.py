@@ -57,7 +57,7 @@ def test_every_run_file_is_present_with_its_schema(low_run):
     saved = yaml.safe_load((low_run / files.CONFIG).read_text())
     assert saved["weighting"] == {"name": "low", "lam": 0.05, "grad_scale": "per_sample", "global_batch": False}
     assert saved["loss"] == {"name": "ce"}
-    ckpt = torch.load(low_run / files.CHECKPOINT, weights_only=False)
+    ckpt = torch.load(low_run / files.CHECKPOINT, weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["classes"]["codes"] == codes and "rng" in ckpt and "scheduler" in ckpt
 
 
@@ -114,7 +114,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(demo_dir, tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert torch.load(ckpt, weights_only=False)["epoch"] < 3, "the run finished before it could be killed"
+    assert torch.load(ckpt, weights_only=True)["epoch"] < 3, "the run finished before it could be killed"
     done = subprocess.run([*cmd[:4], "--resume", str(tmp_path / "killed")], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     a, b = (pd.read_csv(r / files.METRICS) for r in (full, tmp_path / "killed"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -42,12 +43,36 @@ def serve(path: str | Path, *, host: str = "127.0.0.1", port: int = 8501, open_b
         raise UserError(f"--port must be between 1 and 65535, got {port}.")
     log.info("serving the dermlow review app at http://%s:%d (Ctrl+C stops it)", host, port)
     proc = subprocess.Popen(streamlit_command(path, host=host, port=port, open_browser=open_browser))
+    return wait_forwarding_signals(proc)
+
+
+def wait_forwarding_signals(proc: subprocess.Popen, *, grace: float = 10.0) -> int:
+    """Wait for `proc`, passing SIGTERM and SIGINT on to it, so stopping `dermlow app` (Ctrl+C, kill,
+    a service manager) stops the server too; after `grace` seconds a child that ignores them is
+    killed. Returns the child's exit code, or 128 + the signal number when stopped by a signal."""
+    received: list[int] = []
+
+    def forward(signum: int, _frame) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signum)
+        if not received:  # the first signal ends the plain wait; later ones are only passed on
+            received.append(signum)
+            raise _Stop(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         return proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
+    except _Stop:
         try:
-            return proc.wait(timeout=10)
+            proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             proc.kill()
-            return proc.wait()
+            proc.wait()
+        return 128 + received[0]
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class _Stop(Exception):
+    """Raised by the signal handler to leave the first wait."""
