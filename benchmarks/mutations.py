@@ -193,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         mutations = [m for m in mutations if m.name in args.only]
     when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    print(f"{len(mutations)} mutations, commit {commit()}, {when}", flush=True)
+    version = commit()
+    print(f"{len(mutations)} mutations, commit {version}, {when}", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="dermlow-baseline-") as tmp:
         copy = copy_repo(Path(tmp))
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(report)
     if args.out:
-        args.out.write_text(f"Commit {commit()}, {when}.\n\n{report}\n")
+        args.out.write_text(f"Commit {version}, {when}.\n\n{report}\n")
     return 0 if all(o.result == "killed" for o in outcomes) else 1
 
 
