@@ -13,20 +13,17 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from dermlow.data.sources import SPLIT_METHODS, DatasetSpec
 from dermlow.errors import UserError, format_rows
-
-if TYPE_CHECKING:
-    from dermlow.data.isic import DatasetSpec
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-METHODS = ("lesion", "random")
+METHODS = SPLIT_METHODS
 
 
 def held_out(labels: np.ndarray, groups: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
