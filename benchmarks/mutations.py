@@ -113,9 +113,10 @@ def child_env(copy: Path) -> dict[str, str]:
     return env
 
 
-def run_tests(python: str, copy: Path, tests: list[str], timeout: float) -> tuple[str, str]:
-    """(result, detail) of `pytest -x tests` in `copy`: passed / failed (first failing test) / timeout."""
-    cmd = [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--no-header", *tests]
+def run_tests(python: str, copy: Path, tests: list[str], timeout: float, markers: str) -> tuple[str, str]:
+    """(result, detail) of `pytest -x -m markers tests` in `copy`: passed / failed (first failing
+    test) / timeout / error."""
+    cmd = [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--no-header", "-m", markers, *tests]
     try:
         proc = subprocess.run(cmd, cwd=copy, env=child_env(copy), capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -139,14 +140,14 @@ def check_imports_from(python: str, copy: Path) -> None:
         raise SystemExit(f"import dermlow loads {out}, not the copy under {copy}: mutations would not be tested")
 
 
-def mutate_and_test(python: str, m: Mutation, timeout: float) -> Outcome:
+def mutate_and_test(python: str, m: Mutation, timeout: float, markers: str) -> Outcome:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"dermlow-mutant-{m.name}-") as tmp:
         copy = copy_repo(Path(tmp))
         stale = apply(copy, m)
         if stale:
             return Outcome(m, "stale", stale, time.perf_counter() - start)
-        result, detail = run_tests(python, copy, m.tests, timeout)
+        result, detail = run_tests(python, copy, m.tests, timeout, markers)
     verdict = {"passed": "survived", "failed": "killed", "timeout": "timeout", "error": "error"}[result]
     return Outcome(m, verdict, detail, time.perf_counter() - start)
 
@@ -182,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", default=[], metavar="NAME", help="run only these (repeatable)")
     parser.add_argument("--python", default=sys.executable, help="interpreter with the test dependencies")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per test run")
+    parser.add_argument("--markers", default="not slow and not browser",
+                        help="pytest -m expression (default: %(default)s; a listed test it deselects is an error)")
     parser.add_argument("--skip-baseline", action="store_true", help="do not run the unmutated tests first")
     parser.add_argument("--out", type=Path, help="also write the Markdown table to this file")
     args = parser.parse_args(argv)
@@ -193,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         mutations = [m for m in mutations if m.name in args.only]
     when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    version = commit()
+    started, version = time.perf_counter(), commit()
     print(f"{len(mutations)} mutations, commit {version}, {when}", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="dermlow-baseline-") as tmp:
@@ -202,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_baseline:
             tests = list(dict.fromkeys(t for m in mutations for t in m.tests))
             start = time.perf_counter()
-            result, detail = run_tests(args.python, copy, tests, args.timeout * 2)
+            result, detail = run_tests(args.python, copy, tests, args.timeout * 2, args.markers)
             if result != "passed":
                 print(f"baseline: the unmutated tests did not pass ({result}: {detail}); fix that first")
                 return 2
@@ -210,11 +213,11 @@ def main(argv: list[str] | None = None) -> int:
 
     outcomes = []
     for m in mutations:
-        outcomes.append(mutate_and_test(args.python, m, args.timeout))
+        outcomes.append(mutate_and_test(args.python, m, args.timeout, args.markers))
         o = outcomes[-1]
         print(f"{m.name}: {o.result} {o.detail} ({o.seconds:.0f} s)", flush=True)
     report = table(outcomes)
-    print()
+    print(f"\ntotal {time.perf_counter() - started:.0f} s\n")
     print(report)
     if args.out:
         args.out.write_text(f"Commit {version}, {when}.\n\n{report}\n")
