@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from run_factory import make_hostile_run, make_run
 from streamlit.testing.v1 import AppTest
 
+from dermlow import metrics
 from dermlow.rundir import files, reader
 
 APP = str(Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py")
@@ -67,6 +71,61 @@ def test_runs_table_pools_the_seeds_of_one_setup(root, monkeypatch):
     bacc = [m.loc[m["val_bacc"].idxmax(), "test_bacc"] * 100 for m in each]
     mean, std = pd.Series(bacc).mean(), pd.Series(bacc).std()
     assert table["BAcc"].iloc[0] == f"{mean:.1f} ± {std:.1f}"
+
+
+def _charts(at: AppTest) -> list[tuple[dict, pd.DataFrame]]:
+    """(Vega-Lite spec, plotted data) of every Altair chart on the page, in page order."""
+    out = []
+    for element in at.get("vega_lite_chart"):
+        spec = json.loads(element.proto.spec)
+        data = {d.name: pa.ipc.open_stream(d.data.data).read_all().to_pandas() for d in element.proto.datasets}
+        out.append((spec, data[spec["data"]["name"]] if "data" in spec else pd.DataFrame()))
+    return out
+
+
+@pytest.mark.parametrize("split", ["test", "val"])
+def test_per_class_view_shows_the_metrics_of_the_saved_predictions(root, monkeypatch, split):
+    run_dir = root / "flipped"
+    at = show(app(run_dir, monkeypatch), "Per-class")
+    at.radio(key="per_class_split").set_value(split).run()
+    assert_clean(at, f"per-class {split}")
+    codes = reader.load_run(run_dir).codes
+    saved = pd.read_csv(run_dir / (files.PREDICTIONS if split == "test" else files.PREDICTIONS_VAL))
+    manifest = pd.read_csv(run_dir / files.MANIFEST).set_index("image_id")
+    y, probs = manifest.loc[saved["image"], "label"].to_numpy(), saved[codes].to_numpy()
+    table = at.dataframe[0].value
+    assert table["class"].iloc[0] == "MEL — Melanoma" and len(table) == len(codes)
+    expected = metrics.per_class_report(y, probs, codes)
+    for column in ("precision", "recall", "f1", "auc", "support"):
+        np.testing.assert_allclose(table[column].to_numpy(float), expected[column].to_numpy(float), err_msg=column)
+    # One cell against a count by hand: recall of NV = NV images predicted NV / NV images.
+    nv = y == codes.index("NV")
+    assert table["recall"].iloc[1] == pytest.approx((probs[nv].argmax(1) == codes.index("NV")).mean())
+    assert table["support"].tolist() == np.bincount(y, minlength=len(codes)).tolist()
+    overall = metrics.classification_metrics(y, probs)
+    shown = {m.label: m.value for m in at.metric}
+    assert shown == {label: f"{overall[key] * 100:.1f} %" for key, label in
+                     (("acc", "Acc"), ("bacc", "BAcc"), ("mauc", "mAUC"), ("mf1", "mF1"))}
+    assert shown["BAcc"] != shown["Acc"]  # imbalanced classes: a mix-up of the two would show
+
+
+def test_weights_view_plots_the_class_means_of_the_weight_log(root, monkeypatch):
+    run_dir = root / "flipped"
+    at = show(app(run_dir, monkeypatch), "Weights over training")
+    assert_clean(at, "weights")
+    log = pd.read_parquet(run_dir / files.WEIGHTS, columns=["epoch", "label", "weight"])
+    means = log.groupby(["epoch", "label"])["weight"].mean()
+    (class_spec, curves), (_, quantiles), (_, histogram) = _charts(at)
+    assert class_spec["encoding"]["y"]["field"] == "weight"
+    plotted = curves.set_index(["epoch", "label"])["weight"].sort_index()
+    assert plotted.index.equals(means.index) and log["epoch"].nunique() == 6
+    np.testing.assert_allclose(plotted.to_numpy(), means.to_numpy(), rtol=1e-6)
+    assert set(curves.loc[curves["label"] == 0, "class"]) == {"MEL — Melanoma"}
+    np.testing.assert_allclose(quantiles.set_index("epoch")["median"].to_numpy(),
+                               log.groupby("epoch")["weight"].median().to_numpy(), rtol=1e-6)
+    last = log.loc[log["epoch"] == 6, "weight"].to_numpy()
+    assert histogram["images"].sum() == len(last)
+    assert any(c.value.startswith(f"Weights of epoch 6: {len(last)} images, mean {last.mean():.3f},") for c in at.caption)
 
 
 def _gallery_ids(at: AppTest, section: str) -> list[str]:

@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from conftest import require
 from run_factory import make_hostile_run, make_run
 
 from dermlow.cli.serve import streamlit_command
@@ -20,11 +21,14 @@ CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists() and not os.environ.get("CI"),
-                       reason="needs /usr/bin/chromium (Debian package `chromium`)"),
-]
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(autouse=True)
+def browser_dependencies():
+    """Chromium and Playwright, checked before the app is served (skip, or fail under CI=true)."""
+    require(CHROMIUM, "the browser test needs Chromium (Debian package `chromium`: `make chromium`)")
+    require("playwright.sync_api", "the browser test needs Playwright (a dev dependency: pip install -e '.[dev]')")
 
 
 def _free_port() -> int:
@@ -71,7 +75,7 @@ def _serve(run_dir: Path):
 
 
 def test_gallery_images_load_in_chromium(served, tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api")
+    from playwright import sync_api
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         try:

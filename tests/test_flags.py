@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import require
 from run_factory import COUNTS, make_run
 
 from dermlow.bench import flag_eval
@@ -218,7 +219,7 @@ def test_export_before_the_first_epoch_is_a_user_error(tmp_path):
 
 
 def test_cleanlab_baseline_on_known_noise():
-    pytest.importorskip("cleanlab")
+    require("cleanlab", "the cleanlab baseline needs cleanlab (a dev dependency: pip install -e '.[dev]')")
     rng = np.random.default_rng(0)
     n, k = 400, 4
     true = rng.integers(0, k, n)
