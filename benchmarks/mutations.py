@@ -104,6 +104,26 @@ def apply(copy: Path, m: Mutation) -> str | None:
     return None
 
 
+def copy_python(python: str, copy: Path) -> str:
+    """An interpreter whose dermlow is the copy's, `app/` and `configs/` included: those ship as the
+    packages dermlow._app / dermlow._configs (package-dir in pyproject.toml), which PYTHONPATH alone
+    does not map. A venv inside the copy sees `python`'s site-packages folders through a .pth file
+    (the .pth files inside them, such as an editable install of the checkout, are not run) and holds
+    an editable install of the copy."""
+    venv = copy / ".venv-mutant"
+    subprocess.run([python, "-m", "venv", "--without-pip", str(venv)], check=True)
+    own = venv / "bin" / "python"
+    query = "import sys, sysconfig; print(sysconfig.get_paths()['purelib']); print(*sys.path, sep='\\n')"
+    site = subprocess.run([str(own), "-c", query], capture_output=True, text=True, check=True).stdout.splitlines()[0]
+    paths = subprocess.run([python, "-c", query], capture_output=True, text=True, check=True).stdout.splitlines()[1:]
+    shared = [p for p in paths if p.endswith(("site-packages", "dist-packages"))]
+    (Path(site) / "_mutant_base.pth").write_text("\n".join(shared) + "\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    subprocess.run([str(own), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index", "-e",
+                    str(copy)], cwd=copy, env=env, check=True, capture_output=True)
+    return str(own)
+
+
 def child_env(copy: Path) -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": str(copy), "NO_ALBUMENTATIONS_UPDATE": "1", "HF_HUB_OFFLINE": "1",
            "PYTHONDONTWRITEBYTECODE": "1"}
@@ -133,11 +153,13 @@ def run_tests(python: str, copy: Path, tests: list[str], timeout: float, markers
 
 
 def check_imports_from(python: str, copy: Path) -> None:
-    """Stop unless `import dermlow` in the test environment loads the copy (not an installed tree)."""
-    out = subprocess.run([python, "-c", "import dermlow; print(dermlow.__file__)"], cwd=copy, env=child_env(copy),
-                         capture_output=True, text=True, check=True).stdout.strip()
-    if not Path(out).resolve().is_relative_to(copy.resolve()):
-        raise SystemExit(f"import dermlow loads {out}, not the copy under {copy}: mutations would not be tested")
+    """Stop unless dermlow, its app and its configs in the test environment load the copy (not an installed tree)."""
+    code = "import dermlow, dermlow.resources as r; print(dermlow.__file__, r.app_script(), r.config_dir())"
+    out = subprocess.run([python, "-c", code], cwd=copy, env=child_env(copy), capture_output=True, text=True,
+                         check=True).stdout.split()
+    for path in out:
+        if not Path(path).resolve().is_relative_to(copy.resolve()):
+            raise SystemExit(f"the tests would load {path}, not the copy under {copy}: mutations would not be tested")
 
 
 def mutate_and_test(python: str, m: Mutation, timeout: float, markers: str) -> Outcome:
@@ -147,7 +169,7 @@ def mutate_and_test(python: str, m: Mutation, timeout: float, markers: str) -> O
         stale = apply(copy, m)
         if stale:
             return Outcome(m, "stale", stale, time.perf_counter() - start)
-        result, detail = run_tests(python, copy, m.tests, timeout, markers)
+        result, detail = run_tests(copy_python(python, copy), copy, m.tests, timeout, markers)
     verdict = {"passed": "survived", "failed": "killed", "timeout": "timeout", "error": "error"}[result]
     return Outcome(m, verdict, detail, time.perf_counter() - start)
 
@@ -201,11 +223,12 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="dermlow-baseline-") as tmp:
         copy = copy_repo(Path(tmp))
-        check_imports_from(args.python, copy)
+        python = copy_python(args.python, copy)
+        check_imports_from(python, copy)
         if not args.skip_baseline:
             tests = list(dict.fromkeys(t for m in mutations for t in m.tests))
             start = time.perf_counter()
-            result, detail = run_tests(args.python, copy, tests, args.timeout * 2, args.markers)
+            result, detail = run_tests(python, copy, tests, args.timeout * 2, args.markers)
             if result != "passed":
                 print(f"baseline: the unmutated tests did not pass ({result}: {detail}); fix that first")
                 return 2
