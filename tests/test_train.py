@@ -59,7 +59,7 @@ def test_every_run_file_is_present_with_its_schema(low_run):
     saved = yaml.safe_load((low_run / files.CONFIG).read_text())
     assert saved["weighting"] == {"name": "low", "lam": 0.05, "grad_scale": "per_sample", "global_batch": False}
     assert saved["loss"] == {"name": "ce"}
-    ckpt = torch.load(low_run / files.CHECKPOINT, weights_only=False)
+    ckpt = torch.load(low_run / files.CHECKPOINT, weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["classes"]["codes"] == codes and "rng" in ckpt and "scheduler" in ckpt
 
 
@@ -116,7 +116,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(demo_dir, tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert torch.load(ckpt, weights_only=False)["epoch"] < 3, "the run finished before it could be killed"
+    assert torch.load(ckpt, weights_only=True)["epoch"] < 3, "the run finished before it could be killed"
     done = subprocess.run([*cmd[:4], "--resume", str(tmp_path / "killed")], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     a, b = (pd.read_csv(r / files.METRICS) for r in (full, tmp_path / "killed"))
@@ -142,6 +142,19 @@ def test_evaluate_recomputes_the_best_epoch_metrics(low_run, capsys):
     assert main(["evaluate", str(low_run), "--split", "val", "--tta", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "confusion (rows = true, columns = predicted)" in out and "Melanoma" in out
+
+
+@pytest.mark.slow
+def test_persistent_loader_workers_reproduce_the_reference_run(demo_dir, tmp_path):
+    """2 epochs with 2 loader workers kept across epochs give the numbers that the code before
+    persistent workers wrote with num_workers=0 (tests/fixtures/same_seed, LOW lam 0.05)."""
+    fixtures = Path(__file__).parent / "fixtures" / "same_seed"
+    run = train(tiny_config(demo_dir, tmp_path, "run.name=workers", "weighting.lam=0.05", "data.num_workers=2"))
+    metrics = pd.read_csv(run / files.METRICS).drop(columns=["seconds"])
+    pd.testing.assert_frame_equal(metrics, pd.read_csv(fixtures / "low_metrics.csv"), rtol=0, atol=1e-6)
+    weights = pd.read_parquet(run / files.WEIGHTS)
+    pd.testing.assert_frame_equal(weights, pd.read_parquet(fixtures / "low_sample_weights.parquet"),
+                                  rtol=0, atol=1e-6)
 
 
 def _asymmetric_net() -> nn.Module:
