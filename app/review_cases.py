@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import altair as alt
 import pandas as pd
-import review_data as data
 import streamlit as st
 
 from dermlow.errors import UserError
 from dermlow.rundir import files, reader, review_marks
+
+from . import review_data as data
+from .review_text import md
 
 TILE = 180  # thumbnail size in pixels
 PER_ROW = 6
@@ -36,7 +38,7 @@ def summary_or_stop(run: reader.Run) -> pd.DataFrame | None:
     try:
         summary = data.weight_summary(str(run.path), data.stamp(run.path, files.WEIGHTS, files.MANIFEST))
     except UserError as err:
-        st.error(str(err))
+        st.error(md(err))
         return None
     if summary.empty:
         st.info("No epoch logged yet: the galleries appear after the first completed epoch.")
@@ -54,10 +56,10 @@ def tile(run: reader.Run, row: pd.Series, section: str) -> None:
     """One gallery tile: image, true and predicted label, mean weight, and an Open button."""
     img, problem = data.load_image(run, row["path"], TILE)
     st.image(img, width="stretch")
-    st.markdown(f"**{row['image_id']}**  \ntrue **{run.codes[int(row['label'])]}** · "
-                f"pred {prediction_text(run, row)}  \nmean weight **{row['weight_mean']:.2f}**")
+    st.markdown(f"**{md(row['image_id'])}**  \ntrue **{md(run.codes[int(row['label'])])}** · "
+                f"pred {md(prediction_text(run, row))}  \nmean weight **{row['weight_mean']:.2f}**")
     if problem:
-        st.caption(f":red[{problem}]")
+        st.caption(f":red[{md(problem)}]")
     st.button("Open", key=f"open-{section}-{row['image_id']}", on_click=open_case, args=(row["image_id"],))
 
 
@@ -88,7 +90,7 @@ def galleries_view(run: reader.Run) -> None:
     label, n = gallery_options_ui(run)
     where = "all classes" if label is None else run.class_label(label)
     for highest, section in ((False, "lowest"), (True, "highest")):
-        st.subheader(f"{n} {section}-weighted images — {where}")
+        st.subheader(f"{n} {section}-weighted images — {md(where)}")
         gallery(run, reader.ranked_by_weight(summary, n, label=label, highest=highest), section)
 
 
@@ -124,21 +126,21 @@ def trajectory_charts(run: reader.Run, index: int) -> None:
 
 def facts(run: reader.Run, row: pd.Series, scores: pd.DataFrame) -> None:
     score = scores.loc[scores["index"] == row["index"]]
-    lines = [f"**Given label:** {run.class_label(int(row['label']))}",
-             f"**Predicted (last epoch):** {run.class_label(int(row['predicted_last']))}"
+    lines = [f"**Given label:** {md(run.class_label(int(row['label'])))}",
+             f"**Predicted (last epoch):** {md(run.class_label(int(row['predicted_last'])))}"
              + ("" if pd.isna(row["pred_prob_last"]) else f", probability {row['pred_prob_last']:.2f}"),
              f"**p(given label):** mean {row['p_true_mean']:.2f}, last {row['p_true_last']:.2f}",
              f"**Mean weight:** {row['weight_mean']:.2f} (weight > 1 in {row['weight_above1']:.0%} of epochs)",
              f"**Misclassified in** {row['misclassified']:.0%} of {int(row['epochs'])} epochs"]
     if row["other_label"] >= 0:
         prob = "" if pd.isna(row["other_prob"]) else f", mean probability {row['other_prob']:.2f}"
-        lines.append(f"**Most likely other label:** {run.class_label(int(row['other_label']))}{prob}")
+        lines.append(f"**Most likely other label:** {md(run.class_label(int(row['other_label'])))}{prob}")
     if not score.empty:
         lines.append(f"**Flag score:** {score['score'].iloc[0]:.3f} (rank {int(score['rank'].iloc[0])} "
                      f"of {len(scores)})")
     if "flipped" in row and bool(row["flipped"]):
         lines.append(f":orange[Label flipped on purpose for this study; original: "
-                     f"{run.class_label(int(row['original_label']))}]")
+                     f"{md(run.class_label(int(row['original_label'])))}]")
     st.markdown("  \n".join(lines))
 
 
@@ -147,7 +149,7 @@ def review_ui(run: reader.Run, row: pd.Series) -> None:
     current = data.read_review(str(run.path))
     mine = current[current["image_id"] == row["image_id"]]
     is_marked = bool(len(mine) and mine["marked"].iloc[0])
-    st.markdown("**Review mark:** " + (f":red[marked — {mine['reason'].iloc[0]}]" if is_marked else "none"))
+    st.markdown("**Review mark:** " + (f":red[marked — {md(mine['reason'].iloc[0])}]" if is_marked else "none"))
     reason = st.selectbox("Reason", review_marks.REASONS, key=f"reason-{row['image_id']}",
                           index=review_marks.REASONS.index(mine["reason"].iloc[0]) if len(mine) else 0)
     note = st.text_area("Note", value=mine["note"].iloc[0] if len(mine) else "", key=f"note-{row['image_id']}")
@@ -166,7 +168,7 @@ def siblings(run: reader.Run, row: pd.Series) -> None:
         st.caption("No lesion id recorded for this image.")
         return
     sib = run.manifest[(run.manifest["lesion_id"] == lesion) & (run.manifest["image_id"] != row["image_id"])]
-    st.subheader(f"Other images of lesion {lesion}")
+    st.subheader(f"Other images of lesion {md(lesion)}")
     if sib.empty:
         st.caption("None: this is the lesion's only image.")
         return
@@ -174,9 +176,9 @@ def siblings(run: reader.Run, row: pd.Series) -> None:
     for col, (_, s) in zip(cols, sib.head(PER_ROW).iterrows(), strict=False):
         img, problem = data.load_image(run, s["path"], TILE)
         col.image(img, width="stretch")
-        col.markdown(f"**{s['image_id']}**  \n{s['split']} · {run.codes[int(s['label'])]}")
+        col.markdown(f"**{md(s['image_id'])}**  \n{md(s['split'])} · {md(run.codes[int(s['label'])])}")
         if problem:
-            col.caption(f":red[{problem}]")
+            col.caption(f":red[{md(problem)}]")
 
 
 def case_view(run: reader.Run) -> None:
@@ -191,8 +193,8 @@ def case_view(run: reader.Run) -> None:
     with left:
         img, problem = data.load_image(run, row["path"])
         if problem:
-            st.error(problem)
-        st.image(img, caption=f"{image_id} — {row['path']}", width="stretch")
+            st.error(md(problem))
+        st.image(img, caption=md(f"{image_id} — {row['path']}"), width="stretch")
     with right:
         facts(run, row, scores)
         review_ui(run, row)
@@ -215,10 +217,10 @@ def review_view(run: reader.Run) -> None:
         stamp = data.stamp(run.path, files.WEIGHTS, files.MANIFEST, files.REVIEW)
         try:
             st.download_button("Download the marked cases with their flag scores (CSV)",
-                               data.export_csv(str(run.path), stamp), file_name=f"{run.name}-marked.csv",
+                               data.export_csv(str(run.path), stamp), file_name=f"{files.safe_name(run.name)}-marked.csv",
                                mime="text/csv")
         except UserError as err:
-            st.error(str(err))
+            st.error(md(err))
         left, right = st.columns([3, 1], vertical_alignment="bottom")
         gone = left.selectbox("Unmark", marked["image_id"].tolist(), key="unmark_select")
         if right.button("Unmark", key="unmark_list"):

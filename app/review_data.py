@@ -94,8 +94,10 @@ def predictions(run_dir: str, split: str, stamp: tuple) -> pd.DataFrame:
 
 @st.cache_data(show_spinner=False)
 def export_csv(run_dir: str, stamp: tuple) -> bytes:
-    """The cases marked for review, with their flag scores, as CSV (the same function as `dermlow flag`)."""
-    return flag_scores.export_flags(run_dir, reviewed_only=True).to_csv(index=False).encode("utf-8")
+    """The cases marked for review, with their flag scores, as CSV (the same function as `dermlow flag`),
+    text cells escaped: it is opened in spreadsheets."""
+    table = flag_scores.export_flags(run_dir, reviewed_only=True)
+    return files.escape_cells(table).to_csv(index=False).encode("utf-8")
 
 
 def read_review(run_dir: str) -> pd.DataFrame:

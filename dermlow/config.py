@@ -29,9 +29,8 @@ from dermlow.method.losses import LOSSES
 from dermlow.method.weightings import WEIGHTINGS
 from dermlow.models.config import ModelConfig
 from dermlow.registry import Registry
+from dermlow.resources import config_dir
 from dermlow.settings import finite, flag, require
-
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 @dataclass
@@ -204,7 +203,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise UserError(f"config file {path} is not valid YAML: {err}") from None
+        raise UserError(f"config file {path} is not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of sections (data:, model:, ...).")
     return data
@@ -241,7 +240,7 @@ def resolve(*layers: dict[str, Any]) -> Config:
 
 def years() -> list[int]:
     """The ISIC challenge years `--year` offers: data sets that declare one and ship configs/isic<year>.yaml."""
-    return sorted(y for y in challenge_years() if (CONFIG_DIR / f"isic{y}.yaml").is_file())
+    return sorted(y for y in challenge_years() if (config_dir() / f"isic{y}.yaml").is_file())
 
 
 def year_config(year: int) -> Path:
@@ -250,7 +249,7 @@ def year_config(year: int) -> Path:
     if year not in valid:
         listed = " or ".join(str(y) for y in valid)
         raise UserError(f"--year must be {listed}, got {year}.")
-    return CONFIG_DIR / f"isic{year}.yaml"
+    return config_dir() / f"isic{year}.yaml"
 
 
 def run_name(cfg: Config) -> str:

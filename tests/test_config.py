@@ -26,6 +26,14 @@ def test_year_configs_hold_the_paper_setup():
         assert (cfg.loss.name, cfg.weighting.name, cfg.weighting.grad_scale) == ("ce", "low", "per_sample")
 
 
+def test_colour_constancy_exponent_is_six_in_every_shipped_config():
+    """Shades of Gray with p = 6 (Barata et al. 2015) for real runs and for `make demo`, whose
+    config leaves the exponent to the code default: both the default and each file must say 6."""
+    assert config.resolve().data.color_p == 6.0
+    for path in (config.CONFIG_DIR / "demo.yaml", config.year_config(2017), config.year_config(2018)):
+        assert config.resolve(config.read_yaml(path)).data.color_p == 6.0, path.name
+
+
 def test_round_trip_through_saved_dict():
     cfg = config.resolve(config.parse_overrides(["weighting.name=is", "weighting.presample=4", "optim.milestones=[3,6]"]))
     assert cfg.weighting.presample == 4 and cfg.to_dict()["weighting"] == {"name": "is", "presample": 4, "smoothing": 0.1}

@@ -32,9 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args) or 0
-    except UserError as err:
+    except UserError as err:  # TrainingDiverged exits with 3
         print(f"dermlow: error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
     except KeyboardInterrupt:
         print("dermlow: interrupted. A training run continues with `dermlow train --resume RUN_DIR`.",
               file=sys.stderr)
@@ -218,11 +218,15 @@ def _add_data(sub) -> None:
     check.add_argument("--splits-file", type=Path, help="reuse an image_id,split CSV instead of splitting")
     check.add_argument("--skip-bad-images", action="store_true",
                        help="report unreadable images and go on instead of stopping")
+    check.add_argument("--max-image-pixels", type=int, default=100_000_000, metavar="N",
+                       help="refuse images with more pixels than this, before decoding them (default 100 MP)")
     check.add_argument("--save-splits", type=Path, help="write the image_id,split table to this CSV")
     check.set_defaults(func=_data_check)
     fetch = dsub.add_parser("fetch", help="download and unpack the official archives (resumable)")
     fetch.add_argument("--year", type=int, choices=sorted(FILES), required=True)
     fetch.add_argument("--out", type=Path, required=True)
+    fetch.add_argument("--max-unpack-ratio", type=float, default=20, metavar="X",
+                       help="refuse an archive that would unpack to more than X times its size (default 20)")
     fetch.set_defaults(func=_data_fetch)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
@@ -238,7 +242,7 @@ def _data_demo(args: argparse.Namespace) -> int:
 def _data_check(args: argparse.Namespace) -> int:
     from dermlow.data.prepare import challenge_years, read_data
     from dermlow.data.sources import DataConfig, DatasetSpec
-    from dermlow.data.splits import describe, save_splits
+    from dermlow.data.splits import class_warnings, describe, save_splits
 
     dataset = args.dataset or challenge_years().get(args.year)
     if dataset is None:
@@ -246,9 +250,11 @@ def _data_check(args: argparse.Namespace) -> int:
     data = DataConfig(dataset=dataset, data_dir=str(args.data_dir), split=args.split, labels_csv=args.labels_csv,
                       image_dir=args.image_dir, test_fraction=args.test_fraction, val_fraction=args.val_fraction,
                       splits_file=str(args.splits_file) if args.splits_file else None,
-                      skip_bad_images=args.skip_bad_images)
+                      skip_bad_images=args.skip_bad_images, max_image_pixels=args.max_image_pixels)
     run_data = read_data(data, seed=args.seed)
     print(describe(run_data.manifest, DatasetSpec(dataset, tuple(run_data.codes), tuple(run_data.names))))
+    for warning in class_warnings(run_data.manifest, run_data.codes):
+        print(f"dermlow: warning: {warning}", file=sys.stderr)
     if run_data.skipped:
         print(f"\n{len(run_data.skipped)} unreadable images would be left out:")
         print("\n".join(f"  {line}" for line in run_data.skipped))
@@ -261,7 +267,7 @@ def _data_check(args: argparse.Namespace) -> int:
 def _data_fetch(args: argparse.Namespace) -> int:
     from dermlow.data.fetch import fetch
 
-    path = fetch(args.year, args.out)
+    path = fetch(args.year, args.out, max_unpack_ratio=args.max_unpack_ratio)
     print(f"ISIC {args.year} files are in {path}. Train with: dermlow train --year {args.year} --data-dir {path}")
     return 0
 

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import Dataset
 
+from dermlow.data.array_batches import ArrayDataset, PadCropFlip
 from dermlow.data.arrays import NAMES, load_benchmark
 from dermlow.data.sources import DATASETS, MANIFEST_COLUMNS, DataConfig, DataSource, RunData
 
@@ -53,22 +54,20 @@ class ArraySet(DataSource):
 
     def build_datasets(self, data: DataConfig, manifest: pd.DataFrame, *, seed: int, mean=None,
                        std=None) -> dict[str, Dataset]:
-        """ArrayDatasets per split, normalised with the training set's own channel statistics."""
-        # imported here: albumentations (through loading) takes a second, and `dermlow --help` needs none of it
-        from dermlow.data.loading import ArrayDataset, CifarTrainTransform
-
+        """ArrayDatasets per split, normalised with the training set's own channel statistics; CIFAR's
+        training split is augmented a batch at a time (pad 4, random crop, flip)."""
         bench = _load(self.name, str(data.data_dir), seed, False)
         arrays = {"train": bench.train_x, "test": bench.test_x}
         train_source = manifest[manifest["split"] == "train"]
         pixels = _gather(arrays, train_source).reshape(-1, bench.in_chans).astype(np.float64) / 255.0
         mean, std = pixels.mean(axis=0), pixels.std(axis=0)
-        augment = CifarTrainTransform(pad=4) if self.name.startswith("cifar") else None
+        augment = PadCropFlip(pad=4) if self.name.startswith("cifar") else None
         out = {}
         for split in ("train", "val", "test"):
             rows = manifest[manifest["split"] == split]
             if len(rows):
                 out[split] = ArrayDataset(_gather(arrays, rows), rows["label"].to_numpy(), rows["index"].to_numpy(),
-                                          transform=augment if split == "train" else None, mean=mean, std=std)
+                                          augment=augment if split == "train" else None, mean=mean, std=std)
         return out
 
 

@@ -21,6 +21,7 @@ from dermlow.data import isic  # noqa: F401
 # isort: split
 from dermlow.data import array_manifest  # noqa: F401
 from dermlow.data.sources import DATASETS, DataConfig, RunData
+from dermlow.data.splits import class_warnings
 from dermlow.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,14 @@ def read_data(data: DataConfig, *, seed: int) -> RunData:
 def prepare(data: DataConfig, *, seed: int) -> RunData:
     """`read_data`, then check that there is a validation split and flip labels if asked."""
     run_data = read_data(data, seed=seed)
+    for warning in class_warnings(run_data.manifest, run_data.codes):
+        log.warning(warning)
     if "val" not in set(run_data.manifest["split"]):
         raise UserError("the data has no validation split, which model selection needs: set data.val_fraction > 0.")
+    train = run_data.manifest.loc[run_data.manifest["split"] == "train", "label"].to_numpy()
+    if empty := [code for i, code in enumerate(run_data.codes) if not (train == i).any()]:
+        raise UserError(f"class(es) {', '.join(empty)} have no training images in {data.data_dir}: the model "
+                        "cannot learn them. Add their images, or drop the class from the labels.")
     if data.flip_labels > 0:
         run_data.manifest = flip_labels(run_data.manifest, data.flip_labels, len(run_data.codes), seed=seed)
     return run_data

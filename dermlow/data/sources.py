@@ -45,6 +45,8 @@ class DataConfig:
     num_workers: int = field(default=4, metadata=flag("--workers", "data loader processes"))
     skip_bad_images: bool = field(default=False, metadata=flag(
         "--skip-bad-images", "leave unreadable images out (listed in skipped_images.txt) instead of stopping"))
+    max_image_pixels: int = field(default=100_000_000, metadata=flag(
+        "--max-image-pixels", "refuse images with more pixels than this, before decoding them (default 100 MP)"))
     flip_labels: float = field(default=0.0, metadata=flag(
         "--flip-labels", "flip this fraction of training labels on purpose (seeded)"))
     download: bool = False  # benchmark mode: fetch MNIST/CIFAR from their official hosts
@@ -62,6 +64,7 @@ class DataConfig:
         require(self.crop_size <= self.image_size,
                 f"data.crop_size ({self.crop_size}) cannot exceed data.image_size ({self.image_size}).")
         require(finite(self.color_p) and self.color_p > 0, f"data.color_p must be a finite number > 0, got {self.color_p}.")
+        require(self.max_image_pixels >= 1, f"data.max_image_pixels must be at least 1, got {self.max_image_pixels}.")
         require(self.num_workers >= 0, f"--workers (data.num_workers) must be 0 or more, got {self.num_workers}.")
 
 

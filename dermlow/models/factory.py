@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
 
 import timm
@@ -58,6 +59,15 @@ def _from_local_weights(cfg: ModelConfig, num_classes: int, in_chans: int) -> nn
     path = Path(cfg.weights).expanduser()
     if not path.is_file():
         raise UserError(f"--weights {path}: no such file.")
+    if path.suffix != ".safetensors":  # a pickle: make sure it is plain data before timm reads it
+        try:
+            torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise UserError(f"--weights {path} holds Python objects other than tensors and plain data "
+                            f"({_unsafe_globals(path, err)}); dermlow refuses to load it because unpickling it "
+                            f"could run code. Use a .safetensors file or a plain state dict.") from None
+        except Exception:  # not a checkpoint at all: timm's loader below says so
+            pass
     try:
         return timm.create_model(
             cfg.name,
@@ -75,11 +85,32 @@ def _from_local_weights(cfg: ModelConfig, num_classes: int, in_chans: int) -> nn
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict:
-    """Read a dermlow checkpoint; a missing or damaged file is a UserError."""
+    """Read a dermlow checkpoint as plain data: tensors, numbers, strings, lists and dicts only.
+
+    `torch.load(weights_only=True)` never runs code from the file; a checkpoint that holds
+    other Python objects (a pickle that would import or call something) is refused with a
+    UserError that names the file, as is a missing or damaged one.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} does not exist: the run has not finished an epoch yet.")
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UserError(f"{path} holds Python objects other than tensors and plain data "
+                        f"({_unsafe_globals(path, err)}); dermlow refuses to load it because unpickling it could "
+                        f"run code. Use a checkpoint written by dermlow, from a source you trust.") from None
     except Exception as err:
-        raise UserError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err}).") from None
+        raise UserError(f"{path} is not a readable checkpoint ({type(err).__name__}: {str(err)[:300]}).") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        raise UserError(f"{path} is not a dermlow checkpoint (no model state dict in it).")
+    return ckpt
+
+
+def _unsafe_globals(path: Path, err: Exception) -> str:
+    """What a refused pickle wanted to load, read without running it (for the message)."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:
+        names = []
+    return "it references " + ", ".join(names[:3]) if names else str(err).splitlines()[-1][:200]

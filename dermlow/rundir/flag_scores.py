@@ -39,7 +39,6 @@ The research-only evaluation of flag scores against deliberately flipped labels 
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +47,7 @@ import pandas as pd
 from dermlow.errors import UserError
 from dermlow.method.weightings import WEIGHTINGS
 from dermlow.rundir import files, reader, review_marks
+from dermlow.rundir.image_copy import copy_flagged_images
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,8 @@ def export_flags(run_dir: str | Path, *, top: int | None = None, per_class: bool
 
     top: keep the first N (per given label with per_class); reviewed_only: keep only the cases
     marked in the review app (before `top`); out: also write it as CSV (atomically);
-    copy_images: copy the images into DIR/<given label code>/ for a relabelling tool.
+    copy_images: copy the images into DIR/<given label code>/ for a relabelling tool (confined:
+    see rundir.image_copy).
     """
     if top is not None and top < 1:
         raise UserError(f"--top must be a positive number of cases, got {top}.")
@@ -205,23 +206,3 @@ def export_flags(run_dir: str | Path, *, top: int | None = None, per_class: bool
     return table
 
 
-def copy_flagged_images(run_dir: str | Path, table: pd.DataFrame, dest: str | Path) -> int:
-    """Copy each row's image into dest/<label>/; returns the number copied. Missing images are
-    skipped with one warning that names them."""
-    run = reader.load_run(run_dir)
-    dest = Path(dest)
-    missing, copied = [], 0
-    for row in table[["image_id", "path", "label"]].itertuples(index=False):
-        src = run.image_path(row.path)
-        if not src.is_file():
-            missing.append(row.image_id)
-            continue
-        folder = dest / str(row.label)
-        folder.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, folder / src.name)
-        copied += 1
-    if missing:
-        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-        log.warning("%d image(s) not found and not copied: %s", len(missing), shown)
-    log.info("copied %d images into %s", copied, dest)
-    return copied
