@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,7 +89,26 @@ def copy_repo(dest: Path) -> Path:
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, target, follow_symlinks=False)
+    link_mapped_packages(dest)
     return dest
+
+
+def mapped_packages(copy: Path) -> dict[str, str]:
+    """Packages that pyproject.toml maps to other folders ([tool.setuptools.package-dir], e.g.
+    dermlow._app = app)."""
+    pyproject = tomllib.loads((copy / "pyproject.toml").read_text())
+    mapping = pyproject.get("tool", {}).get("setuptools", {}).get("package-dir", {})
+    return {package: folder for package, folder in mapping.items() if package}
+
+
+def link_mapped_packages(copy: Path) -> None:
+    """Make the mapped packages importable from the copy through PYTHONPATH, as an editable install
+    of the copy would (a symlink dermlow/_app -> ../app); otherwise they would come from whichever
+    checkout the interpreter's environment has installed, and mutations there would go untested."""
+    for package, folder in mapped_packages(copy).items():
+        link = copy.joinpath(*package.split("."))
+        if not link.exists():
+            link.symlink_to(os.path.relpath(copy / folder, link.parent), target_is_directory=True)
 
 
 def apply(copy: Path, m: Mutation) -> str | None:
@@ -102,26 +122,6 @@ def apply(copy: Path, m: Mutation) -> str | None:
         return f"old text found {count} times in {m.file}"
     path.write_text(text.replace(m.old, m.new))
     return None
-
-
-def copy_python(python: str, copy: Path) -> str:
-    """An interpreter whose dermlow is the copy's, `app/` and `configs/` included: those ship as the
-    packages dermlow._app / dermlow._configs (package-dir in pyproject.toml), which PYTHONPATH alone
-    does not map. A venv inside the copy sees `python`'s site-packages folders through a .pth file
-    (the .pth files inside them, such as an editable install of the checkout, are not run) and holds
-    an editable install of the copy."""
-    venv = copy / ".venv-mutant"
-    subprocess.run([python, "-m", "venv", "--without-pip", str(venv)], check=True)
-    own = venv / "bin" / "python"
-    query = "import sys, sysconfig; print(sysconfig.get_paths()['purelib']); print(*sys.path, sep='\\n')"
-    site = subprocess.run([str(own), "-c", query], capture_output=True, text=True, check=True).stdout.splitlines()[0]
-    paths = subprocess.run([python, "-c", query], capture_output=True, text=True, check=True).stdout.splitlines()[1:]
-    shared = [p for p in paths if p.endswith(("site-packages", "dist-packages"))]
-    (Path(site) / "_mutant_base.pth").write_text("\n".join(shared) + "\n")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    subprocess.run([str(own), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index", "-e",
-                    str(copy)], cwd=copy, env=env, check=True, capture_output=True)
-    return str(own)
 
 
 def child_env(copy: Path) -> dict[str, str]:
@@ -153,13 +153,14 @@ def run_tests(python: str, copy: Path, tests: list[str], timeout: float, markers
 
 
 def check_imports_from(python: str, copy: Path) -> None:
-    """Stop unless dermlow, its app and its configs in the test environment load the copy (not an installed tree)."""
-    code = "import dermlow, dermlow.resources as r; print(dermlow.__file__, r.app_script(), r.config_dir())"
-    out = subprocess.run([python, "-c", code], cwd=copy, env=child_env(copy), capture_output=True, text=True,
-                         check=True).stdout.split()
-    for path in out:
-        if not Path(path).resolve().is_relative_to(copy.resolve()):
-            raise SystemExit(f"the tests would load {path}, not the copy under {copy}: mutations would not be tested")
+    """Stop unless dermlow and its mapped packages load from the copy in the test environment (not
+    from an installed checkout)."""
+    for package in ["dermlow", *mapped_packages(copy)]:
+        code = f"import importlib.util; print(importlib.util.find_spec({package!r}).submodule_search_locations[0])"
+        out = subprocess.run([python, "-c", code], cwd=copy, env=child_env(copy), capture_output=True, text=True,
+                             check=True).stdout.strip()
+        if not Path(out).resolve().is_relative_to(copy.resolve()):
+            raise SystemExit(f"{package} loads from {out}, not from the copy under {copy}: mutations would not be tested")
 
 
 def mutate_and_test(python: str, m: Mutation, timeout: float, markers: str) -> Outcome:
@@ -169,7 +170,7 @@ def mutate_and_test(python: str, m: Mutation, timeout: float, markers: str) -> O
         stale = apply(copy, m)
         if stale:
             return Outcome(m, "stale", stale, time.perf_counter() - start)
-        result, detail = run_tests(copy_python(python, copy), copy, m.tests, timeout, markers)
+        result, detail = run_tests(python, copy, m.tests, timeout, markers)
     verdict = {"passed": "survived", "failed": "killed", "timeout": "timeout", "error": "error"}[result]
     return Outcome(m, verdict, detail, time.perf_counter() - start)
 
@@ -223,12 +224,11 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="dermlow-baseline-") as tmp:
         copy = copy_repo(Path(tmp))
-        python = copy_python(args.python, copy)
-        check_imports_from(python, copy)
+        check_imports_from(args.python, copy)
         if not args.skip_baseline:
             tests = list(dict.fromkeys(t for m in mutations for t in m.tests))
             start = time.perf_counter()
-            result, detail = run_tests(python, copy, tests, args.timeout * 2, args.markers)
+            result, detail = run_tests(args.python, copy, tests, args.timeout * 2, args.markers)
             if result != "passed":
                 print(f"baseline: the unmutated tests did not pass ({result}: {detail}); fix that first")
                 return 2

@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from dermlow.cli.bench import add_bench
+from dermlow.cli.bench import BENCH_HELP, add_bench
 from dermlow.errors import UserError
 
 log = logging.getLogger("dermlow")
@@ -22,8 +22,8 @@ EPILOG = "Run `dermlow COMMAND --help` for the options of each command."
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
-    parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     args.argv = argv
     _setup_logging(args.verbose)
@@ -41,7 +41,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def build_parser() -> argparse.ArgumentParser:
+TRAIN_HELP = "fine-tune a model with LOW (or a baseline) and record every sample weight"
+DATA_HELP = "get, make or check data sets"
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The `dermlow` parser. Given `argv`, only its command gets its full options: train, data and
+    bench list the registries (which import torch), so `dermlow --help` and `dermlow app` start fast."""
+    command = None if argv is None else next((a for a in argv if not a.startswith("-")), "")
     parser = argparse.ArgumentParser(
         prog="dermlow",
         description="Train dermoscopy classifiers with LOW (Learning Optimal sample Weights), "
@@ -50,12 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
-    _add_train(sub)
-    _add_evaluate(sub)
-    _add_data(sub)
-    _add_flag(sub)
-    _add_app(sub)
-    add_bench(sub)
+    commands = [("train", _add_train, TRAIN_HELP), ("evaluate", _add_evaluate, None), ("data", _add_data, DATA_HELP),
+                ("flag", _add_flag, None), ("app", _add_app, None), ("bench", add_bench, BENCH_HELP)]
+    for name, add, help_ in commands:
+        if help_ is None or command is None or command == name:
+            add(sub)
+        else:  # listed in `dermlow --help`; its options are built when it is the command
+            sub.add_parser(name, help=help_)
     return parser
 
 
@@ -63,7 +71,7 @@ def _add_train(sub) -> None:
     from dermlow import config, settings
     from dermlow.data.prepare import DATASETS
 
-    p = sub.add_parser("train", help="fine-tune a model with LOW (or a baseline) and record every sample weight",
+    p = sub.add_parser("train", help=TRAIN_HELP,
                        description="Fine-tune a timm model on ISIC 2017/2018 with the paper's setup "
                        "(configs/isic<year>.yaml). Precedence: code defaults < --config YAML < flags < --set.")
     p.add_argument("--year", type=int, choices=config.years(),
@@ -189,7 +197,7 @@ def _add_data(sub) -> None:
     from dermlow.data.fetch import FILES
     from dermlow.data.prepare import DATASETS
 
-    p = sub.add_parser("data", help="get, make or check data sets", description="Data set commands.")
+    p = sub.add_parser("data", help=DATA_HELP, description="Data set commands.")
     dsub = p.add_subparsers(title="data commands", metavar="ACTION")
     demo = dsub.add_parser("demo", help="write a small synthetic data set in the official ISIC layout")
     demo.add_argument("--out", type=Path, required=True)
