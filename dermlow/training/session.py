@@ -111,7 +111,7 @@ class Session:
             while True:  # a fresh seeded order per pass over the meta set
                 loader = make_loader(self.datasets[split], batch_size=self.cfg.optim.batch_size // dist.world(),
                                      shuffle=True, seed=self.cfg.run.seed + 7919, epoch=epoch * 1000 + rounds,
-                                     num_workers=0, rank=dist.rank(), world=dist.world())
+                                     num_workers=0, rank=dist.rank(), world=dist.world(), device=self.device)
                 for images, labels, _ in loader:
                     yield (to_input(images, self.device, self.normalisation, channels_last=self.channels_last),
                            labels.to(self.device, non_blocking=True))
