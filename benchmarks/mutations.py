@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,7 +89,26 @@ def copy_repo(dest: Path) -> Path:
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, target, follow_symlinks=False)
+    link_mapped_packages(dest)
     return dest
+
+
+def mapped_packages(copy: Path) -> dict[str, str]:
+    """Packages that pyproject.toml maps to other folders ([tool.setuptools.package-dir], e.g.
+    dermlow._app = app)."""
+    pyproject = tomllib.loads((copy / "pyproject.toml").read_text())
+    mapping = pyproject.get("tool", {}).get("setuptools", {}).get("package-dir", {})
+    return {package: folder for package, folder in mapping.items() if package}
+
+
+def link_mapped_packages(copy: Path) -> None:
+    """Make the mapped packages importable from the copy through PYTHONPATH, as an editable install
+    of the copy would (a symlink dermlow/_app -> ../app); otherwise they would come from whichever
+    checkout the interpreter's environment has installed, and mutations there would go untested."""
+    for package, folder in mapped_packages(copy).items():
+        link = copy.joinpath(*package.split("."))
+        if not link.exists():
+            link.symlink_to(os.path.relpath(copy / folder, link.parent), target_is_directory=True)
 
 
 def apply(copy: Path, m: Mutation) -> str | None:
@@ -133,11 +153,14 @@ def run_tests(python: str, copy: Path, tests: list[str], timeout: float, markers
 
 
 def check_imports_from(python: str, copy: Path) -> None:
-    """Stop unless `import dermlow` in the test environment loads the copy (not an installed tree)."""
-    out = subprocess.run([python, "-c", "import dermlow; print(dermlow.__file__)"], cwd=copy, env=child_env(copy),
-                         capture_output=True, text=True, check=True).stdout.strip()
-    if not Path(out).resolve().is_relative_to(copy.resolve()):
-        raise SystemExit(f"import dermlow loads {out}, not the copy under {copy}: mutations would not be tested")
+    """Stop unless dermlow and its mapped packages load from the copy in the test environment (not
+    from an installed checkout)."""
+    for package in ["dermlow", *mapped_packages(copy)]:
+        code = f"import importlib.util; print(importlib.util.find_spec({package!r}).submodule_search_locations[0])"
+        out = subprocess.run([python, "-c", code], cwd=copy, env=child_env(copy), capture_output=True, text=True,
+                             check=True).stdout.strip()
+        if not Path(out).resolve().is_relative_to(copy.resolve()):
+            raise SystemExit(f"{package} loads from {out}, not from the copy under {copy}: mutations would not be tested")
 
 
 def mutate_and_test(python: str, m: Mutation, timeout: float, markers: str) -> Outcome:

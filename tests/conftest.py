@@ -71,3 +71,11 @@ def require(what: str | Path, why: str) -> ModuleType | Path:
     if in_ci():
         pytest.fail(f"{message}; CI=true, so a missing test dependency fails instead of skipping", pytrace=False)
     pytest.skip(message)
+
+
+def needs_cuda(test_id: str) -> pytest.MarkDecorator:
+    """skipif for a CUDA-only test whose report line says that every CPU machine skips it and how
+    to run it where there is a GPU (`test_id`: its pytest node id)."""
+    return pytest.mark.skipif(not torch.cuda.is_available(), reason=(
+        f"needs a CUDA GPU, so it is skipped on every CPU machine; run on a GPU machine with: "
+        f"python -m pytest {test_id}"))

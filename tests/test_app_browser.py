@@ -119,7 +119,7 @@ class Listener:
 
 
 def test_a_hostile_run_makes_the_page_fetch_nothing(tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api")
+    from playwright import sync_api
     listener = Listener()
     base = f"http://127.0.0.1:{listener.port}"
     text = f"![x]({base}/leak.png) [click]({base}/link) <img src={base}/html.png>"

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import needs_cuda
 
 from dermlow.data.array_batches import ArrayBatches, ArrayDataset, PadCropFlip
 from dermlow.data.loading import make_loader
@@ -112,7 +113,7 @@ def test_batches_shard_and_drop_last_like_the_data_loader():
     assert [len(y) for _, y, _ in ArrayBatches(ds, batch_size=4, shuffle=False, seed=0, epoch=1)] == [4, 4, 3]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@needs_cuda("tests/test_array_batches.py::test_batches_on_the_gpu_equal_those_on_the_cpu")
 def test_batches_on_the_gpu_equal_those_on_the_cpu():
     ds = _cifar_like(n=40)
     kw = dict(batch_size=16, shuffle=True, seed=5, epoch=2, num_workers=0)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from conftest import needs_cuda
 from torch import nn
 
 import dermlow
@@ -373,9 +374,7 @@ def test_low_path_reads_no_tensor_value_on_the_host(monkeypatch):
         low_weights(torch.rand(64), 0.1)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason=(
-    "needs a CUDA GPU, so it is skipped on every CPU machine (the CPU stand-in above runs instead); "
-    "run on a GPU machine with: python -m pytest tests/test_weighting.py::test_low_path_has_no_host_sync_on_cuda"))
+@needs_cuda("tests/test_weighting.py::test_low_path_has_no_host_sync_on_cuda")  # CPU stand-in: the test above
 def test_low_path_has_no_host_sync_on_cuda():
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 5)).cuda()
     x, y = torch.randn(256, 3, 2, 2, device="cuda"), torch.randint(0, 5, (256,), device="cuda")
