@@ -95,10 +95,11 @@ def test_batches_depend_only_on_seed_epoch_and_step():
     assert torch.equal(torch.get_rng_state(), state)
     assert torch.equal(torch.cat([i for _, _, i in a]) - 100, epoch_permutation(12, seed=2, epoch=3))
     assert not torch.equal(torch.cat([x for x, _, _ in a]), torch.cat([x for x, _, _ in b]))
-    # the first batch is the augmentation of batch_seed(seed, epoch, rank 0, step 0) applied to its rows
-    rows = epoch_permutation(12, seed=2, epoch=3)[:5]
-    first, _, _ = ds.batch(rows, generator=torch.Generator().manual_seed(batch_seed(2, 3, 0, 0)))
-    assert torch.equal(a[0][0], first)
+    # batch `step` is the augmentation seeded by batch_seed(seed, epoch, rank 0, step) of its rows
+    rows = epoch_permutation(12, seed=2, epoch=3)
+    for step, (x, _, _) in enumerate(a):
+        seeded = torch.Generator().manual_seed(batch_seed(2, 3, 0, step))
+        assert torch.equal(x, ds.batch(rows[5 * step:5 * step + 5], generator=seeded)[0]), step
 
 
 def test_batches_shard_and_drop_last_like_the_data_loader():
