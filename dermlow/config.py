@@ -30,6 +30,8 @@ class DataConfig:
     test_fraction: float = 0.2
     val_fraction: float = 0.1
     splits_file: str | None = None  # reuse an `image_id,split` CSV
+    test: str = "split"  # split (test_fraction of the training images) | official (the official test set)
+    max_per_class: int | None = None  # imbalanced benchmarks: N_C of the caps (null: 6000 for MNIST, see README)
     image_size: int = 300  # colour-normalised images are resized to this square
     crop_size: int = 224  # random (train) / centre (eval) crop
     color_p: float = 6.0  # Shades of Gray Minkowski norm
@@ -225,6 +227,10 @@ def check(cfg: Config) -> Config:
     need(cfg.optim.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.optim.batch_size}.")
     need(cfg.optim.lr > 0, f"--lr must be positive, got {cfg.optim.lr:g}.")
     need(cfg.data.split in ("lesion", "random"), f"data.split must be lesion or random, got '{cfg.data.split}'.")
+    need(cfg.data.test in ("split", "official"),
+         f"data.test must be split (held out of the training images) or official, got '{cfg.data.test}'.")
+    need(cfg.data.max_per_class is None or cfg.data.max_per_class >= 0,
+         f"--max-per-class must be 0 or more, got {cfg.data.max_per_class}.")
     need(0 <= cfg.data.flip_labels < 1, f"--flip-labels must be in [0, 1), got {cfg.data.flip_labels:g}.")
     need(0 < cfg.data.test_fraction < 1 and 0 <= cfg.data.val_fraction < 1,
          "data.test_fraction must be in (0, 1) and data.val_fraction in [0, 1).")

@@ -77,6 +77,9 @@ def _add_train(sub) -> None:
     p.add_argument("--workers", type=int, help="data loader processes")
     p.add_argument("--split", choices=("lesion", "random"), help="lesion-grouped (default) or the paper's random split")
     p.add_argument("--flip-labels", type=float, help="flip this fraction of training labels on purpose (seeded)")
+    p.add_argument("--max-per-class", type=int, metavar="N_C",
+                   help="imbalanced benchmarks: class c keeps min(n_c, round(N_C / 2^k_c)) images (default 6000 "
+                   "for mnist-imbalanced, the paper's; 0 = each class's own count, floor(n_c / 2^k_c))")
     p.add_argument("--skip-bad-images", action="store_true", default=None,
                    help="leave unreadable images out (listed in skipped_images.txt) instead of stopping")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -94,6 +97,7 @@ FLAG_KEYS = {
     "model": "model.name", "weights": "model.weights", "seed": "run.seed", "device": "run.device",
     "out": "run.out", "name": "run.name", "workers": "data.num_workers", "split": "data.split",
     "flip_labels": "data.flip_labels", "skip_bad_images": "data.skip_bad_images",
+    "max_per_class": "data.max_per_class",
 }
 
 
@@ -218,6 +222,9 @@ def _add_data(sub) -> None:
     check.add_argument("--image-dir", help="generic data sets: image folder")
     check.add_argument("--test-fraction", type=float, default=0.2)
     check.add_argument("--val-fraction", type=float, default=0.1)
+    check.add_argument("--test", choices=("split", "official"),
+                       help="test set: held out of the training images (split) or the official one (default: the "
+                       "year's config, configs/isic<year>.yaml; split without --year)")
     check.add_argument("--splits-file", type=Path, help="reuse an image_id,split CSV instead of splitting")
     check.add_argument("--skip-bad-images", action="store_true",
                        help="report unreadable images and go on instead of stopping")
@@ -245,11 +252,12 @@ def _data_check(args: argparse.Namespace) -> int:
     dataset = args.dataset or (f"isic{args.year}" if args.year else None)
     if dataset is None:
         raise UserError("say which data set: --year 2017|2018 or --dataset NAME.")
+    test = args.test or (_year_test(args.year) if args.year else "split")
     manifest, spec, skipped = load_manifest(
         args.data_dir, dataset=dataset, split=args.split, seed=args.seed, labels_csv=args.labels_csv,
         image_dir=args.image_dir, test_fraction=args.test_fraction, val_fraction=args.val_fraction,
-        splits_file=args.splits_file, skip_bad_images=args.skip_bad_images)
-    print(describe(manifest, spec))
+        splits_file=args.splits_file, skip_bad_images=args.skip_bad_images, test=test)
+    print(describe(manifest, spec, test=test))
     if skipped:
         print(f"\n{len(skipped)} unreadable images would be left out:")
         print("\n".join(f"  {line}" for line in skipped))
@@ -257,6 +265,13 @@ def _data_check(args: argparse.Namespace) -> int:
         save_splits(manifest, args.save_splits)
         print(f"splits written to {args.save_splits}")
     return 0
+
+
+def _year_test(year: int) -> str:
+    """data.test of the shipped config of an ISIC year (official for 2017, split for 2018)."""
+    from dermlow import config
+
+    return config.resolve(config.read_yaml(config.year_config(year))).data.test
 
 
 def _data_fetch(args: argparse.Namespace) -> int:

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from dermlow.data.splits import assign_splits, describe, read_splits, save_splits
+from dermlow.data.splits import assign_splits, choose_test, describe, read_splits, save_splits
 from dermlow.errors import UserError, format_rows
 from dermlow.rundir.files import MANIFEST_COLUMNS
 
@@ -330,13 +330,14 @@ def load_manifest(data_dir: str | Path, *, dataset: str, split: str = "lesion", 
                   val_fraction: float = 0.1, seed: int = 0, skip_bad_images: bool = False,
                   check_images: bool = True, labels_csv: str | Path | None = None,
                   image_dir: str | Path | None = None, splits_file: str | Path | None = None,
-                  ) -> tuple[pd.DataFrame, DatasetSpec, list[str]]:
+                  test: str = "split") -> tuple[pd.DataFrame, DatasetSpec, list[str]]:
     """Read and validate a data set into (manifest, spec, skipped bad images as "path: reason").
 
     dataset: isic2017 | isic2018 | ham10000 | generic. split: "lesion" (grouped by lesion,
-    stratified by class) or "random" (the paper's image-level split; leaks lesions). Official
-    validation/test sets are used where present; otherwise test_fraction of the images and then
-    val_fraction of the remaining training images are held out. splits_file overrides all that.
+    stratified by class) or "random" (the paper's image-level split; leaks lesions). test: "split"
+    holds out test_fraction of the training images, "official" reads the official test set
+    (splits.choose_test). An official validation set is used where present, else val_fraction of
+    the remaining training images. splits_file overrides all that.
     """
     if dataset not in READERS:
         raise UserError(f"unknown dataset '{dataset}': choose one of {', '.join(READERS)}")
@@ -346,6 +347,7 @@ def load_manifest(data_dir: str | Path, *, dataset: str, split: str = "lesion", 
                         f"{root}` (or --year 2017), or write a synthetic set with `dermlow data demo --out {root}`.")
     opt = [Path(p).expanduser().resolve() if p else None for p in (labels_csv, image_dir)]
     parts, spec = READERS[dataset](root, *opt)
+    parts = choose_test(parts, test, root=root, dataset=dataset)
     table = _combine(parts)
     table, skipped = _check_images(table, skip_bad_images) if check_images else (table, [])
     if table.empty:

@@ -56,7 +56,7 @@ def _isic(cfg: Config) -> RunData:
     manifest, spec, skipped = load_manifest(
         d.data_dir, dataset=d.dataset, split=d.split, test_fraction=d.test_fraction,
         val_fraction=d.val_fraction, seed=cfg.run.seed, skip_bad_images=d.skip_bad_images,
-        labels_csv=d.labels_csv, image_dir=d.image_dir, splits_file=d.splits_file,
+        labels_csv=d.labels_csv, image_dir=d.image_dir, splits_file=d.splits_file, test=d.test,
     )
     return RunData(manifest, list(spec.codes), list(spec.names), 3, skipped)
 

@@ -13,7 +13,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,32 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 METHODS = ("lesion", "random")
+P = TypeVar("P")
+TEST_SOURCES = ("split", "official")
+
+
+def choose_test(parts: list[P], test: str, *, root: Path, dataset: str) -> list[P]:
+    """Keep or drop the official test part according to `test` (data.test), saying which is used.
+
+    `parts` are a reader's label files, each with `split` ("train" | "val" | "test"), `csv`
+    and `table`. "split": the official test ground truth is not read (the test set is carved from the
+    training images later); "official": it must be there, and it is the test set.
+    """
+    if test not in TEST_SOURCES:
+        raise UserError(f"data.test must be split or official, got '{test}'.")
+    official = [p for p in parts if p.split == "test"]
+    if test == "official":
+        if not official:
+            raise UserError(f"{root}: data.test is 'official' but {dataset} has no official test ground truth there "
+                            "(ISIC 2018: ISIC2018_Task3_Test_GroundTruth.csv with ISIC2018_Task3_Test_Input/; "
+                            "ISIC 2017: ISIC-2017_Test_v2_Part3_GroundTruth.csv). Put it there, or use "
+                            "data.test: split (a lesion-grouped share of the training images).")
+        log.info("test set: the official %s (%d images; no lesion ids, so leaks of a lesion between training "
+                 "and test cannot be checked)", official[0].csv.name, len(official[0].table))
+        return parts
+    unused = f" (the official {official[0].csv.name} is not used; data.test: official uses it)" if official else ""
+    log.info("test set: held out of the training images (data.test: split)%s", unused)
+    return [p for p in parts if p.split != "test"]
 
 
 def held_out(labels: np.ndarray, groups: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -147,8 +173,12 @@ def read_splits(path: Path, image_ids: pd.Series) -> pd.Series:
     return pd.Series(given[image_ids.to_numpy()].to_numpy(), index=image_ids.index)
 
 
-def describe(manifest: pd.DataFrame, spec: DatasetSpec) -> str:
-    """Data check report: images per class and split (like the paper's Table 1), lesions, leakage."""
+def describe(manifest: pd.DataFrame, spec: DatasetSpec, *, test: str = "split") -> str:
+    """Data check report: images per class and split (like the paper's Table 1), lesions, leakage.
+
+    `test` (data.test) says where the test set came from; an official test set has no lesion ids,
+    so the report says that its leaks cannot be checked rather than counting none.
+    """
     splits = [s for s in SPLITS if (manifest["split"] == s).any()]
     counts = pd.crosstab(manifest["label"], manifest["split"]).reindex(
         index=range(len(spec.codes)), columns=splits, fill_value=0)
@@ -164,7 +194,14 @@ def describe(manifest: pd.DataFrame, spec: DatasetSpec) -> str:
     n_lesions = lesion[lesion != ""].nunique()
     lines.append(f"lesions: {n_lesions}" if n_lesions else "lesions: unknown (no lesion ids)")
     lines.append("split sizes: " + ", ".join(f"{s} {v} ({100 * v / len(manifest):.1f}%)" for s, v in total.items()))
+    n_test = int((manifest["split"] == "test").sum())
+    if test == "official":
+        lines.append(f"test set: the official test set ({n_test} images), which has no lesion ids: whether one of "
+                     "its lesions also has images in training cannot be checked")
+    elif n_test:
+        lines.append(f"test set: {n_test} images held out of the training images (data.test: split)")
     if n_lesions:
-        lines.append(f"images whose lesion also has images in another split: "
+        where = " (between training and validation only)" if test == "official" else ""
+        lines.append(f"images whose lesion also has images in another split{where}: "
                      f"{shared_lesion_images(manifest['split'], lesion)}")
     return "\n".join(lines)
