@@ -140,3 +140,23 @@ def test_evaluate_recomputes_the_best_epoch_metrics(low_run, capsys):
     assert main(["evaluate", str(low_run), "--split", "val", "--tta", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "confusion (rows = true, columns = predicted)" in out and "Melanoma" in out
+
+
+def test_evaluate_uses_the_runs_precision_not_always_bf16(low_run, monkeypatch):
+    from dermlow.training import evaluate as evaluate_mod
+    from dermlow.training.session import precision
+
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert precision(cuda, amp=True) is torch.float16 and precision(cuda, amp=False) is None
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert precision(cuda, amp=True) is torch.bfloat16 and precision(torch.device("cpu"), amp=True) is None
+    asked = []
+    monkeypatch.setattr(evaluate_mod, "precision", lambda device, *, amp: asked.append(amp))
+    ckpt = torch.load(low_run / files.BEST, weights_only=False)
+    ckpt["config"]["run"]["amp"] = False  # a run trained in float32 is evaluated in float32
+    torch.save(ckpt, low_run / "float32.pt")
+    monkeypatch.setattr(files, "BEST", "float32.pt")
+    evaluate_mod.evaluate_run(low_run, split="test", device="cpu")
+    (low_run / "float32.pt").unlink()
+    assert asked == [False]

@@ -19,7 +19,7 @@ import pandas as pd
 from torch.utils.data import Dataset
 
 from dermlow.config import Config
-from dermlow.data.arrays import load_benchmark
+from dermlow.data.arrays import BenchData, load_benchmark, pad_images, resolve_max_per_class
 from dermlow.data.loading import ArrayDataset, CifarTrainTransform
 from dermlow.data.prepare import RunData
 from dermlow.rundir.files import MANIFEST_COLUMNS
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 def prepare(cfg: Config) -> RunData:
     """Manifest of a benchmark: imbalanced training set (if asked), a stratified validation part
     carved from it with the run's seed, and the official test set."""
-    bench = _load(cfg.data.dataset, str(cfg.data.data_dir), cfg.run.seed, cfg.data.download)
+    bench = bench_data(cfg, download=cfg.data.download)
     train_rows = np.arange(len(bench.train_y))
     val_mask = _stratified_mask(bench.train_y, cfg.data.val_fraction, seed=cfg.run.seed)
     parts = [
@@ -50,9 +50,16 @@ def prepare(cfg: Config) -> RunData:
 
 
 def build_datasets(cfg: Config, manifest: pd.DataFrame, *, mean=None, std=None) -> dict[str, Dataset]:
-    """ArrayDatasets per split, normalised with the training set's own channel statistics."""
-    bench = _load(cfg.data.dataset, str(cfg.data.data_dir), cfg.run.seed, False)
+    """ArrayDatasets per split, normalised with the training set's own channel statistics.
+
+    LeNet-5 takes 32x32 inputs: 28x28 images (MNIST) are padded with black (0) here, before
+    the statistics and the normalisation, as LeCun et al. did, so the border is black and not
+    the normalised mean. PNG exports for the app keep the original size.
+    """
+    bench = bench_data(cfg)
     arrays = {"train": bench.train_x, "test": bench.test_x}
+    if cfg.model.name == "lenet5" and bench.train_x.shape[1:3] == (28, 28):
+        arrays = {name: pad_images(x, 32) for name, x in arrays.items()}
     train_source = manifest[manifest["split"] == "train"]
     pixels = _gather(arrays, train_source).reshape(-1, bench.in_chans).astype(np.float64) / 255.0
     mean, std = pixels.mean(axis=0), pixels.std(axis=0)
@@ -66,10 +73,16 @@ def build_datasets(cfg: Config, manifest: pd.DataFrame, *, mean=None, std=None) 
     return out
 
 
+def bench_data(cfg: Config, *, download: bool = False) -> BenchData:
+    """The benchmark arrays of `cfg` (data.max_per_class resolved: 6000 for mnist-imbalanced)."""
+    n_c = resolve_max_per_class(cfg.data.dataset, cfg.data.max_per_class)
+    return _load(cfg.data.dataset, str(cfg.data.data_dir), cfg.run.seed, download, n_c)
+
+
 @functools.lru_cache(maxsize=1)
-def _load(name: str, root: str, seed: int, download: bool):
+def _load(name: str, root: str, seed: int, download: bool, max_per_class: int | None) -> BenchData:
     """The benchmark arrays, read once per process (prepare and build_datasets both need them)."""
-    return load_benchmark(name, root, seed=seed, download=download)
+    return load_benchmark(name, root, seed=seed, download=download, max_per_class=max_per_class)
 
 
 def _rows(array: str, rows: np.ndarray, labels: np.ndarray, split: str) -> pd.DataFrame:
