@@ -61,9 +61,7 @@ class Session:
 
     def autocast(self) -> AbstractContextManager:
         """Mixed precision on CUDA (when enabled); plain float32 elsewhere."""
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return autocast_for(self.device, self.amp_dtype)
 
     def train_loader(self, epoch: int) -> DataLoader:
         """This process's share of the epoch's seeded order, in batches of its share of the batch."""
@@ -189,9 +187,7 @@ def _assemble(cfg: Config, run_dir: Path, data: RunData, net: nn.Module, device:
                                 weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.optim.milestones,
                                                      gamma=cfg.optim.lr_gamma)
-    amp_dtype = None
-    if device.type == "cuda" and cfg.run.amp:
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    amp_dtype = precision(device, amp=cfg.run.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     model = net
     if dist.active():
@@ -215,6 +211,19 @@ def _weighting_options(cfg: Config) -> dict:
     if w.name == "is":
         return {"seed": cfg.run.seed, **w.options}
     return dict(w.options)
+
+
+def precision(device: torch.device, *, amp: bool) -> torch.dtype | None:
+    """The autocast dtype of a run (`run.amp`): bf16 on CUDA where supported, else fp16; None
+    (float32) when amp is off or on CPU. Training and `dermlow evaluate` both use it."""
+    if device.type != "cuda" or not amp:
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast_for(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:
+    """An autocast context for `dtype` on `device` (a no-op context for None)."""
+    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 def pick_device(name: str) -> torch.device:
