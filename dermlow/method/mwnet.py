@@ -1,0 +1,145 @@
+"""Meta-Weight-Net (Shu et al., NeurIPS 2019): a small MLP maps each sample's loss to its weight and
+is learned by a one-step look-ahead on a clean, class-balanced meta batch.
+
+One training step, with network parameters theta, weight-net parameters phi, training batch
+(x, y) of M samples and meta batch (x', y')::
+
+    l_j   = loss(f(x_j; theta), y_j)                      per-sample training loss
+    v_j   = V(l_j; phi)                                   V: 1-100-1 MLP, ReLU, sigmoid; input l_j detached
+    w_j   = M v_j / sum_k v_k                             (normalize=True, the authors' class-imbalance code;
+                                                           normalize=False keeps w = v, their noisy-label code)
+    theta'(phi) = theta - alpha * grad_theta (1/M) sum_j w_j l_j
+                                                          one virtual plain-SGD step at the optimiser's current
+                                                          lr alpha (no momentum, no weight decay: the authors'
+                                                          update_params), differentiable in phi
+    phi  <- meta optimiser step on grad_phi mean_k CE(f(x'_k; theta'(phi)), y'_k)
+    real step weights: w_j from V(l_j; phi_new), no gradient through them
+
+The virtual step runs on any ``nn.Module`` (every timm model) through
+``torch.func.functional_call`` with the look-ahead parameters; no meta-layers. BatchNorm running
+statistics are not touched by the look-ahead passes (they run on copies of the buffers), so only
+the real step updates them, as in the authors' code where the look-ahead runs on a throw-away copy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from dermlow import distributed
+
+PerSampleLoss = Callable[[Tensor, Tensor], Tensor]
+
+
+class WeightNet(nn.Module):
+    """V(l; phi): loss ``[B]`` -> weight ``[B]`` in (0, 1) through Linear(1, h)-ReLU-Linear(h, 1)-sigmoid.
+
+    Initialised from its own generator (PyTorch's default Linear initialisation), so the global
+    RNG and hence the network's own initialisation and data order are the same as for any method.
+    """
+
+    def __init__(self, hidden: int = 100, *, seed: int = 0) -> None:
+        super().__init__()
+        if hidden < 1:
+            raise ValueError(f"hidden must be >= 1, got {hidden}")
+        with torch.random.fork_rng(devices=[]):  # Linear's own default init must not draw from the global RNG
+            self.hidden_layer, self.output = nn.Linear(1, hidden), nn.Linear(hidden, 1)
+        gen = torch.Generator().manual_seed(int(seed))
+        for layer in (self.hidden_layer, self.output):
+            nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=gen)
+            bound = 1 / math.sqrt(layer.in_features)
+            nn.init.uniform_(layer.bias, -bound, bound, generator=gen)
+
+    def forward(self, loss: Tensor) -> Tensor:
+        return torch.sigmoid(self.output(torch.relu(self.hidden_layer(loss[:, None])))).squeeze(1)
+
+
+def normalise(v: Tensor, *, normalize: bool = True) -> Tensor:
+    """Weights with batch mean 1: ``M v / sum(v)`` (v itself when the sum is 0 or normalize=False).
+
+    ``(1/M) sum_j w_j l_j`` is then the authors' ``sum_j (v_j / sum_k v_k) l_j``. No host sync.
+    """
+    if not normalize:
+        return v
+    total = v.sum()
+    return torch.where(total > 0, v * (v.numel() / total.clamp_min(torch.finfo(v.dtype).tiny)), v)
+
+
+def _upcast(t: Tensor) -> Tensor:
+    """float32 for half precision (autocast) tensors; float64 stays float64."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
+def plain_module(model: nn.Module) -> nn.Module:
+    """The module under torch.compile (``_orig_mod``) and DistributedDataParallel (``module``) wrappers."""
+    while True:
+        inner = getattr(model, "_orig_mod", None) or (model.module if isinstance(
+            model, nn.parallel.DistributedDataParallel) else None)
+        if inner is None:
+            return model
+        model = inner
+
+
+def lookahead_params(net: nn.Module, images: Tensor, targets: Tensor, weight_net: nn.Module, *,
+                     loss_fn: PerSampleLoss, lr: float, normalize: bool = True,
+                     buffers: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """theta'(phi) = theta - lr * grad_theta (1/M) sum_j w_j(phi) l_j(theta): differentiable in phi.
+
+    Only parameters with ``requires_grad`` move (frozen ones stay as they are). ``buffers``
+    default to clones of the module's buffers (BatchNorm statistics are not updated).
+    """
+    params = {name: p for name, p in net.named_parameters() if p.requires_grad}
+    if buffers is None:
+        buffers = {name: b.clone() for name, b in net.named_buffers()}
+    logits = functional_call(net, (params, buffers), (images,))
+    loss_vec = loss_fn(_upcast(logits), targets)
+    w = normalise(weight_net(loss_vec.detach()), normalize=normalize)
+    grads = torch.autograd.grad((w * loss_vec).mean(), list(params.values()), create_graph=True, allow_unused=True)
+    return {name: p if g is None else p - lr * g for (name, p), g in zip(params.items(), grads, strict=True)}
+
+
+def meta_update(net: nn.Module, weight_net: nn.Module, meta_optimizer: torch.optim.Optimizer, images: Tensor,
+                targets: Tensor, meta_images: Tensor, meta_targets: Tensor, *, loss_fn: PerSampleLoss, lr: float,
+                normalize: bool = True, meta_loss_fn: PerSampleLoss | None = None) -> Tensor:
+    """One Meta-Weight-Net update of ``weight_net`` (the look-ahead, then one meta-optimiser step).
+
+    ``net`` is the plain network (see :func:`plain_module`); its parameters, gradients and
+    buffers are left as they were. ``meta_loss_fn`` (per-sample) defaults to cross-entropy, which
+    the authors use on the meta batch. Returns the detached meta loss at theta'.
+    """
+    meta_loss_fn = meta_loss_fn or (lambda z, y: F.cross_entropy(z, y, reduction="none"))
+    buffers = {name: b.clone() for name, b in net.named_buffers()}
+    ahead = lookahead_params(net, images, targets, weight_net, loss_fn=loss_fn, lr=lr, normalize=normalize,
+                             buffers=buffers)
+    frozen = {name: p for name, p in net.named_parameters() if not p.requires_grad}
+    meta_logits = functional_call(net, ({**frozen, **ahead}, buffers), (meta_images,))
+    meta_loss = meta_loss_fn(_upcast(meta_logits), meta_targets).mean()
+    meta_optimizer.zero_grad(set_to_none=True)
+    phi = [p for p in weight_net.parameters() if p.requires_grad]
+    meta_grads = torch.autograd.grad(meta_loss, phi)
+    for p, g in zip(phi, meta_grads, strict=True):
+        p.grad = g
+    _average_across_processes(phi)
+    meta_optimizer.step()
+    return meta_loss.detach()
+
+
+def _average_across_processes(params: list[Tensor]) -> None:
+    """Under DistributedDataParallel every process takes the same meta step (averaged gradients)."""
+    if not distributed.active():
+        return
+    world = distributed.world()
+    for p in params:
+        torch.distributed.all_reduce(p.grad)
+        p.grad /= world
+
+
+@torch.no_grad()
+def step_weights(weight_net: nn.Module, loss_vec: Tensor, *, normalize: bool = True) -> Tensor:
+    """The real step's weights ``[B]`` from the (updated) weight net; detached."""
+    return normalise(weight_net(_upcast(loss_vec.detach())), normalize=normalize)
