@@ -20,8 +20,8 @@ import review_data as data  # noqa: E402
 import review_results as results  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from dermlow.rundir import files  # noqa: E402
 from dermlow.errors import UserError  # noqa: E402
+from dermlow.rundir import files  # noqa: E402
 from dermlow.rundir.reader import Run  # noqa: E402
 
 RUNS_ENV = "DERMLOW_RUNS"

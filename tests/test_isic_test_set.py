@@ -5,6 +5,7 @@ import shutil
 import pandas as pd
 import pytest
 from PIL import Image
+from test_isic import FIXTURES, TEST_2018, ham_as_2018
 
 from dermlow import config
 from dermlow.cli.main import main
@@ -13,7 +14,6 @@ from dermlow.data.isic import ISIC2018, load_manifest
 from dermlow.data.prepare import prepare
 from dermlow.data.splits import describe
 from dermlow.errors import UserError
-from test_isic import FIXTURES, TEST_2018, ham_as_2018
 
 OFFICIAL_TEST = "ISIC2018_Task3_Test_GroundTruth.csv"
 

@@ -5,7 +5,14 @@ import pytest
 import torch
 from torch import nn
 
-from dermlow.method.mwnet import WeightNet, lookahead_params, meta_update, normalise, plain_module, step_weights
+from dermlow.method.mwnet import (
+    WeightNet,
+    lookahead_params,
+    meta_update,
+    normalise,
+    plain_module,
+    step_weights,
+)
 
 X = np.array([1.0, -2.0, 0.5, 3.0])  # training inputs, model f(x) = w x + b
 Y = np.array([2.0, 0.0, -1.0, 1.0])
