@@ -63,9 +63,11 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
     return _mix(_ITEM, seed, epoch, index)
 
 
-def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """Order of the n training samples in an epoch: a pure function of (seed, epoch)."""
-    generator = torch.Generator().manual_seed(_mix(_PERMUTATION, seed, epoch))
+def epoch_permutation(n: int, seed: int, epoch: int, pass_: int = 0) -> torch.Tensor:
+    """Order of the n training samples in an epoch: a pure function of (seed, epoch); `pass_` > 0
+    gives the further, independent orders of an epoch that passes over the data several times."""
+    words = (_PERMUTATION, seed, epoch) if pass_ == 0 else (_PERMUTATION, seed, epoch, pass_)
+    generator = torch.Generator().manual_seed(_mix(*words))
     return torch.randperm(n, generator=generator)
 
 
@@ -90,25 +92,33 @@ class EpochSampler(Sampler):
     or, with keys=False (for datasets that take only ints), as plain ints.
 
     With `world` > 1 (DistributedDataParallel) it yields rank `rank`'s share of that same order,
-    padded by wrapping so that every process takes the same number of steps.
+    padded by wrapping so that every process takes the same number of steps. With `passes` = k
+    (shuffled only) an epoch is k independent orders one after the other, the first being the
+    order of a one-pass epoch: importance sampling draws its k-times larger candidate batches from
+    it, so it takes the same number of optimizer steps per epoch as every other method.
     """
 
     def __init__(self, n: int, *, shuffle: bool, seed: int, epoch: int, keys: bool = True,
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, passes: int = 1):
+        if passes < 1 or (passes > 1 and not shuffle):
+            raise ValueError(f"passes must be >= 1 (and > 1 only when shuffling), got {passes}")
         self.n, self.shuffle, self.seed, self.epoch, self.keys = n, shuffle, seed, epoch, keys
-        self.rank, self.world = rank, world
+        self.rank, self.world, self.passes = rank, world, passes
 
     def __iter__(self) -> Iterator[SampleKey | int]:
         from dermlow.distributed import shard
 
-        rows = epoch_permutation(self.n, self.seed, self.epoch).tolist() if self.shuffle else list(range(self.n))
+        if self.shuffle:
+            rows = [r for k in range(self.passes) for r in epoch_permutation(self.n, self.seed, self.epoch, k).tolist()]
+        else:
+            rows = list(range(self.n))
         rows = shard(rows, self.rank, self.world)
         if not self.keys:
             return iter(rows)
         return (SampleKey(r, self.seed, self.epoch) for r in rows)
 
     def __len__(self) -> int:
-        return -(-self.n // self.world)
+        return -(-self.n * self.passes // self.world)
 
 
 def seed_worker(worker_id: int, *, seed: int, epoch: int) -> None:
@@ -126,20 +136,21 @@ def seed_worker(worker_id: int, *, seed: int, epoch: int) -> None:
 
 def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int, epoch: int,
                 num_workers: int, pin_memory: bool = False, drop_last: bool = False,
-                rank: int = 0, world: int = 1) -> DataLoader:
+                rank: int = 0, world: int = 1, passes: int = 1) -> DataLoader:
     """A DataLoader whose order and augmentation are a pure function of (seed, epoch).
 
     Make a new one per epoch. Datasets with `accepts_sample_keys = True` (ManifestDataset,
     ArrayDataset) get `SampleKey`s and seed each item's augmentation; any other map-style dataset
     gets plain row numbers (its order is still seeded). The loader's own generator is seeded
-    too, so creating and iterating it never consumes the caller's global torch RNG.
+    too, so creating and iterating it never consumes the caller's global torch RNG. `passes`: see
+    EpochSampler.
     """
     keys = bool(getattr(dataset, "accepts_sample_keys", False))
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=EpochSampler(len(dataset), shuffle=shuffle, seed=seed, epoch=epoch, keys=keys, rank=rank,
-                             world=world),
+                             world=world, passes=passes),
         num_workers=num_workers,
         pin_memory=pin_memory,
         drop_last=drop_last,
