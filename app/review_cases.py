@@ -143,20 +143,20 @@ def facts(run: reader.Run, row: pd.Series, scores: pd.DataFrame) -> None:
 
 
 def review_ui(run: reader.Run, row: pd.Series) -> None:
-    """Flag / unflag this image with a reason and a note (kept in review_marks.csv)."""
+    """Mark / unmark this image for review with a reason and a note (review marks, kept in review.csv)."""
     current = data.read_review(str(run.path))
     mine = current[current["image_id"] == row["image_id"]]
-    is_flagged = bool(len(mine) and mine["flagged"].iloc[0])
-    st.markdown("**Review:** " + (f":red[flagged — {mine['reason'].iloc[0]}]" if is_flagged else "not flagged"))
+    is_marked = bool(len(mine) and mine["marked"].iloc[0])
+    st.markdown("**Review mark:** " + (f":red[marked — {mine['reason'].iloc[0]}]" if is_marked else "none"))
     reason = st.selectbox("Reason", review_marks.REASONS, key=f"reason-{row['image_id']}",
                           index=review_marks.REASONS.index(mine["reason"].iloc[0]) if len(mine) else 0)
     note = st.text_area("Note", value=mine["note"].iloc[0] if len(mine) else "", key=f"note-{row['image_id']}")
     left, right = st.columns(2)
-    if left.button("Flag", key="flag", type="primary"):
-        review_marks.flag(run.path, row["image_id"], int(row["index"]), reason, note)
+    if left.button("Mark for review", key="mark", type="primary"):
+        review_marks.mark(run.path, row["image_id"], int(row["index"]), reason, note)
         st.rerun()
-    if right.button("Unflag", key="unflag", disabled=not is_flagged):
-        review_marks.unflag(run.path, row["image_id"])
+    if right.button("Unmark", key="unmark", disabled=not is_marked):
+        review_marks.unmark(run.path, row["image_id"])
         st.rerun()
 
 
@@ -206,22 +206,23 @@ def case_view(run: reader.Run) -> None:
 def review_view(run: reader.Run) -> None:
     st.header("Review")
     current = data.read_review(str(run.path))
-    marked = current[current["flagged"]]
-    st.subheader(f"Flagged cases ({len(marked)})")
+    marked = current[current["marked"]]
+    st.subheader(f"Marked cases ({len(marked)})")
     if marked.empty:
-        st.caption("Nothing flagged yet: open a case (galleries or suggestions below) and flag it.")
+        st.caption("Nothing marked yet: open a case (galleries or suggested cases below) and mark it for review.")
     else:
-        st.dataframe(marked.drop(columns=["flagged"]), hide_index=True)
+        st.dataframe(marked.drop(columns=["marked"]), hide_index=True)
         stamp = data.stamp(run.path, files.WEIGHTS, files.MANIFEST, files.REVIEW)
         try:
-            st.download_button("Download the flagged cases (CSV)", data.export_csv(str(run.path), stamp),
-                               file_name=f"{run.name}-flagged.csv", mime="text/csv")
+            st.download_button("Download the marked cases with their flag scores (CSV)",
+                               data.export_csv(str(run.path), stamp), file_name=f"{run.name}-marked.csv",
+                               mime="text/csv")
         except UserError as err:
             st.error(str(err))
         left, right = st.columns([3, 1], vertical_alignment="bottom")
-        gone = left.selectbox("Unflag", marked["image_id"].tolist(), key="unflag_select")
-        if right.button("Unflag", key="unflag_list"):
-            review_marks.unflag(run.path, gone)
+        gone = left.selectbox("Unmark", marked["image_id"].tolist(), key="unmark_select")
+        if right.button("Unmark", key="unmark_list"):
+            review_marks.unmark(run.path, gone)
             st.rerun()
     suggestions(run)
 

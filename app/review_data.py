@@ -1,4 +1,4 @@
-"""Cached access to run folders for the app: thin wrappers over dermlow.runs / flags / review.
+"""Cached access to run folders for the app: thin wrappers over dermlow.rundir (reader, flag scores, review marks).
 
 Every loader takes the run folder as a string plus a `stamp` (the modification times of the
 files it reads), so a run that is still training shows its new epochs on the next rerun while
@@ -94,12 +94,12 @@ def predictions(run_dir: str, split: str, stamp: tuple) -> pd.DataFrame:
 
 @st.cache_data(show_spinner=False)
 def export_csv(run_dir: str, stamp: tuple) -> bytes:
-    """The reviewed cases as CSV, through the same function as `dermlow flag`."""
+    """The cases marked for review, with their flag scores, as CSV (the same function as `dermlow flag`)."""
     return flag_scores.export_flags(run_dir, reviewed_only=True).to_csv(index=False).encode("utf-8")
 
 
 def read_review(run_dir: str) -> pd.DataFrame:
-    """review_marks.csv, read fresh each time (it is small and the app itself changes it)."""
+    """The run's review marks (review.csv), read fresh each time (it is small and the app itself changes it)."""
     return review_marks.read_review(run_dir)
 
 

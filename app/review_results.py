@@ -12,10 +12,10 @@ from sklearn.metrics import roc_curve
 
 from dermlow import metrics
 from dermlow.errors import UserError
+from dermlow.method.losses import LOSSES
+from dermlow.method.weightings import WEIGHTINGS
 from dermlow.rundir import files, reader
 
-LOSSES = {"ce": "CE", "balanced_ce": "bCE", "focal": "FL"}
-WEIGHTINGS = {"low": "LOW", "none": "", "spl": "SPL", "is": "IS"}
 SCORES = {"acc": "Acc", "bacc": "BAcc", "mauc": "mAUC", "mf1": "mF1"}
 CURVES = {
     "loss": {"train_loss": "training (weighted)", "train_loss_unweighted": "training", "val_loss": "validation",
@@ -31,10 +31,10 @@ def setup_of(run: reader.Run) -> dict:
     c = run.config
     loss = (c.get("loss") or {}).get("name", "ce")
     weighting = (c.get("weighting") or {}).get("name", "none")
-    method = " + ".join(p for p in [LOSSES.get(loss, loss), WEIGHTINGS.get(weighting, weighting)] if p)
+    method = " + ".join(p for p in [LOSSES.label(loss), WEIGHTINGS.label(weighting)] if p)
     lam = (c.get("weighting") or {}).get("lam") if weighting == "low" else None
     return {"dataset": (c.get("data") or {}).get("dataset", ""), "model": (c.get("model") or {}).get("name", ""),
-            "method": method, "loss": LOSSES.get(loss, loss), "weighting": weighting or "none",
+            "method": method, "loss": LOSSES.label(loss), "weighting": weighting or "none",
             "lambda": "" if lam is None else f"{lam:g}", "epochs": run.epochs_planned or "",
             "flipped labels": (c.get("data") or {}).get("flip_labels") or 0}
 

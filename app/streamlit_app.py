@@ -1,7 +1,7 @@
 """dermlow review app: where a dermoscopy model struggles, and which images deserve a second look.
 
 Start it with `dermlow app RUNS_DIR` (or `streamlit run app/streamlit_app.py -- --runs RUNS_DIR`).
-It reads run folders only, through dermlow.runs / flags / review, and works on runs that are still
+It reads run folders only, through dermlow.rundir (reader, flag scores, review marks), and works on runs that are still
 training. Layout follows the streamlit demo-self-driving app: main() -> run_the_app(), which
 reads as named steps; small *_ui() functions return the user's choices.
 """
@@ -31,7 +31,7 @@ VIEWS = {
     "Weights over training": "LOW weights per epoch",
     "Lesion galleries": "lowest / highest weighted",
     "Case": "one image in detail",
-    "Review": "flagged cases",
+    "Review": "marked cases, flag scores",
 }
 
 

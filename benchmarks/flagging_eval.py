@@ -11,9 +11,9 @@ For each data set and seed it
    validation balanced accuracy (predictions.csv of a fold run whose `test` split is the
    held-out fold): out-of-sample probabilities for cleanlab. Fold runs train for the run's own
    epochs, except on the demo data (6 epochs, CPU budget; see docs/flagging.md);
-3. scores both runs (`dermlow.flags.evaluate_flags`: the combined score, each component, the
+3. scores both runs (`dermlow.bench.flag_eval.evaluate_flags`: the combined score, each component, the
    cheap per-sample scores; plus the `alt:` scores considered and not chosen) and cleanlab
-   (`dermlow.flags.cleanlab_quality`), and prints markdown tables: mean +- sd over seeds per
+   (`dermlow.bench.flag_eval.cleanlab_quality`), and prints markdown tables: mean +- sd over seeds per
    data set and weighting, and each score's AP shortfall against the best single score of
    each run. Everything trains on the CPU.
 
@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from dermlow import config
-from dermlow.data.prepare import read_manifest
+from dermlow.bench import flag_eval
 from dermlow.rundir import files, flag_scores, reader
 from dermlow.training import loop
 
@@ -83,7 +83,7 @@ def run_layer(base: dict, *, seed: int, weighting: str, name: str, out: Path, fl
     """`base` with the run's seed, weighting (lam 1), label flips, CPU device and folder."""
     layer = {k: dict(v) for k, v in base.items()}
     layer["data"]["flip_labels"] = flip
-    layer["weighting"] = {"name": weighting, "lam": 1.0, "grad_scale": "per_sample"}
+    layer["weighting"] = {"name": weighting, "lam": 1.0} if weighting == "low" else {"name": weighting}
     layer["run"] = {**layer.get("run", {}), "seed": seed, "device": "cpu", "out": str(out), "name": name}
     return layer
 
@@ -121,9 +121,9 @@ def cross_validated_probs(run_dir: Path, base: dict, *, folds: int, epochs: int,
     new flips): the held-out fold becomes its `test` split, validation stays, the real test
     split is left out; `loop.train(cfg, resume=folder)` then trains it from epoch 1.
     """
-    manifest = read_manifest(run_dir / files.MANIFEST)
+    manifest = reader.read_manifest(run_dir)
     trained = manifest[manifest["split"] == "train"]
-    noisy_cfg = config.resolve(config.read_yaml(run_dir / files.CONFIG))
+    noisy_cfg = config.resolve(config.upgrade(config.read_yaml(run_dir / files.CONFIG)))
     fold = fold_of(trained["label"].to_numpy(), folds, noisy_cfg.run.seed)
     parts = []
     for f in range(int(fold.max()) + 1):
@@ -157,7 +157,7 @@ def write_fold_run(fold_dir: Path, cfg: config.Config, manifest: pd.DataFrame, n
 def cleanlab_rows(cv: pd.DataFrame, protocol: str) -> list[dict]:
     """cleanlab's label-quality ranking and find_label_issues set on the cross-validated probabilities."""
     probs = cv.drop(columns=["index", "label", "flipped"]).to_numpy(dtype=float)
-    q = flag_scores.cleanlab_quality(cv["label"].to_numpy(), probs, cv["flipped"].to_numpy(dtype=bool))
+    q = flag_eval.cleanlab_quality(cv["label"].to_numpy(), probs, cv["flipped"].to_numpy(dtype=bool))
     return [{"score": f"cleanlab label quality ({protocol})", "ap": q["ap"], "precision_at_k": q["precision_at_k"]},
             {"score": f"cleanlab find_label_issues ({protocol})", "ap": np.nan, "precision_at_k": np.nan,
              "found": q["found"], "found_precision": q["found_precision"], "found_recall": q["found_recall"]}]
@@ -183,11 +183,11 @@ def alternatives(run_dir: Path) -> list[dict]:
     v1 = (0.25 * _v1_excess(summary, "weight_mean").rank(pct=True)
           + 1 / 12 * _v1_excess(summary, "weight_above1").rank(pct=True)
           + 1 / 3 * (1 - summary["p_true_mean"]).rank(pct=True) + 1 / 3 * summary["misclassified"].rank(pct=True))
-    rows = [{"score": "alt: previous default (v1)", **flag_scores.ranking_quality(truth, v1.to_numpy(), k)}]
+    rows = [{"score": "alt: previous default (v1)", **flag_eval.ranking_quality(truth, v1.to_numpy(), k)}]
     for name, shares in [("alt: v1 shares, new class reference", V1_SHARES),
                          ("alt: combined + 1 - mean p (thirds)", {"weight_excess": 1, "loss_excess": 1, "contradiction": 1})]:
         scored = flag_scores.flag_scores(summary, shares=shares)  # sorted by its own rank: truth from the same frame
-        rows.append({"score": name, **flag_scores.ranking_quality(scored["flipped"].to_numpy(dtype=bool),
+        rows.append({"score": name, **flag_eval.ranking_quality(scored["flipped"].to_numpy(dtype=bool),
                                                             scored["score"].to_numpy(), k)})
     return rows
 
@@ -201,7 +201,7 @@ def evaluate(data: str, seed: int, args: argparse.Namespace) -> pd.DataFrame:
     for weighting in args.weightings:
         name = f"{data}-flip{args.flip:g}-{weighting}-seed{seed}"
         run_dir = train_once(run_layer(base, seed=seed, weighting=weighting, name=name, out=out, flip=args.flip))
-        ev = pd.concat([flag_scores.evaluate_flags(run_dir), pd.DataFrame(alternatives(run_dir))], ignore_index=True)
+        ev = pd.concat([flag_eval.evaluate_flags(run_dir), pd.DataFrame(alternatives(run_dir))], ignore_index=True)
         ev[["k", "flipped", "images"]] = ev[["k", "flipped", "images"]].ffill()
         if cv is None and args.folds > 1 and seed in (args.cv_seeds or [seed]):
             epochs = args.cv_epochs or CV_EPOCHS.get(data) or config.resolve(base).optim.epochs

@@ -7,7 +7,7 @@ Prints markdown tables (paste them into docs/benchmarks.md):
    parameters, then re-solved; compilation excluded, which favours cvxpy; building and solving a
    fresh problem per batch is shown too) and vs cvxopt's QP solver if importable, at
    M = 32, 256, 1024; medians of repeats.
-2. Wall time per training step (forward, objective, backward, SGD step) of LeNet-5 at batch 256 on
+2. Wall time per training step (forward, weighting, backward, SGD step) of LeNet-5 at batch 256 on
    MNIST-shaped random data, weighting ``low`` vs ``none``, same seed and data, the two runs
    interleaved step by step in alternating order so that machine drift hits both alike.
 """
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from dermlow.method.low import low_weights
-from dermlow.method.weightings import make_objective
+from dermlow.method.weightings import make_weighting
 from dermlow.models.paper_nets import LeNet5
 
 
@@ -99,8 +99,8 @@ def solver_table(sizes: tuple[int, ...], lam: float, repeats: int) -> str:
     return "\n".join(rows)
 
 
-def _train_step(model, optimizer, objective, images, targets) -> None:
-    out = objective(model, images, targets)
+def _train_step(model, optimizer, weighting, images, targets) -> None:
+    out = weighting.training_step(model, optimizer, images, targets)
     optimizer.zero_grad(set_to_none=True)
     out["loss"].backward()
     optimizer.step()
@@ -120,7 +120,7 @@ def step_table(steps: int, warmup: int, batch: int, lam: float) -> str:
         runs[name] = (
             model,
             torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9),
-            make_objective("ce", name, weighting_options=opts),
+            make_weighting(name, **opts),
         )
     times: dict[str, list[float]] = {"none": [], "low": []}
     for i in range(warmup + steps):

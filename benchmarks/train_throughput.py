@@ -26,7 +26,8 @@ import torch.nn.functional as F  # noqa: E402
 from dermlow import config  # noqa: E402
 from dermlow.data.demo import make_demo  # noqa: E402
 from dermlow.data.loading import make_loader  # noqa: E402
-from dermlow.training.loop import to_input, train_one_epoch  # noqa: E402
+from dermlow.data.transforms import to_input  # noqa: E402
+from dermlow.training.loop import train_one_epoch  # noqa: E402
 from dermlow.training.session import Session, start_session  # noqa: E402
 
 

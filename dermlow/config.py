@@ -1,4 +1,11 @@
-"""Typed run configuration: code defaults < YAML file < command-line flags.
+"""Typed run configuration: code defaults < YAML file < command-line flags < --set.
+
+The configuration is composed of sections, each a dataclass owned by the package that uses it:
+`data:` (`dermlow.data.sources.DataConfig`), `model:` (`dermlow.models.factory.ModelConfig`),
+`optim:` and `run:` (here), and two sections that choose a registry entry by `name` and hold that
+entry's own options: `loss:` (`dermlow.method.losses.LOSSES`) and `weighting:`
+(`dermlow.method.weightings.WEIGHTINGS`), e.g. ``weighting: {name: low, lam: 0.5}``. Each value is
+checked once, by its dataclass, so a refused config stops before anything is written.
 
 The resolved configuration is saved as `config.yaml` in the run directory, and a run is
 rebuilt from that file alone (resume, evaluate, the review app).
@@ -6,89 +13,111 @@ rebuilt from that file alone (resume, evaluate, the review app).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
 import yaml
 
+from dermlow import settings
+from dermlow.data.prepare import DATASETS, challenge_years
+from dermlow.data.sources import DataConfig
 from dermlow.errors import UserError
+from dermlow.method.losses import LOSSES
+from dermlow.method.weightings import WEIGHTINGS
+from dermlow.models.factory import ModelConfig
+from dermlow.registry import Registry
+from dermlow.settings import finite, flag, require
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 @dataclass
-class DataConfig:
-    """Where the images are and how they become tensors."""
-
-    dataset: str = "isic2018"  # isic2017 | isic2018 | ham10000 | generic | a benchmark name
-    data_dir: str = "data/isic2018"
-    labels_csv: str | None = None  # generic data sets: the CSV with `image,label`
-    image_dir: str | None = None  # generic data sets: the image folder
-    split: str = "lesion"  # lesion (grouped by lesion id) | random (the paper's split; leaks)
-    test_fraction: float = 0.2
-    val_fraction: float = 0.1
-    splits_file: str | None = None  # reuse an `image_id,split` CSV
-    test: str = "split"  # split (test_fraction of the training images) | official (the official test set)
-    max_per_class: int | None = None  # imbalanced benchmarks: N_C of the caps (null: 6000 for MNIST, see README)
-    image_size: int = 300  # colour-normalised images are resized to this square
-    crop_size: int = 224  # random (train) / centre (eval) crop
-    color_p: float = 6.0  # Shades of Gray Minkowski norm
-    cache_dir: str | None = ".cache/dermlow"  # derived image cache; null disables it
-    num_workers: int = 4
-    skip_bad_images: bool = False
-    flip_labels: float = 0.0  # fraction of training labels flipped on purpose (flagging studies)
-    download: bool = False  # benchmark mode: fetch MNIST/CIFAR from their official hosts
-
-
-@dataclass
-class ModelConfig:
-    name: str = "densenet161"  # any timm model, or lenet5 | densenet_bc_100 | wrn_28_2
-    pretrained: bool = True  # ImageNet weights through timm (needs internet once)
-    weights: str | None = None  # local checkpoint (state dict or .safetensors) instead
-    channels_last: bool = True  # CUDA only
-    compile: bool = False  # torch.compile (CUDA only)
-
-
-@dataclass
 class OptimConfig:
-    epochs: int = 150
-    batch_size: int = 32
-    lr: float = 1e-4
+    """The `optim:` section: SGD with (Nesterov) momentum and a step learning-rate schedule."""
+
+    epochs: int = field(default=150, metadata=flag("--epochs", "training epochs"))
+    batch_size: int = field(default=32, metadata=flag("--batch-size", "images per step (all processes together)"))
+    lr: float = field(default=1e-4, metadata=flag("--lr", "learning rate"))
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 0.0
-    milestones: list[int] = field(default_factory=lambda: [75, 112])
+    milestones: list[int] = field(default_factory=lambda: [75, 112])  # epochs after which lr *= lr_gamma
     lr_gamma: float = 0.1
 
+    def __post_init__(self) -> None:
+        require(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}.")
+        require(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}.")
+        require(finite(self.lr) and self.lr > 0, f"--lr must be a finite number > 0, got {self.lr}.")
+        require(finite(self.momentum) and self.momentum >= 0,
+                f"optim.momentum must be a finite number >= 0 (the paper uses 0.9), got {self.momentum}.")
+        require(finite(self.weight_decay) and self.weight_decay >= 0,
+                f"optim.weight_decay must be a finite number >= 0, got {self.weight_decay}.")
+        steps = self.milestones
+        require(all(m >= 1 for m in steps) and all(a < b for a, b in zip(steps, steps[1:], strict=False)),
+                f"optim.milestones must be increasing epoch numbers >= 1, like [75, 112], got {steps}.")
+        require(finite(self.lr_gamma) and self.lr_gamma > 0,
+                f"optim.lr_gamma must be a finite number > 0 (the factor applied at each milestone), got {self.lr_gamma}.")
 
-@dataclass
-class LossConfig:
-    name: str = "ce"  # ce | balanced_ce | focal
-    gamma: float = 2.0  # focal
-    alpha: list[float] | None = None  # focal: optional per-class weights
-    effective_number: bool = False  # balanced_ce: Cui et al. 2019 class weights
-    beta: float = 0.999  # balanced_ce with effective_number
 
-
-@dataclass
-class WeightingConfig:
-    name: str = "low"  # low | none | spl | is
-    lam: float = 1.0  # LOW's lambda on the per-sample scale (see README)
-    grad_scale: str = "per_sample"  # per_sample | batch_mean (the reference code's scaling)
-    global_batch: bool = False  # DDP: solve LOW's QP on the all-gathered global batch
-    options: dict[str, Any] = field(default_factory=dict)  # extra options of spl / is
+def _one_path_component(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and not name.startswith(".") and not any(
+        c in name for c in "/\\\0")
 
 
 @dataclass
 class RunConfig:
-    name: str | None = None  # run folder name; derived from the setup when empty
-    out: str = "runs"
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
+    """The `run:` section: where the run folder goes, seed, device."""
+
+    name: str | None = field(default=None, metadata=flag("--name", "run folder name (default: derived from the setup)"))
+    out: str = field(default="runs", metadata=flag("--out", "folder that holds run folders (default runs/)"))
+    seed: int = field(default=0, metadata=flag("--seed", "seed of the initial weights, data order and splits"))
+    device: str = field(default="auto", metadata=flag("--device", "auto | cpu | cuda"))
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16)
     log_every: int = 20  # steps between progress-bar updates (each costs a device sync)
+
+    def __post_init__(self) -> None:
+        require(self.name is None or _one_path_component(self.name),
+                f"--name (run.name) must be one folder name, without '/', '..' or a leading '.'; got '{self.name}'. "
+                "Use --out to choose where the run folder goes.")
+        require(bool(self.out), "--out (run.out) cannot be empty.")
+        require(self.seed >= 0, f"--seed must be 0 or more, got {self.seed}.")
+        require(self.log_every >= 1, f"run.log_every must be at least 1, got {self.log_every}.")
+
+
+@dataclass
+class Choice:
+    """A section that picks a registry entry by `name` and holds that entry's typed options.
+
+    The options read as fields of the section: ``cfg.weighting.lam`` is ``cfg.weighting.options.lam``.
+    """
+
+    name: str
+    options: Any
+
+    def __getattr__(self, key: str) -> Any:  # only called when normal lookup fails
+        options = self.__dict__.get("options")
+        if options is None or key.startswith("__"):
+            raise AttributeError(key)
+        try:
+            return getattr(options, key)
+        except AttributeError:
+            raise AttributeError(f"'{self.__dict__.get('name')}' has no option {key!r}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **settings.to_dict(self.options)}
+
+
+SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "run": RunConfig}
+CHOICES: dict[str, Registry] = {"loss": LOSSES, "weighting": WEIGHTINGS}
+DEFAULT_CHOICE = {"loss": "ce", "weighting": "low"}
+
+
+def _choice(section: str, name: str | None = None, values: dict | None = None) -> Choice:
+    name = DEFAULT_CHOICE[section] if name is None else name
+    return Choice(name, CHOICES[section].options(name, values or {}, section))
 
 
 @dataclass
@@ -96,73 +125,73 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    weighting: WeightingConfig = field(default_factory=WeightingConfig)
+    loss: Choice = field(default_factory=lambda: _choice("loss"))
+    weighting: Choice = field(default_factory=lambda: _choice("weighting"))
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The nested mapping saved as config.yaml (sections in declaration order)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = value.to_dict() if isinstance(value, Choice) else settings.to_dict(value)
+        return out
 
 
 def _merge(base: dict, update: dict, where: str) -> dict:
-    """Deep-merge `update` into a copy of `base`; unknown keys are a UserError."""
+    """Deep-merge `update` into a copy of `base`; unknown keys are a UserError.
+
+    In a choice section (loss, weighting) a new `name` starts the section afresh: options set by
+    an earlier layer belonged to the entry chosen there. Its keys are checked when it is built.
+    """
     out = dict(base)
     for key, value in update.items():
         name = f"{where}.{key}" if where else key
         if key not in base:
             valid = ", ".join(sorted(base))
             raise UserError(f"unknown setting '{name}'. Valid settings there: {valid}.")
-        if isinstance(base[key], dict) and key != "options":
+        if isinstance(base[key], dict):
             if not isinstance(value, dict):
                 raise UserError(f"setting '{name}' must be a section (a mapping), got {value!r}.")
-            out[key] = _merge(base[key], value, name)
+            if not where and key in CHOICES:
+                fresh = "name" in value and value["name"] != base[key].get("name")
+                out[key] = dict(value) if fresh else {**base[key], **value}
+            else:
+                out[key] = _merge(base[key], value, name)
         else:
             out[key] = value
     return out
 
 
-def _check_types(section: str, cls: type, values: dict) -> Any:
-    """Build dataclass `cls` from `values`, converting and checking each value's type."""
-    hints = get_type_hints(cls)
-    kwargs = {}
-    for key, value in values.items():
-        kwargs[key] = _coerce(f"{section}.{key}", hints[key], value)
-    return cls(**kwargs)
-
-
-def _coerce(name: str, hint: Any, value: Any) -> Any:
-    text = str(hint)
-    if value is None:
-        if "None" in text:
-            return None
-        raise UserError(f"setting {name} cannot be empty.")
-    if hint is bool or text.startswith("bool"):
-        if isinstance(value, bool):
-            return value
-        raise UserError(f"setting {name} must be true or false, got {value!r}.")
-    if hint is int or text.startswith("int"):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise UserError(f"setting {name} must be a whole number, got {value!r}.")
-    if hint is float or text.startswith("float"):
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        raise UserError(f"setting {name} must be a number, got {value!r}.")
-    if text.startswith("list"):
-        if not isinstance(value, list):
-            raise UserError(f"setting {name} must be a list like [1, 2], got {value!r}.")
-        return value
-    if text.startswith("dict"):
-        if not isinstance(value, dict):
-            raise UserError(f"setting {name} must be a mapping like {{key: value}}, got {value!r}.")
-        return value
-    return str(value)
-
-
 def from_dict(values: dict[str, Any]) -> Config:
-    """A checked Config from a nested mapping that holds every key (see `resolve`)."""
-    hints = get_type_hints(Config)
-    return Config(**{k: _check_types(k, hints[k], v) for k, v in values.items()})
+    """A checked Config from a nested mapping of sections (missing ones take their defaults)."""
+    kwargs: dict[str, Any] = {key: settings.build(cls, values.get(key) or {}, key) for key, cls in SECTIONS.items()}
+    for key in CHOICES:
+        section = values.get(key) or {}
+        if not isinstance(section, dict):
+            raise UserError(f"setting '{key}' must be a section (a mapping), got {section!r}.")
+        options = {k: v for k, v in section.items() if k != "name"}
+        kwargs[key] = _choice(key, section.get("name"), options)
+    DATASETS.entry(kwargs["data"].dataset)  # an unknown data set is a UserError listing the valid ones
+    return Config(**kwargs)
+
+
+def upgrade(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config.yaml made readable by today's sections.
+
+    Run folders written before typed option sections held every option of every loss and
+    weighting in each section (and spl / is options under `weighting.options`); the options the
+    chosen entry does not have are dropped. A saved file is otherwise read as it is.
+    """
+    values = copy.deepcopy(saved) if isinstance(saved, dict) else {}
+    for key, registry in CHOICES.items():
+        section = values.get(key)
+        if not isinstance(section, dict) or section.get("name") not in registry:
+            continue
+        section = {**section, **(section.pop("options", None) or {})}
+        valid = settings.field_names(registry.entry(section["name"]).options)
+        values[key] = {"name": section["name"], **{k: v for k, v in section.items() if k in valid}}
+    return values
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -194,6 +223,8 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         *parents, leaf = key.strip().split(".")
         for part in parents:
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {key}: '{part}' is a setting, not a section.")
         node[leaf] = value
     return out
 
@@ -203,53 +234,32 @@ def resolve(*layers: dict[str, Any]) -> Config:
     merged = Config().to_dict()
     for layer in layers:
         merged = _merge(merged, layer, "")
-    return check(from_dict(merged))
+    return from_dict(merged)
 
 
-def check(cfg: Config) -> Config:
-    """Reject values that would only fail later (after minutes of data loading)."""
-    from dermlow.method.losses import LOSSES
-    from dermlow.method.weightings import WEIGHTINGS
-
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            raise UserError(message)
-
-    need(cfg.loss.name in LOSSES, f"unknown loss '{cfg.loss.name}'. Valid losses: {', '.join(LOSSES)}.")
-    need(cfg.weighting.name in WEIGHTINGS,
-         f"unknown weighting '{cfg.weighting.name}'. Valid weightings: {', '.join(WEIGHTINGS)}.")
-    need(cfg.weighting.lam > 0 and cfg.weighting.lam != float("inf"),
-         f"--lam must be a positive number, got {cfg.weighting.lam:g}: LOW's lambda divides the gradient norms "
-         f"(larger lambda = weights closer to 1; the default is 1).")
-    need(cfg.weighting.grad_scale in ("per_sample", "batch_mean"),
-         f"weighting.grad_scale must be per_sample or batch_mean, got '{cfg.weighting.grad_scale}'.")
-    need(cfg.optim.epochs >= 1, f"--epochs must be at least 1, got {cfg.optim.epochs}.")
-    need(cfg.optim.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.optim.batch_size}.")
-    need(cfg.optim.lr > 0, f"--lr must be positive, got {cfg.optim.lr:g}.")
-    need(cfg.data.split in ("lesion", "random"), f"data.split must be lesion or random, got '{cfg.data.split}'.")
-    need(cfg.data.test in ("split", "official"),
-         f"data.test must be split (held out of the training images) or official, got '{cfg.data.test}'.")
-    need(cfg.data.max_per_class is None or cfg.data.max_per_class >= 0,
-         f"--max-per-class must be 0 or more, got {cfg.data.max_per_class}.")
-    need(0 <= cfg.data.flip_labels < 1, f"--flip-labels must be in [0, 1), got {cfg.data.flip_labels:g}.")
-    need(0 < cfg.data.test_fraction < 1 and 0 <= cfg.data.val_fraction < 1,
-         "data.test_fraction must be in (0, 1) and data.val_fraction in [0, 1).")
-    need(cfg.data.crop_size <= cfg.data.image_size,
-         f"data.crop_size ({cfg.data.crop_size}) cannot exceed data.image_size ({cfg.data.image_size}).")
-    return cfg
+def years() -> list[int]:
+    """The ISIC challenge years `--year` offers: data sets that declare one and ship configs/isic<year>.yaml."""
+    return sorted(y for y in challenge_years() if (CONFIG_DIR / f"isic{y}.yaml").is_file())
 
 
 def year_config(year: int) -> Path:
     """The shipped config of an ISIC challenge year."""
-    if year not in (2017, 2018):
-        raise UserError(f"--year must be 2017 or 2018, got {year}.")
+    valid = years()
+    if year not in valid:
+        listed = " or ".join(str(y) for y in valid)
+        raise UserError(f"--year must be {listed}, got {year}.")
     return CONFIG_DIR / f"isic{year}.yaml"
 
 
 def run_name(cfg: Config) -> str:
-    """A readable default run name: dataset-model-loss-weighting[-lam]-seed."""
+    """A readable default run name: dataset-model-loss-weighting[-options marked for names]-seed.
+
+    An option whose field metadata holds `run_name` (LOW's lam: "lam") adds e.g. `lam0.1`.
+    """
     parts = [cfg.data.dataset, cfg.model.name, cfg.loss.name, cfg.weighting.name]
-    if cfg.weighting.name == "low":
-        parts.append(f"lam{cfg.weighting.lam:g}")
+    for choice in (cfg.loss, cfg.weighting):
+        for f in dataclasses.fields(choice.options):
+            if "run_name" in f.metadata:
+                parts.append(f"{f.metadata['run_name']}{getattr(choice.options, f.name):g}")
     parts.append(f"seed{cfg.run.seed}")
-    return "-".join(parts)
+    return "-".join(parts).replace("/", "_").replace("\\", "_")

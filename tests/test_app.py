@@ -87,7 +87,7 @@ def test_galleries_hold_the_expected_images_in_order(root, monkeypatch):
     assert "NV — Melanocytic nevus" in at.subheader[0].value
 
 
-def test_open_a_case_then_flag_and_unflag_it(root, monkeypatch):
+def test_open_a_case_then_mark_and_unmark_it(root, monkeypatch):
     run_dir = root / "flipped"
     at = show(app(run_dir, monkeypatch), "Lesion galleries")
     target = _gallery_ids(at, "highest")[0]
@@ -97,15 +97,15 @@ def test_open_a_case_then_flag_and_unflag_it(root, monkeypatch):
     assert_clean(at, "case")
     at.selectbox(key=f"reason-{target}").set_value("possible label error")
     at.text_area(key=f"note-{target}").input("pigment network looks like a nevus").run()
-    at.button(key="flag").click().run()
+    at.button(key="mark").click().run()
     saved = pd.read_csv(run_dir / files.REVIEW, keep_default_na=False)
-    assert saved[["image_id", "reason", "note", "flagged"]].values.tolist() == [
+    assert saved[["image_id", "reason", "note", "marked"]].values.tolist() == [
         [target, "possible label error", "pigment network looks like a nevus", True]]
     show(at, "Review")
     assert_clean(at, "review")
     assert at.dataframe[0].value["image_id"].tolist() == [target]
-    at.button(key="unflag_list").click().run()
-    assert not pd.read_csv(run_dir / files.REVIEW)["flagged"].any()
+    at.button(key="unmark_list").click().run()
+    assert not pd.read_csv(run_dir / files.REVIEW)["marked"].any()
     (run_dir / files.REVIEW).unlink()
 
 

@@ -9,6 +9,7 @@ from dermlow import config
 from dermlow.cli.main import _flag_layer, build_parser
 from dermlow.data import array_manifest
 from dermlow.data.arrays import pad_images, resolve_max_per_class
+from dermlow.data.prepare import build_datasets, prepare
 from dermlow.errors import UserError
 
 COUNTS = [400] * 10
@@ -20,6 +21,10 @@ def mnist_cfg(root, **data):
                            "model": {"name": "lenet5", "pretrained": False}, "run": {"seed": 3}})
 
 
+def bench_data(cfg):
+    return array_manifest.bench_data(cfg.data.dataset, cfg.data, seed=cfg.run.seed)
+
+
 @pytest.fixture(scope="module")
 def mnist_dir(tmp_path_factory):
     return fake_mnist(tmp_path_factory.mktemp("mnist"), COUNTS)
@@ -27,14 +32,14 @@ def mnist_dir(tmp_path_factory):
 
 def test_mnist_imbalanced_defaults_to_the_papers_common_n_c(mnist_dir):
     k = np.random.default_rng(3).permutation(10)
-    paper = array_manifest.bench_data(mnist_cfg(mnist_dir))
+    paper = bench_data(mnist_cfg(mnist_dir))
     # N_C = 6000 for every class: min(n_c, round(6000 / 2^k)); with 400 images a class keeps all of
     # them for k <= 3, then 375, 188, 94, 47, 23, 12
     expected = [min(400, int(np.floor(6000 / 2 ** kc + 0.5))) for kc in k]
     assert paper.counts.tolist() == expected and sorted(expected)[:6] == [12, 23, 47, 94, 188, 375]
-    own = array_manifest.bench_data(mnist_cfg(mnist_dir, max_per_class=0))  # each class's own count
+    own = bench_data(mnist_cfg(mnist_dir, max_per_class=0))  # each class's own count
     assert own.counts.tolist() == [max(400 // 2 ** kc, 1) for kc in k]
-    half = array_manifest.bench_data(mnist_cfg(mnist_dir, max_per_class=3000))
+    half = bench_data(mnist_cfg(mnist_dir, max_per_class=3000))
     assert half.counts.tolist() == [min(400, int(np.floor(3000 / 2 ** kc + 0.5))) for kc in k]
 
 
@@ -68,10 +73,10 @@ def test_pad_images_is_centred_black():
     assert pad_images(np.ones((1, 28, 28, 3), np.uint8), 32).shape == (1, 32, 32, 3)
 
 
-def test_lenet5_mnist_inputs_are_padded_with_black_before_normalisation(mnist_dir):
+def test_mnist_inputs_are_padded_with_black_to_lenet5_size_before_normalisation(mnist_dir):
     cfg = mnist_cfg(mnist_dir)
-    data = array_manifest.prepare(cfg)
-    train = array_manifest.build_datasets(cfg, data.manifest)["train"]
+    data = prepare(cfg.data, seed=cfg.run.seed)
+    train = build_datasets(cfg.data, data.manifest, seed=cfg.run.seed, mean=None, std=None)["train"]
     image, _, _ = train[0]
     assert image.shape == (1, 32, 32)  # padded in the data, so LeNet-5 needs no padding of its own
     black = (0.0 - train.mean) / train.std  # what a black pixel becomes after normalisation

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -32,6 +33,16 @@ def demo_dir(tmp_path_factory):
         (["--lam", "-1"], "--lam must be a positive number"),
         (["--epochs", "0"], "--epochs must be at least 1"),
         (["--set", "optim.lrr=1"], "unknown setting 'optim.lrr'"),
+        (["--set", "optim.momentum=-1"], "optim.momentum must be a finite number >= 0"),
+        (["--lr", "inf"], "--lr must be a finite number > 0, got inf"),
+        (["--loss", "focal", "--set", "loss.gamma=-1"], "loss.gamma (focal) must be a finite number >= 0"),
+        (["--set", "optim.milestones=[5,2]"], "optim.milestones must be increasing epoch numbers"),
+        (["--set", "run.log_every=0"], "run.log_every must be at least 1"),
+        (["--workers", "-1"], "--workers (data.num_workers) must be 0 or more"),
+        (["--set", "data.crop_size=0"], "data.image_size and data.crop_size must be at least 1"),
+        (["--weighting", "spl", "--lam", "1"], "weighting 'spl' has no option 'lam' (weighting.lam). Its options:"),
+        (["--dataset", "svhn"], "unknown dataset 'svhn'. Valid datasets: isic2017, isic2018, ham10000, generic,"),
+        (["--name", "sub/run"], "--name (run.name) must be one folder name"),
     ],
 )
 def test_bad_flags_are_one_line_errors(capsys, tmp_path, args, expected):
@@ -40,6 +51,37 @@ def test_bad_flags_are_one_line_errors(capsys, tmp_path, args, expected):
     assert expected in err
     assert err.startswith("dermlow: error:") and "Traceback" not in err and err.count("\n") == 1
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("name", ["../x", "/tmp/dermlow-absolute-run", "..", ".hidden", ""])
+def test_run_name_is_one_path_component(capsys, tmp_path, name):
+    out = tmp_path / "runs"
+    code, err = run_cli(capsys, "train", "--year", "2018", "--out", str(out), "--name", name)
+    assert code == 2 and "--name (run.name) must be one folder name" in err and err.count("\n") == 1
+    assert not out.exists() and not (tmp_path / "x").exists() and not Path("/tmp/dermlow-absolute-run").exists()
+
+
+def test_a_setting_refused_while_building_the_loss_leaves_nothing_on_disk(capsys, tmp_path, demo_dir):
+    """The model, loss, weighting and optimizer are built before the run folder is created."""
+    out = tmp_path / "runs"
+    code, err = run_cli(capsys, "train", "--year", "2018", "--data-dir", str(demo_dir), "--out", str(out),
+                        "--model", "mobilenetv3_small_050", "--loss", "focal", "--set", "loss.alpha=[1,2]",
+                        "--set", "model.pretrained=false", "--set", f"data.cache_dir={tmp_path / 'cache'}")
+    assert code == 2 and "loss.alpha has 2 values, but the data has 7 classes" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_train_help_comes_from_the_registries_and_the_config_fields(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--lam LAM LOW's lambda on the per-sample scale" in out
+    assert "ce (cross-entropy) | balanced_ce (class-balanced cross-entropy) | focal (focal loss)" in out
+    assert "none (every weight 1: plain training) | low (Learning Optimal sample Weights)" in out
+    assert "isic2017 (3 classes; official train/val/test)" in out and "{2017,2018}" in out
+    for flag in ("--epochs", "--batch-size", "--lr", "--model", "--weights", "--seed", "--device", "--out",
+                 "--name", "--workers", "--split", "--flip-labels", "--skip-bad-images", "--data-dir"):
+        assert flag in out, flag
 
 
 def test_missing_data_dir(capsys, tmp_path):

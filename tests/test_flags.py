@@ -10,6 +10,7 @@ import pytest
 from run_factory import COUNTS, make_run
 
 from dermlow.errors import UserError
+from dermlow.bench import flag_eval
 from dermlow.rundir import files, flag_scores, reader, review_marks
 
 
@@ -121,11 +122,11 @@ def test_unweighted_runs_use_the_gradient_norm_as_weight_history():
 
 def test_precision_at_k_counts_ties_by_their_expected_share():
     truth = np.array([1, 0, 1, 0, 0, 1], dtype=bool)
-    assert flag_scores.precision_at_k(truth, np.array([6, 5, 4, 3, 2, 1.0]), 3) == pytest.approx(2 / 3)
-    assert flag_scores.precision_at_k(truth, np.zeros(6), 3) == pytest.approx(0.5)  # no order leaks through ties
-    assert flag_scores.precision_at_k(truth, np.array([9, 1, 1, 1, 0, 0.0]), 2) == pytest.approx((1 + 1 / 3) / 2)
+    assert flag_eval.precision_at_k(truth, np.array([6, 5, 4, 3, 2, 1.0]), 3) == pytest.approx(2 / 3)
+    assert flag_eval.precision_at_k(truth, np.zeros(6), 3) == pytest.approx(0.5)  # no order leaks through ties
+    assert flag_eval.precision_at_k(truth, np.array([9, 1, 1, 1, 0, 0.0]), 2) == pytest.approx((1 + 1 / 3) / 2)
     with pytest.raises(ValueError, match="k must be"):
-        flag_scores.precision_at_k(truth, np.zeros(6), 7)
+        flag_eval.precision_at_k(truth, np.zeros(6), 7)
 
 
 def test_bad_arguments_are_refused():
@@ -146,7 +147,7 @@ def test_combined_score_finds_flips_in_synthetic_runs(tmp_path, seed):
     # must still find the flips and be at least as good as the components it averages.
     run_dir = make_run(tmp_path, flip_frac=0.1, seed=seed, epochs=16, counts=tuple(3 * c for c in COUNTS), images=False,
                        extra_columns=True)
-    ev = flag_scores.evaluate_flags(run_dir).set_index("score")
+    ev = flag_eval.evaluate_flags(run_dir).set_index("score")
     combined = ev.loc["combined", "ap"]
     for name in ["weight_excess", "loss_excess", "above1_excess", "mean loss", "share of epochs weight > 1"]:
         assert combined >= ev.loc[name, "ap"] - 0.02, (name, ev["ap"].to_dict())
@@ -158,19 +159,19 @@ def test_combined_score_finds_flips_in_synthetic_runs(tmp_path, seed):
 def test_unweighted_run_is_scored_from_its_gradient_norms(tmp_path):
     run_dir = make_run(tmp_path, flip_frac=0.1, seed=0, epochs=16, counts=tuple(3 * c for c in COUNTS),
                        images=False, weighting="none")
-    ev = flag_scores.evaluate_flags(run_dir).set_index("score")
+    ev = flag_eval.evaluate_flags(run_dir).set_index("score")
     assert "mean weight" not in ev.index  # all weights are 1: no information, left out
     assert ev.loc["combined", "ap"] > 0.85 and ev.loc["weight_excess", "ap"] > 0.8
 
 
 def test_evaluation_needs_flipped_labels(tmp_path):
     with pytest.raises(UserError, match="--flip-labels"):
-        flag_scores.evaluate_flags(make_run(tmp_path, epochs=2, images=False))
+        flag_eval.evaluate_flags(make_run(tmp_path, epochs=2, images=False))
 
 
 def test_export_columns_top_and_review_join(flipped_run, tmp_path):
     first = reader.weight_summary(flipped_run).iloc[3]
-    review_marks.flag(flipped_run, first["image_id"], int(first["index"]), "hard case", "check")
+    review_marks.mark(flipped_run, first["image_id"], int(first["index"]), "hard case", "check")
     try:
         table = flag_scores.export_flags(flipped_run, top=7, out=tmp_path / "f.csv")
         assert len(table) == 7 and list(table["rank"]) == list(range(1, 8)) and table.columns.is_unique
@@ -225,7 +226,7 @@ def test_cleanlab_baseline_on_known_noise():
     labels = np.where(flipped, (true + rng.integers(1, k, n)) % k, true)
     logits = 3.0 * np.eye(k)[true] + rng.standard_normal((n, k))
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    q = flag_scores.cleanlab_quality(labels, probs, flipped)
+    q = flag_eval.cleanlab_quality(labels, probs, flipped)
     assert q["ap"] > 0.7 and q["found"] > 0 and q["found_precision"] > 0.5
 
 
@@ -243,7 +244,7 @@ def test_on_real_digits_the_combined_score_matches_the_best_and_beats_the_weak_s
              "optim": {"epochs": 30, "batch_size": 64, "lr": 0.03, "milestones": [1000]},
              "weighting": {"name": "low", "lam": 1.0},
              "run": {"out": str(tmp_path / "runs"), "name": "flip", "seed": 0, "device": "cpu"}}
-    ev = flag_scores.evaluate_flags(loop.train(config.resolve(layer))).set_index("score")
+    ev = flag_eval.evaluate_flags(loop.train(config.resolve(layer))).set_index("score")
     combined = ev.loc["combined"]
     assert combined["ap"] > 0.97 and combined["precision_at_k"] > 0.9, ev.to_dict()
     for name in ev.index.drop("combined"):

@@ -79,7 +79,7 @@ def test_data_check_says_which_test_set_and_that_official_leaks_cannot_be_checke
     out = capsys.readouterr().out
     assert "held out of the training images (data.test: split)" in out
     assert main(["data", "check", "--year", "2018", "--data-dir", str(demo_with_official_test),
-                 "--test", "official"]) == 0
+                 "--test-set", "official"]) == 0
     out = capsys.readouterr().out
     assert "the official test set (3 images), which has no lesion ids" in out
     assert "between training and validation only" in out
@@ -88,9 +88,9 @@ def test_data_check_says_which_test_set_and_that_official_leaks_cannot_be_checke
 def test_a_run_uses_the_configured_test_set(demo_with_official_test, caplog):
     base = {"data": {"dataset": "isic2018", "data_dir": str(demo_with_official_test)}}
     caplog.set_level("INFO", logger="dermlow")
-    held = prepare(config.resolve(base)).manifest
+    held = prepare(config.resolve(base).data, seed=0).manifest
     assert not held["image_id"].str.startswith("ISIC_9").any() and (held["split"] == "test").sum() > 5
     assert "official ISIC2018_Task3_Test_GroundTruth.csv is not used" in caplog.text
-    official = prepare(config.resolve(base, {"data": {"test": "official"}})).manifest
+    official = prepare(config.resolve(base, {"data": {"test": "official"}}).data, seed=0).manifest
     assert sorted(official.loc[official["split"] == "test", "image_id"]) == [
         "ISIC_9000001", "ISIC_9000002", "ISIC_9000003"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dermlow.errors import UserError
-from dermlow.method.losses import LOSSES, balanced_ce, ce, class_weights, focal, get_loss
+from dermlow.method.losses import LOSSES, FocalOptions, balanced_ce, ce, class_weights, focal, make_loss
 
 LOGITS = [[2.0, 0.5, -1.0], [0.1, 0.2, 0.3], [-3.0, 4.0, 1.0], [1.0, 1.0, 1.0]]
 TARGET = [0, 2, 0, 1]
@@ -39,8 +39,8 @@ def test_ce_golden_values():
 
 def test_half_logits_give_float32_losses():
     z, y = _inputs(torch.float16)
-    for name, opts in [("ce", {}), ("focal", {}), ("balanced_ce", {"class_counts": [5, 1, 2]})]:
-        out = get_loss(name, **opts)(z, y)
+    for name in ("ce", "focal", "balanced_ce"):
+        out = make_loss(name, class_counts=[5, 1, 2]).per_sample(z, y)
         assert out.dtype == torch.float32
     np.testing.assert_allclose(ce(z, y).numpy(), _golden_ce(), atol=2e-3)
 
@@ -70,7 +70,7 @@ def test_balanced_ce_golden_values():
     got = balanced_ce(*_inputs(), class_counts=counts)
     np.testing.assert_allclose(got.numpy(), expected, atol=1e-4)
     np.testing.assert_allclose(
-        get_loss("balanced_ce", class_counts=counts)(*_inputs()).numpy(), expected, atol=1e-4
+        make_loss("balanced_ce", class_counts=counts).per_sample(*_inputs()).numpy(), expected, atol=1e-4
     )
 
 
@@ -92,7 +92,7 @@ def test_focal_golden_values():
     expected = -np.array(alpha)[TARGET] * (1 - p) ** 2 * logp
     np.testing.assert_allclose(focal(*_inputs(), gamma=2.0, alpha=alpha).numpy(), expected, atol=1e-4)
     np.testing.assert_allclose(
-        get_loss("focal", gamma=2.0, alpha=alpha)(*_inputs()).numpy(), expected, atol=1e-4
+        make_loss("focal", gamma=2.0, alpha=alpha).per_sample(*_inputs()).numpy(), expected, atol=1e-4
     )
 
 
@@ -114,15 +114,34 @@ def test_focal_gradient_finite_when_confident():
         assert torch.isfinite(g).all()
 
 
-def test_get_loss_dispatch_and_errors():
-    assert set(LOSSES) == {"ce", "balanced_ce", "focal"}
-    torch.testing.assert_close(get_loss("ce")(*_inputs()), ce(*_inputs()))
-    with pytest.raises(ValueError, match="valid losses: balanced_ce, ce, focal"):
-        get_loss("cross_entropy")
-    with pytest.raises(ValueError, match="valid options: gamma, alpha"):
-        get_loss("focal", gama=2.0)
+def test_registry_dispatch_options_and_errors():
+    assert LOSSES.names() == ("ce", "balanced_ce", "focal")
+    assert [LOSSES.label(n) for n in LOSSES] == ["CE", "bCE", "FL"]
+    torch.testing.assert_close(make_loss("ce").per_sample(*_inputs()), ce(*_inputs()))
+    with pytest.raises(UserError, match="unknown loss 'cross_entropy'. Valid losses: ce, balanced_ce, focal"):
+        make_loss("cross_entropy")
+    with pytest.raises(UserError, match="loss 'focal' has no option 'gama'.*Its options: gamma, alpha"):
+        make_loss("focal", gama=2.0)
+    with pytest.raises(UserError, match="loss 'ce' has no option 'gamma'"):
+        make_loss("ce", gamma=2.0)
     with pytest.raises(ValueError, match="needs class_counts"):
-        get_loss("balanced_ce")
+        make_loss("balanced_ce")
+    with pytest.raises(UserError, match=r"loss.gamma \(focal\) must be a finite number >= 0, got -1"):
+        FocalOptions(gamma=-1.0)
+    with pytest.raises(UserError, match="loss.beta must be in"):
+        make_loss("balanced_ce", class_counts=[1, 2], effective_number=True, beta=1.0)
+    with pytest.raises(UserError, match="loss.alpha has 2 values, but the data has 3 classes"):
+        make_loss("focal", alpha=[1.0, 2.0], class_counts=[3, 4, 5])
+
+
+def test_g_is_the_closed_form_for_ce_and_autograd_otherwise():
+    z, y = _inputs()
+    p = torch.softmax(z, dim=1)
+    closed = (p - torch.nn.functional.one_hot(y, 3)).pow(2).sum(dim=1)
+    torch.testing.assert_close(make_loss("ce").g(z, y), closed)
+    zz = z.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(focal(zz, y, gamma=2.0).sum(), zz)
+    torch.testing.assert_close(make_loss("focal").g(z, y), grad.pow(2).sum(dim=1))
 
 
 def test_input_errors():

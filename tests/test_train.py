@@ -55,8 +55,8 @@ def test_every_run_file_is_present_with_its_schema(low_run):
         assert sorted(preds["image"]) == sorted(manifest.loc[manifest["split"] == split, "image_id"])
         np.testing.assert_allclose(preds[codes].sum(axis=1), 1.0, atol=1e-5)
     saved = yaml.safe_load((low_run / files.CONFIG).read_text())
-    assert saved["weighting"] == {"name": "low", "lam": 0.05, "grad_scale": "per_sample", "global_batch": False,
-                                  "options": {}}
+    assert saved["weighting"] == {"name": "low", "lam": 0.05, "grad_scale": "per_sample", "global_batch": False}
+    assert saved["loss"] == {"name": "ce"}
     ckpt = torch.load(low_run / files.CHECKPOINT, weights_only=False)
     assert ckpt["epoch"] == 2 and ckpt["classes"]["codes"] == codes and "rng" in ckpt and "scheduler" in ckpt
 

@@ -1,4 +1,4 @@
-"""LOW weights against a general QP solver, their KKT conditions and limits; the objectives."""
+"""LOW weights against a general QP solver, their KKT conditions and limits; the weightings' training steps."""
 
 import functools
 import math
@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 import dermlow
-from dermlow.method.losses import ce, focal
+from dermlow.errors import UserError
+from dermlow.method.losses import Loss, ce, focal, make_loss
 from dermlow.method.low import ce_logit_grad_sq_norm, logit_grad_sq_norm, low_weights
-from dermlow.method.weightings import WEIGHTINGS, ImportanceSampling, SelfPaced, make_objective
+from dermlow.method.weightings import WEIGHTINGS, ImportanceSampling, SelfPaced, SplOptions, make_weighting
 
 
 @functools.cache
@@ -203,19 +204,30 @@ def _batch(b: int, c: int = 3, seed: int = 1):
     return torch.randn(b, 3, 2, 2, generator=gen) * 2, torch.randint(0, c, (b,), generator=gen)
 
 
+_OPTIMIZERS: dict[int, torch.optim.Optimizer] = {}
+
+
+def _step(weighting, model: nn.Module, images, targets) -> dict:
+    """One `training_step` with an SGD optimizer of `model` (unused by these weightings' steps)."""
+    if id(model) not in _OPTIMIZERS:
+        _OPTIMIZERS[id(model)] = torch.optim.SGD(model.parameters(), lr=0.1)
+    optimizer = _OPTIMIZERS[id(model)]
+    return weighting.training_step(model, optimizer, images, targets, step=1, epoch=1)
+
+
 OBJECTIVES = [("ce", "none", {}), ("ce", "low", {"lam": 0.05}), ("focal", "low", {"lam": 1.0}),
               ("balanced_ce", "spl", {}), ("ce", "is", {"presample": 3})]
 
 
 @pytest.mark.parametrize(("loss", "weighting", "opts"), OBJECTIVES)
-def test_objective_outputs_are_aligned_and_detached(loss, weighting, opts):
+def test_training_step_outputs_are_aligned_and_detached(loss, weighting, opts):
     model = timm.create_model("test_resnet", pretrained=False, num_classes=3).train()
-    obj = make_objective(loss, weighting, class_counts=[5, 3, 1], weighting_options=opts)
+    obj = make_weighting(weighting, loss=loss, class_counts=[5, 3, 1], **opts)
     assert obj.batch_multiplier == (3 if weighting == "is" else 1)
     obj.start_epoch(1, 10)
     images = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     targets = torch.tensor([0, 1, 2, 0, 1, 2])
-    out = obj(model, images, targets)
+    out = _step(obj, model, images, targets)
     assert set(out) == {"loss", "logits", "per_sample_loss", "weights", "g"}
     assert out["loss"].shape == () and out["loss"].requires_grad
     assert out["logits"].shape == (6, 3) and out["logits"].dtype == torch.float32
@@ -231,7 +243,7 @@ def test_objective_outputs_are_aligned_and_detached(loss, weighting, opts):
 def test_low_loss_gradient_is_weighted_mean_with_constant_weights():
     model = _linear_model()
     x, y = _batch(16)
-    out = make_objective("ce", "low", weighting_options={"lam": 0.02})(model, x, y)
+    out = _step(make_weighting("low", lam=0.02), model, x, y)
     params = list(model.parameters())
     grads = torch.autograd.grad(out["loss"], params)
     logits = model(x)
@@ -245,10 +257,10 @@ def test_low_loss_gradient_is_weighted_mean_with_constant_weights():
     assert out["weights"].sum().item() == pytest.approx(16, rel=1e-5)
 
 
-def test_none_objective_is_plain_mean_and_records_g():
+def test_none_is_plain_mean_and_records_g():
     model = _linear_model()
     x, y = _batch(8)
-    out = make_objective("ce", "none")(model, x, y)
+    out = _step(make_weighting("none"), model, x, y)
     torch.testing.assert_close(out["weights"], torch.ones(8))
     torch.testing.assert_close(out["loss"], ce(model(x), y).mean())
     torch.testing.assert_close(out["g"], ce_logit_grad_sq_norm(model(x), y))
@@ -258,10 +270,10 @@ def test_spl_weights_and_schedule():
     model = _linear_model()
     x, y = _batch(64)
     options = {"start_quantile": 0.5, "growth": 2.0, "full_at": 0.5}
-    obj = make_objective("ce", "spl", weighting_options=options)
+    obj = make_weighting("spl", **options)
     assert isinstance(obj, SelfPaced)
     obj.start_epoch(1, 10)  # 1-based, as train.fit calls it
-    out = obj(model, x, y)
+    out = _step(obj, model, x, y)
     w, loss = out["weights"], out["per_sample_loss"]
     n_in = int((w > 0).sum())
     assert 28 <= n_in <= 36, "the first threshold is the median of the first batch"
@@ -271,23 +283,23 @@ def test_spl_weights_and_schedule():
     torch.testing.assert_close(thr0, torch.quantile(loss, 0.5))  # epoch 1 uses threshold0 itself
     obj.start_epoch(3, 10)
     assert float(obj.threshold()) == pytest.approx(4 * float(thr0))
-    assert (obj(model, x, y)["weights"] > 0).sum() >= n_in
+    assert (_step(obj, model, x, y)["weights"] > 0).sum() >= n_in
     obj.start_epoch(5, 10)  # the last curriculum epoch: ceil(0.5 * 10) = 5
     assert float(obj.threshold()) == pytest.approx(16 * float(thr0))
     obj.start_epoch(6, 10)  # everyone is in from here on
-    torch.testing.assert_close(obj(model, x, y)["weights"], torch.ones(64))
+    torch.testing.assert_close(_step(obj, model, x, y)["weights"], torch.ones(64))
     with pytest.raises(ValueError, match="1-based"):
         obj.start_epoch(0, 10)
 
-    restored = make_objective("ce", "spl", weighting_options=options)
+    restored = make_weighting("spl", **options)
     restored.load_state_dict(obj.state_dict())
     restored.start_epoch(2, 10)
     obj.start_epoch(2, 10)
-    torch.testing.assert_close(restored(model, x, y)["weights"], obj(model, x, y)["weights"])
+    torch.testing.assert_close(_step(restored, model, x, y)["weights"], _step(obj, model, x, y)["weights"])
 
-    nobody = SelfPaced(ce, ce_logit_grad_sq_norm)
+    nobody = SelfPaced(SplOptions(), Loss(ce, ce_logit_grad_sq_norm))
     nobody.load_state_dict({"threshold0": -1.0, "epoch": 1, "num_epochs": 10})
-    torch.testing.assert_close(nobody(model, x, y)["weights"], torch.ones(64))
+    torch.testing.assert_close(_step(nobody, model, x, y)["weights"], torch.ones(64))
 
 
 @pytest.fixture
@@ -303,13 +315,13 @@ def test_is_loss_equals_weighted_record_and_weights_are_unbiased(one_thread):
     model = _linear_model(c=4)
     x, y = _batch(12, c=4, seed=2)
     x = x * 4  # confident and wrong samples: unequal g, so unequal sampling probabilities
-    obj = make_objective("ce", "is", weighting_options={"presample": 3, "seed": 0})
+    obj = make_weighting("is", presample=3, seed=0)
     assert isinstance(obj, ImportanceSampling)
     draws = 2000
     total = torch.zeros(12, dtype=torch.float64)
     with torch.no_grad():
         for i in range(draws):
-            out = obj(model, x, y)
+            out = _step(obj, model, x, y)
             total += out["weights"].double()
             if i < 20:
                 torch.testing.assert_close(out["loss"], (out["weights"] * out["per_sample_loss"]).mean())
@@ -325,37 +337,44 @@ def test_is_scoring_pass_leaves_batchnorm_statistics_alone_and_resumes():
     bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
     images = torch.randn(9, 3, 16, 16, generator=torch.Generator().manual_seed(3))
     targets = torch.tensor([0, 1, 2] * 3)
-    obj = make_objective("ce", "is", weighting_options={"seed": 4})
-    obj(model, images, targets)
+    obj = make_weighting("is", seed=4)
+    _step(obj, model, images, targets)
     assert int(bn.num_batches_tracked) == 1, "only the chosen images may update BN statistics"
     assert model.training
     bn.eval()  # a deliberately frozen layer keeps its own mode through the scoring pass
-    obj(model, images, targets)
+    _step(obj, model, images, targets)
     assert model.training and not bn.training and int(bn.num_batches_tracked) == 1
     bn.train()
 
     state = obj.state_dict()
-    twin = make_objective("ce", "is", weighting_options={"seed": 999})
+    twin = make_weighting("is", seed=999)
     twin.load_state_dict(state)
     model.eval()  # same logits in both calls; the draws must match
-    a, b = obj(model, images, targets), twin(model, images, targets)
+    a, b = _step(obj, model, images, targets), _step(twin, model, images, targets)
     torch.testing.assert_close(a["weights"], b["weights"])
 
 
-def test_make_objective_errors():
-    assert set(WEIGHTINGS) == {"none", "low", "spl", "is"}
-    with pytest.raises(ValueError, match="valid weightings: none, low, spl, is"):
-        make_objective("ce", "lowe")
-    with pytest.raises(ValueError, match="valid losses"):
-        make_objective("bce", "low")
-    with pytest.raises(ValueError, match="valid options: lam, grad_scale"):
-        make_objective("ce", "low", weighting_options={"lambda": 1.0})
+def test_registry_and_option_errors():
+    assert WEIGHTINGS.names() == ("none", "low", "spl", "is")
+    assert [WEIGHTINGS.label(n) for n in WEIGHTINGS] == ["", "LOW", "SPL", "IS"]
+    with pytest.raises(UserError, match="unknown weighting 'lowe'. Valid weightings: none, low, spl, is"):
+        make_weighting("lowe")
+    with pytest.raises(UserError, match="unknown loss 'bce'"):
+        make_weighting("low", loss="bce")
+    with pytest.raises(UserError, match="weighting 'low' has no option 'lambda'.*Its options: lam, grad_scale"):
+        make_weighting("low", **{"lambda": 1.0})
+    with pytest.raises(UserError, match=r"weighting 'none' has no option 'lam' \(weighting.lam\). Its options: none"):
+        make_weighting("none", lam=1.0)
     with pytest.raises(ValueError, match="needs class_counts"):
-        make_objective("balanced_ce", "none")
-    with pytest.raises(ValueError, match="lam must be"):
-        make_objective("ce", "low", weighting_options={"lam": 0})
-    with pytest.raises(ValueError, match="presample"):
-        make_objective("ce", "is", weighting_options={"presample": 0})
+        make_weighting("none", loss="balanced_ce")
+    with pytest.raises(UserError, match="--lam must be a positive number, got 0"):
+        make_weighting("low", lam=0)
+    with pytest.raises(UserError, match="--lam must be a positive number, got inf"):
+        make_weighting("low", lam=float("inf"))
+    with pytest.raises(UserError, match="weighting.presample must be a whole number >= 1"):
+        make_weighting("is", presample=0)
+    with pytest.raises(UserError, match="weighting.growth must be a finite number >= 1"):
+        make_weighting("spl", growth=0.5)
 
 
 def test_low_path_reads_no_tensor_value_on_the_host(monkeypatch):
@@ -366,10 +385,10 @@ def test_low_path_reads_no_tensor_value_on_the_host(monkeypatch):
 
     model = _linear_model()
     x, y = _batch(32)
-    obj = make_objective("ce", "low", weighting_options={"lam": 0.1})
+    obj = make_weighting("low", lam=0.1)
     for name in ("item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__"):
         monkeypatch.setattr(torch.Tensor, name, host_read)
-    obj(model, x, y)["loss"].backward()
+    _step(obj, model, x, y)["loss"].backward()
     assert low_weights(torch.rand(4, 64), 0.1, validate=False).shape == (4, 64)
     with pytest.raises(AssertionError, match="host"):  # the guard works: validation does read
         low_weights(torch.rand(64), 0.1)
@@ -379,13 +398,13 @@ def test_low_path_reads_no_tensor_value_on_the_host(monkeypatch):
 def test_low_path_has_no_host_sync_on_cuda():
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 5)).cuda()
     x, y = torch.randn(256, 3, 2, 2, device="cuda"), torch.randint(0, 5, (256,), device="cuda")
-    obj = make_objective("ce", "low", weighting_options={"lam": 0.1})
-    obj(model, x, y)  # warm-up (lazy CUDA initialisation may sync)
+    obj = make_weighting("low", lam=0.1)
+    _step(obj, model, x, y)  # warm-up (lazy CUDA initialisation may sync)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         w = low_weights(torch.rand(8, 256, device="cuda"), 0.1, validate=False)
-        out = obj(model, x, y)
+        out = _step(obj, model, x, y)
         out["loss"].backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")

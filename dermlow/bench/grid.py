@@ -1,12 +1,12 @@
 """Benchmark mode: the paper's grid (method x lambda x learning rate x seed) through the one training loop.
 
 Every grid point is an ordinary run folder under `<out>/<dataset>-<model>/`, trained by
-`dermlow.train.train`, so the review app opens it like any other run. Within a seed every
+`dermlow.training.loop.train`, so the review app opens it like any other run. Within a seed every
 method starts from the same initial weights and sees the same data order (the training loop
 seeds both from `run.seed`). A finished run (its `done` file) is skipped, an interrupted one
 is resumed from its last checkpoint, so rerunning the same command continues a grid.
 
-After the grid, `results.csv` (one row per run) and the report of `dermlow.bench_report`
+After the grid, `results.csv` (one row per run) and the report of `dermlow.bench.report`
 (selection on validation, paired differences to plain CE, plots) are written beside the runs.
 """
 
@@ -25,25 +25,37 @@ import pandas as pd
 import yaml
 
 from dermlow import config
+from dermlow.bench.report import write_report
+from dermlow.data.array_manifest import ArraySet
+from dermlow.data.arrays import load_benchmark
+from dermlow.data.prepare import DATASETS as DATA_SETS
 from dermlow.errors import UserError
 from dermlow.method.guards import COLLAPSE_SHARE, MAJORITY_MARGIN
+from dermlow.method.losses import LOSSES
+from dermlow.method.weightings import WEIGHTINGS
 from dermlow.rundir import files
+from dermlow.training.loop import train
 
 log = logging.getLogger(__name__)
 
 BENCH_CONFIG_DIR = config.CONFIG_DIR / "bench"
-DATASETS = ("cifar10", "cifar100", "digits", "digits-imbalanced", "mnist", "mnist-imbalanced")
 MODELS = ("lenet5", "densenet_bc_100", "wrn_28_2")
 DEFAULT_MODEL = {"digits": "lenet5", "mnist": "lenet5", "cifar": "wrn_28_2"}
-# method -> (loss, weighting); `low` is expanded over the lambdas
-METHODS: dict[str, tuple[str, str]] = {
-    "none": ("ce", "none"),
-    "low": ("ce", "low"),
-    "focal": ("focal", "none"),
-    "spl": ("ce", "spl"),
-    "is": ("ce", "is"),
-    "balanced_ce": ("balanced_ce", "none"),
-}
+
+
+def datasets() -> list[str]:
+    """The benchmark data sets: the array sets of the data set registry."""
+    return [e.name for e in DATA_SETS.entries() if isinstance(e.obj, ArraySet)]
+
+
+def methods() -> dict[str, tuple[str, str]]:
+    """Method name -> (loss, weighting): every weighting with cross-entropy (`none` is plain CE),
+    then every other loss without a weighting. `low` is expanded over the lambdas of the grid."""
+    out = {name: ("ce", name) for name in WEIGHTINGS.names()}
+    out |= {name: (name, "none") for name in LOSSES.names() if name != "ce" and name not in out}
+    return out
+
+
 # settings that may differ between the saved run and this invocation without changing the experiment
 VOLATILE = {"run.device", "run.log_every", "run.out", "run.amp", "data.num_workers", "data.data_dir",
             "data.download", "data.cache_dir"}
@@ -88,7 +100,7 @@ class BenchSpec:
     device: str | None = None
     num_workers: int | None = None
     config: str | None = None  # YAML file; default configs/bench/<model>-<family>.yaml
-    select: str = "final"  # epoch rule of the selection: final | best (see dermlow.bench_report)
+    select: str = "final"  # epoch rule of the selection: final | best (see dermlow.bench.report)
     overrides: dict[str, Any] = field(default_factory=dict)  # --set KEY=VALUE
 
     @property
@@ -123,19 +135,20 @@ def parse_numbers(text: str, what: str) -> list[float]:
 
 
 def parse_methods(text: str) -> list[str]:
-    """'none,low,focal' -> ['none', 'low', 'focal'], each a key of METHODS."""
-    methods = [m.strip() for m in str(text).split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
+    """'none,low,focal' -> ['none', 'low', 'focal'], each a key of `methods()`."""
+    chosen = [m.strip() for m in str(text).split(",") if m.strip()]
+    valid = methods()
+    unknown = [m for m in chosen if m not in valid]
+    if unknown or not chosen:
         raise UserError(f"--methods: unknown method(s) {', '.join(unknown) or '(none given)'}. "
-                        f"Valid methods: {', '.join(METHODS)} (focal = focal loss, balanced_ce = class-balanced CE).")
-    return list(dict.fromkeys(methods))
+                        f"Valid methods: {', '.join(valid)} (a loss name alone means that loss without weighting).")
+    return list(dict.fromkeys(chosen))
 
 
 def check_spec(spec: BenchSpec) -> None:
     """Reject names and values that would only fail after minutes of training."""
-    if spec.dataset not in DATASETS:
-        raise UserError(f"--dataset: unknown benchmark '{spec.dataset}'. Valid: {', '.join(DATASETS)}.")
+    if spec.dataset not in datasets():
+        raise UserError(f"--dataset: unknown benchmark '{spec.dataset}'. Valid: {', '.join(datasets())}.")
     if spec.model_name not in MODELS:
         raise UserError(f"--model: unknown benchmark network '{spec.model_name}'. Valid: {', '.join(MODELS)} "
                         "(the paper's LeNet-5, DenseNet-BC-100 and WRN-28-2).")
@@ -193,7 +206,7 @@ def base_layers(spec: BenchSpec) -> list[dict[str, Any]]:
 
 def point_config(layers: list[dict[str, Any]], point: GridPoint) -> config.Config:
     """The resolved configuration of one grid point (the grid's axes override everything else)."""
-    loss, weighting = METHODS[point.method]
+    loss, weighting = methods()[point.method]
     axis = {"loss": {"name": loss}, "weighting": {"name": weighting}, "optim": {"lr": point.lr},
             "run": {"seed": point.seed, "name": point.name}}
     if point.lam is not None:
@@ -205,7 +218,7 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
     out = {}
     for key, value in d.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict) and key != "options":
+        if isinstance(value, dict):
             out |= _flat(value, name + ".")
         else:
             out[name] = value
@@ -218,7 +231,9 @@ def config_differences(saved: dict, wanted: dict) -> list[str]:
     A setting the saved run does not have (added to dermlow later) differs only when the wanted
     value is not the code default; a setting that no longer exists is ignored.
     """
-    a, b, default = _flat(saved), _flat(wanted), _flat(config.Config().to_dict())
+    chosen = {key: {"name": (wanted.get(key) or {}).get("name")} for key in config.CHOICES}
+    a, b = _flat(config.upgrade(saved)), _flat(wanted)
+    default = _flat(config.resolve(chosen).to_dict())
     return sorted(k for k in b if k not in VOLATILE and a.get(k, default.get(k)) != b[k])
 
 
@@ -237,18 +252,15 @@ def run_state(run_dir: Path, cfg: config.Config) -> str:
 
 def preflight(spec: BenchSpec) -> None:
     """Load the data once before any folder is written (missing files stop here, with the fix)."""
-    from dermlow.data.arrays import load_benchmark
-
     load_benchmark(spec.dataset, spec.data_dir, seed=spec.seeds[0], download=spec.download)
 
 
 def run_grid(spec: BenchSpec, *, train_fn: Callable[..., Path] | None = None) -> pd.DataFrame:
     """Train every missing run of the grid, then write results.csv and the report; returns the results.
 
-    `train_fn(cfg, resume=None|run_dir)` defaults to `dermlow.train.train` (tests count its calls).
+    `train_fn(cfg, resume=None|run_dir)` defaults to `dermlow.training.loop.train` (tests count its calls).
     """
-    if train_fn is None:
-        from dermlow.training.loop import train as train_fn
+    train_fn = train if train_fn is None else train_fn
     check_spec(spec)
     layers = base_layers(spec)
     lrs = spec.lrs or [config.resolve(*layers).optim.lr]
@@ -270,8 +282,6 @@ def run_grid(spec: BenchSpec, *, train_fn: Callable[..., Path] | None = None) ->
                  time.perf_counter() - t0)
     results = collect(points, spec)
     files.write_csv(spec.group_dir / RESULTS, results, index=False)
-    from dermlow.bench.report import write_report
-
     write_report(spec.group_dir, results, grid_description(spec, lrs))
     return results
 

@@ -9,7 +9,9 @@ from dermlow.errors import UserError
 
 
 def add_bench(subparsers) -> None:
-    """Add `bench` to the `dermlow` subcommands."""
+    """Add `bench` to the `dermlow` subcommands (data sets and methods from the registries)."""
+    from dermlow.bench.grid import datasets, methods
+
     p = subparsers.add_parser(
         "bench", help="run the paper's benchmark grid (MNIST, imbalanced MNIST, CIFAR, digits)",
         description="Train every (method, lambda, learning rate, seed) of a grid with the same training loop as "
@@ -17,12 +19,12 @@ def add_bench(subparsers) -> None:
         "(and LOW's lambda) on validation, and write results.csv, summary.md and plots. Rerunning the same "
         "command skips finished runs and resumes interrupted ones. The setup comes from "
         "configs/bench/<model>-<mnist|digits|cifar>.yaml unless --config is given.")
-    p.add_argument("--dataset", required=True,
-                   help="mnist | mnist-imbalanced | cifar10 | cifar100 | digits | digits-imbalanced")
+    p.add_argument("--dataset", required=True, help=" | ".join(datasets()))
     p.add_argument("--model", help="lenet5 | densenet_bc_100 | wrn_28_2 (default lenet5 for mnist/digits, "
                    "wrn_28_2 for cifar)")
     p.add_argument("--methods", default="none,low,focal,spl,is",
-                   help="comma list of none (CE), low (CE + LOW, one run per lambda), focal, spl, is, balanced_ce")
+                   help=f"comma list of {', '.join(methods())}: a weighting with cross-entropy (none = plain CE; "
+                   "low: one run per lambda) or a loss without weighting (default none,low,focal,spl,is)")
     p.add_argument("--lams", default="1,0.5,0.1,0.01", help="LOW's lambdas, per-sample scale (default 1,0.5,0.1,0.01)")
     p.add_argument("--seeds", type=int, default=5, help="number of seeds, 0..N-1 (default 5)")
     p.add_argument("--lrs", help="comma list of learning rates to select from on validation (default: the config's)")

@@ -1,4 +1,9 @@
-"""The `dermlow` command: parses arguments, calls the library, prints results. No logic here."""
+"""The `dermlow` command: argparse subcommands that call the library and print results.
+
+Choices and help come from the registries (losses, weightings, data sets, `--year`), and the
+training flags from the config dataclasses' field metadata (`dermlow.settings.flag`), so a new
+option gets its flag where it is declared. Errors a user can fix end as one line and exit code 2.
+"""
 
 from __future__ import annotations
 
@@ -55,33 +60,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_train(sub) -> None:
+    from dermlow import config, settings
+    from dermlow.data.prepare import DATASETS
+
     p = sub.add_parser("train", help="fine-tune a model with LOW (or a baseline) and record every sample weight",
                        description="Fine-tune a timm model on ISIC 2017/2018 with the paper's setup "
                        "(configs/isic<year>.yaml). Precedence: code defaults < --config YAML < flags < --set.")
-    p.add_argument("--year", type=int, choices=(2017, 2018), help="ISIC challenge year: picks configs/isic<year>.yaml")
+    p.add_argument("--year", type=int, choices=config.years(), help="ISIC challenge year: picks configs/isic<year>.yaml")
     p.add_argument("--config", type=Path, help="a YAML config file (instead of, or after, the year's)")
-    p.add_argument("--data-dir", help="folder with the unpacked official files (see data/README.md)")
-    p.add_argument("--dataset", help="isic2017 | isic2018 | ham10000 | generic (default from the config)")
-    p.add_argument("--loss", help="ce | balanced_ce | focal")
-    p.add_argument("--weighting", help="low | none | spl | is")
-    p.add_argument("--lam", type=float, help="LOW's lambda on the per-sample scale (larger = weights closer to 1)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--model", help="timm model name (default densenet161)")
-    p.add_argument("--weights", help="local pretrained weights (timm/torchvision state dict or .safetensors)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="auto | cpu | cuda")
-    p.add_argument("--out", help="folder that holds run folders (default runs/)")
-    p.add_argument("--name", help="run folder name (default: derived from the setup)")
-    p.add_argument("--workers", type=int, help="data loader processes")
-    p.add_argument("--split", choices=("lesion", "random"), help="lesion-grouped (default) or the paper's random split")
-    p.add_argument("--flip-labels", type=float, help="flip this fraction of training labels on purpose (seeded)")
-    p.add_argument("--max-per-class", type=int, metavar="N_C",
-                   help="imbalanced benchmarks: class c keeps min(n_c, round(N_C / 2^k_c)) images (default 6000 "
-                   "for mnist-imbalanced, the paper's; 0 = each class's own count, floor(n_c / 2^k_c))")
-    p.add_argument("--skip-bad-images", action="store_true", default=None,
-                   help="leave unreadable images out (listed in skipped_images.txt) instead of stopping")
+    for section, cls in config.SECTIONS.items():
+        more = {"dataset": {"flag": "--dataset", "help": DATASETS.help_text()}} if section == "data" else {}
+        settings.add_flags(p, section, cls, **more)
+    for section, registry in config.CHOICES.items():
+        p.add_argument(f"--{section}", dest=f"{section}.name", metavar=section.upper(), help=registry.help_text())
+        seen: dict[str, str] = {}
+        for entry in registry.entries():
+            settings.add_flags(p, section, entry.options, seen=seen)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any config value, e.g. --set optim.milestones=[30,60] (repeatable)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its last complete epoch")
@@ -91,26 +85,11 @@ def _add_train(sub) -> None:
     p.set_defaults(func=_train)
 
 
-FLAG_KEYS = {
-    "data_dir": "data.data_dir", "dataset": "data.dataset", "loss": "loss.name", "weighting": "weighting.name",
-    "lam": "weighting.lam", "epochs": "optim.epochs", "batch_size": "optim.batch_size", "lr": "optim.lr",
-    "model": "model.name", "weights": "model.weights", "seed": "run.seed", "device": "run.device",
-    "out": "run.out", "name": "run.name", "workers": "data.num_workers", "split": "data.split",
-    "flip_labels": "data.flip_labels", "skip_bad_images": "data.skip_bad_images",
-    "max_per_class": "data.max_per_class",
-}
-
-
 def _flag_layer(args: argparse.Namespace) -> dict:
     from dermlow.config import parse_overrides
+    from dermlow.settings import flag_layer
 
-    layer: dict = {}
-    for flag, key in FLAG_KEYS.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            section, leaf = key.split(".")
-            layer.setdefault(section, {})[leaf] = value
-    return _deep_update(layer, parse_overrides(args.set))
+    return _deep_update(flag_layer(args), parse_overrides(args.set))
 
 
 def _deep_update(base: dict, update: dict) -> dict:
@@ -139,7 +118,7 @@ def _train(args: argparse.Namespace) -> int:
             if extra:
                 raise UserError(f"--resume continues the saved setup; only --epochs, --device and --workers "
                                 f"may change (got {section}.{sorted(extra)[0]}).")
-        cfg = config.resolve(config.read_yaml(args.resume / "config.yaml"), flags)
+        cfg = config.resolve(config.upgrade(config.read_yaml(args.resume / "config.yaml")), flags)
         run_dir = train(cfg, resume=args.resume)
     else:
         layers = []
@@ -148,7 +127,8 @@ def _train(args: argparse.Namespace) -> int:
         if args.config is not None:
             layers.append(config.read_yaml(args.config))
         if not layers:
-            raise UserError("say what to train: --year 2017|2018, or --config FILE.")
+            years = "|".join(str(y) for y in config.years())
+            raise UserError(f"say what to train: --year {years}, or --config FILE.")
         cfg = config.resolve(*layers, _flag_layer(args))
         run_dir = train(cfg)
     if dist.is_main():
@@ -204,6 +184,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _add_data(sub) -> None:
+    from dermlow.config import years
+    from dermlow.data.fetch import FILES
+    from dermlow.data.prepare import DATASETS
+
     p = sub.add_parser("data", help="get, make or check data sets", description="Data set commands.")
     dsub = p.add_subparsers(title="data commands", metavar="ACTION")
     demo = dsub.add_parser("demo", help="write a small synthetic data set in the official ISIC layout")
@@ -213,8 +197,8 @@ def _add_data(sub) -> None:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_data_demo)
     check = dsub.add_parser("check", help="validate a data folder and print its class table and splits")
-    check.add_argument("--year", type=int, choices=(2017, 2018))
-    check.add_argument("--dataset", help="isic2017 | isic2018 | ham10000 | generic (default from --year)")
+    check.add_argument("--year", type=int, choices=years())
+    check.add_argument("--dataset", help=f"{DATASETS.help_text()} (default from --year)")
     check.add_argument("--data-dir", type=Path, required=True)
     check.add_argument("--split", choices=("lesion", "random"), default="lesion")
     check.add_argument("--seed", type=int, default=0)
@@ -222,7 +206,7 @@ def _add_data(sub) -> None:
     check.add_argument("--image-dir", help="generic data sets: image folder")
     check.add_argument("--test-fraction", type=float, default=0.2)
     check.add_argument("--val-fraction", type=float, default=0.1)
-    check.add_argument("--test", choices=("split", "official"),
+    check.add_argument("--test-set", choices=("split", "official"),
                        help="test set: held out of the training images (split) or the official one (default: the "
                        "year's config, configs/isic<year>.yaml; split without --year)")
     check.add_argument("--splits-file", type=Path, help="reuse an image_id,split CSV instead of splitting")
@@ -231,7 +215,7 @@ def _add_data(sub) -> None:
     check.add_argument("--save-splits", type=Path, help="write the image_id,split table to this CSV")
     check.set_defaults(func=_data_check)
     fetch = dsub.add_parser("fetch", help="download and unpack the official archives (resumable)")
-    fetch.add_argument("--year", type=int, choices=(2017, 2018), required=True)
+    fetch.add_argument("--year", type=int, choices=sorted(FILES), required=True)
     fetch.add_argument("--out", type=Path, required=True)
     fetch.set_defaults(func=_data_fetch)
     p.set_defaults(func=lambda args: p.print_help() or 2)
@@ -246,23 +230,25 @@ def _data_demo(args: argparse.Namespace) -> int:
 
 
 def _data_check(args: argparse.Namespace) -> int:
-    from dermlow.data.isic import describe, load_manifest
-    from dermlow.data.splits import save_splits
+    from dermlow.data.prepare import challenge_years, read_data
+    from dermlow.data.sources import DataConfig, DatasetSpec
+    from dermlow.data.splits import describe, save_splits
 
-    dataset = args.dataset or (f"isic{args.year}" if args.year else None)
+    dataset = args.dataset or challenge_years().get(args.year)
     if dataset is None:
-        raise UserError("say which data set: --year 2017|2018 or --dataset NAME.")
-    test = args.test or (_year_test(args.year) if args.year else "split")
-    manifest, spec, skipped = load_manifest(
-        args.data_dir, dataset=dataset, split=args.split, seed=args.seed, labels_csv=args.labels_csv,
-        image_dir=args.image_dir, test_fraction=args.test_fraction, val_fraction=args.val_fraction,
-        splits_file=args.splits_file, skip_bad_images=args.skip_bad_images, test=test)
-    print(describe(manifest, spec, test=test))
-    if skipped:
-        print(f"\n{len(skipped)} unreadable images would be left out:")
-        print("\n".join(f"  {line}" for line in skipped))
+        raise UserError("say which data set: --year YEAR or --dataset NAME.")
+    test = args.test_set or (_year_test(args.year) if args.year else "split")
+    data = DataConfig(dataset=dataset, data_dir=str(args.data_dir), split=args.split, labels_csv=args.labels_csv,
+                      image_dir=args.image_dir, test_fraction=args.test_fraction, val_fraction=args.val_fraction,
+                      splits_file=str(args.splits_file) if args.splits_file else None,
+                      skip_bad_images=args.skip_bad_images, test=test)
+    run_data = read_data(data, seed=args.seed)
+    print(describe(run_data.manifest, DatasetSpec(dataset, tuple(run_data.codes), tuple(run_data.names)), test=test))
+    if run_data.skipped:
+        print(f"\n{len(run_data.skipped)} unreadable images would be left out:")
+        print("\n".join(f"  {line}" for line in run_data.skipped))
     if args.save_splits:
-        save_splits(manifest, args.save_splits)
+        save_splits(run_data.manifest, args.save_splits)
         print(f"splits written to {args.save_splits}")
     return 0
 
@@ -283,9 +269,10 @@ def _data_fetch(args: argparse.Namespace) -> int:
 
 
 def _add_flag(sub) -> None:
-    p = sub.add_parser("flag", help="export the cases most likely hard or mislabeled, for relabeling",
-                       description="Rank training images by their weight history and by how confidently the "
-                       "model contradicts the label (see docs/flagging.md), and write a CSV.")
+    p = sub.add_parser("flag", help="export the cases most likely hard or mislabeled (flag scores), for relabeling",
+                       description="Compute each training image's flag score from its weight history and from how "
+                       "confidently the model contradicted the label (see docs/flagging.md), and write the "
+                       "ranked cases as CSV with any review marks made in the app.")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--top", type=int, help="keep the N highest-scoring cases (per class with --per-class)")
     p.add_argument("--per-class", action="store_true", help="rank within each given label")

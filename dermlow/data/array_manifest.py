@@ -1,4 +1,4 @@
-"""The paper's benchmark sets (MNIST, CIFAR, digits) as a run's manifest and datasets.
+"""The paper's benchmark sets (MNIST, CIFAR, digits) as registered data sources: manifest and datasets.
 
 The manifest has the same columns as an ISIC one, so runs on benchmarks are ordinary run
 folders. `image_id` is `<array>-<row>` (row of the benchmark's train or test array, which is
@@ -18,65 +18,76 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import Dataset
 
-from dermlow.config import Config
-from dermlow.data.arrays import BenchData, load_benchmark, pad_images, resolve_max_per_class
+from dermlow.data.arrays import NAMES, BenchData, load_benchmark, pad_images, resolve_max_per_class
 from dermlow.data.loading import ArrayDataset, CifarTrainTransform
-from dermlow.data.prepare import RunData
-from dermlow.rundir.files import MANIFEST_COLUMNS
+from dermlow.data.sources import DATASETS, MANIFEST_COLUMNS, DataConfig, DataSource, RunData
 
 log = logging.getLogger(__name__)
 
 
-def prepare(cfg: Config) -> RunData:
-    """Manifest of a benchmark: imbalanced training set (if asked), a stratified validation part
-    carved from it with the run's seed, and the official test set."""
-    bench = bench_data(cfg, download=cfg.data.download)
-    train_rows = np.arange(len(bench.train_y))
-    val_mask = _stratified_mask(bench.train_y, cfg.data.val_fraction, seed=cfg.run.seed)
-    parts = [
-        _rows("train", train_rows[~val_mask], bench.train_y[~val_mask], "train"),
-        _rows("train", train_rows[val_mask], bench.train_y[val_mask], "val"),
-        _rows("test", np.arange(len(bench.test_y)), bench.test_y, "test"),
-    ]
-    manifest = pd.concat(parts, ignore_index=True)
-    manifest.insert(0, "index", np.arange(len(manifest)))
-    manifest["label_name"] = [bench.classes[y] for y in manifest["label"]]
-    manifest["lesion_id"] = ""
-    # rows of the training array depend on the seed (digits split, imbalance): one folder per seed
-    manifest["path"] = _export_pngs(bench, manifest, Path(cfg.data.data_dir) / "png" / f"{bench.name}-seed{cfg.run.seed}")
-    counts = dict(zip(bench.classes, bench.counts.tolist(), strict=True))
-    log.info("%s training counts per class (before the validation carve-out): %s", bench.name, counts)
-    return RunData(manifest[MANIFEST_COLUMNS], list(bench.classes), list(bench.classes), bench.in_chans)
+class ArraySet(DataSource):
+    """A benchmark held as numpy arrays (`dermlow.data.arrays.load_benchmark` by name)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def read(self, data: DataConfig, *, seed: int) -> RunData:
+        """Manifest of a benchmark: imbalanced training set (if asked), a stratified validation part
+        carved from it with the run's seed, and the official test set."""
+        bench = bench_data(self.name, data, seed=seed, download=data.download)
+        train_rows = np.arange(len(bench.train_y))
+        val_mask = _stratified_mask(bench.train_y, data.val_fraction, seed=seed)
+        parts = [
+            _rows("train", train_rows[~val_mask], bench.train_y[~val_mask], "train"),
+            _rows("train", train_rows[val_mask], bench.train_y[val_mask], "val"),
+            _rows("test", np.arange(len(bench.test_y)), bench.test_y, "test"),
+        ]
+        manifest = pd.concat(parts, ignore_index=True)
+        manifest.insert(0, "index", np.arange(len(manifest)))
+        manifest["label_name"] = [bench.classes[y] for y in manifest["label"]]
+        manifest["lesion_id"] = ""
+        # rows of the training array depend on the seed (digits split, imbalance): one folder per seed
+        manifest["path"] = _export_pngs(bench, manifest, Path(data.data_dir) / "png" / f"{bench.name}-seed{seed}")
+        counts = dict(zip(bench.classes, bench.counts.tolist(), strict=True))
+        log.info("%s training counts per class (before the validation carve-out): %s", bench.name, counts)
+        return RunData(manifest[MANIFEST_COLUMNS], list(bench.classes), list(bench.classes), bench.in_chans)
+
+    def build_datasets(self, data: DataConfig, manifest: pd.DataFrame, *, seed: int, mean=None,
+                       std=None) -> dict[str, Dataset]:
+        """ArrayDatasets per split, normalised with the training set's own channel statistics.
+
+        28x28 images (MNIST) are padded with black (0) to 32x32, LeNet-5's input size, here:
+        before the statistics and the normalisation, as LeCun et al. did, so the border is black
+        and not the normalised mean. PNG exports for the app keep the original size.
+        """
+        bench = bench_data(self.name, data, seed=seed)
+        arrays = {"train": bench.train_x, "test": bench.test_x}
+        if bench.train_x.shape[1:3] == (28, 28):
+            arrays = {name: pad_images(x, 32) for name, x in arrays.items()}
+        train_source = manifest[manifest["split"] == "train"]
+        pixels = _gather(arrays, train_source).reshape(-1, bench.in_chans).astype(np.float64) / 255.0
+        mean, std = pixels.mean(axis=0), pixels.std(axis=0)
+        augment = CifarTrainTransform(pad=4) if self.name.startswith("cifar") else None
+        out = {}
+        for split in ("train", "val", "test"):
+            rows = manifest[manifest["split"] == split]
+            if len(rows):
+                out[split] = ArrayDataset(_gather(arrays, rows), rows["label"].to_numpy(), rows["index"].to_numpy(),
+                                          transform=augment if split == "train" else None, mean=mean, std=std)
+        return out
 
 
-def build_datasets(cfg: Config, manifest: pd.DataFrame, *, mean=None, std=None) -> dict[str, Dataset]:
-    """ArrayDatasets per split, normalised with the training set's own channel statistics.
-
-    LeNet-5 takes 32x32 inputs: 28x28 images (MNIST) are padded with black (0) here, before
-    the statistics and the normalisation, as LeCun et al. did, so the border is black and not
-    the normalised mean. PNG exports for the app keep the original size.
-    """
-    bench = bench_data(cfg)
-    arrays = {"train": bench.train_x, "test": bench.test_x}
-    if cfg.model.name == "lenet5" and bench.train_x.shape[1:3] == (28, 28):
-        arrays = {name: pad_images(x, 32) for name, x in arrays.items()}
-    train_source = manifest[manifest["split"] == "train"]
-    pixels = _gather(arrays, train_source).reshape(-1, bench.in_chans).astype(np.float64) / 255.0
-    mean, std = pixels.mean(axis=0), pixels.std(axis=0)
-    augment = CifarTrainTransform(pad=4) if cfg.data.dataset.startswith("cifar") else None
-    out = {}
-    for split in ("train", "val", "test"):
-        rows = manifest[manifest["split"] == split]
-        if len(rows):
-            out[split] = ArrayDataset(_gather(arrays, rows), rows["label"].to_numpy(), rows["index"].to_numpy(),
-                                      transform=augment if split == "train" else None, mean=mean, std=std)
-    return out
+LABELS = {"mnist": "MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "digits": "digits (scikit-learn 8x8)"}
+for _name in NAMES:
+    _base, _imbalanced = _name.removesuffix("-imbalanced"), _name.endswith("-imbalanced")
+    DATASETS.add(_name, ArraySet(_name), label=LABELS[_base] + (", imbalanced" if _imbalanced else ""),
+                 help="benchmark, imbalanced" if _imbalanced else "benchmark")
 
 
-def bench_data(cfg: Config, *, download: bool = False) -> BenchData:
-    """The benchmark arrays of `cfg` (data.max_per_class resolved: 6000 for mnist-imbalanced)."""
-    n_c = resolve_max_per_class(cfg.data.dataset, cfg.data.max_per_class)
-    return _load(cfg.data.dataset, str(cfg.data.data_dir), cfg.run.seed, download, n_c)
+def bench_data(name: str, data: DataConfig, *, seed: int, download: bool = False) -> BenchData:
+    """The arrays of benchmark `name` (data.max_per_class resolved: 6000 for mnist-imbalanced)."""
+    n_c = resolve_max_per_class(name, data.max_per_class)
+    return _load(name, str(data.data_dir), seed, download, n_c)
 
 
 @functools.lru_cache(maxsize=1)

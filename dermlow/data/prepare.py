@@ -1,74 +1,64 @@
 """The data of a run: its manifest (which images, labels and splits) and its torch datasets.
 
-ISIC / HAM10000 / generic dermoscopy sets come from `dermlow.isic`; the paper's benchmark
-sets (MNIST, CIFAR, digits) from `dermlow.benchdata`. Both end as the same manifest
-(docs/run_directory.md) so that the training loop, the run folder and the review app do not
-know which kind of data they hold.
+The data set named by `data.dataset` is looked up in the registry `DATASETS`, which this module
+fills by importing the modules that register entries: `dermlow.data.isic` (ISIC / HAM10000 /
+generic image folders) and `dermlow.data.array_manifest` (MNIST, CIFAR, digits). Both end as the
+same manifest (docs/run_directory.md) so that the training loop, the run folder and the review
+app do not know which kind of data they hold.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 from torch.utils.data import Dataset
 
-from dermlow.config import Config
+# Importing these registers their data sets: the ISIC-style readers first, so they lead every list.
+from dermlow.data import isic  # noqa: F401
+
+# isort: split
+from dermlow.data import array_manifest  # noqa: F401
+from dermlow.data.sources import DATASETS, DataConfig, RunData
 from dermlow.errors import UserError
 
 log = logging.getLogger(__name__)
 
-ISIC_SETS = ("isic2017", "isic2018", "ham10000", "generic")
+__all__ = ["DATASETS", "RunData", "prepare", "read_data", "build_datasets", "flip_labels", "challenge_years"]
 
 
-@dataclass
-class RunData:
-    """A run's manifest and class list, before any tensors exist."""
-
-    manifest: pd.DataFrame
-    codes: list[str]
-    names: list[str]
-    in_chans: int = 3
-    skipped: list[str] = field(default_factory=list)  # bad images left out (--skip-bad-images)
+def read_data(data: DataConfig, *, seed: int) -> RunData:
+    """Read and validate the data set of `data` (a UserError lists the valid data set names)."""
+    return DATASETS.get(data.dataset).read(data, seed=seed)
 
 
-def prepare(cfg: Config) -> RunData:
-    """Read and validate the data named by `cfg.data`, split it, and flip labels if asked."""
-    if cfg.data.dataset in ISIC_SETS:
-        data = _isic(cfg)
-    else:
-        from dermlow.data import array_manifest
-
-        data = array_manifest.prepare(cfg)
-    if "val" not in set(data.manifest["split"]):
+def prepare(data: DataConfig, *, seed: int) -> RunData:
+    """`read_data`, then check that there is a validation split and flip labels if asked."""
+    run_data = read_data(data, seed=seed)
+    if "val" not in set(run_data.manifest["split"]):
         raise UserError("the data has no validation split, which model selection needs: set data.val_fraction > 0.")
-    if cfg.data.flip_labels > 0:
-        data.manifest = flip_labels(data.manifest, cfg.data.flip_labels, len(data.codes), seed=cfg.run.seed)
-    return data
+    if data.flip_labels > 0:
+        run_data.manifest = flip_labels(run_data.manifest, data.flip_labels, len(run_data.codes), seed=seed)
+    return run_data
 
 
-def _isic(cfg: Config) -> RunData:
-    from dermlow.data.isic import load_manifest
+def build_datasets(data: DataConfig, manifest: pd.DataFrame, *, seed: int, mean, std) -> dict[str, Dataset]:
+    """torch datasets per split yielding (image, label, index), augmentation on `train` only."""
+    return DATASETS.get(data.dataset).build_datasets(data, manifest, seed=seed, mean=mean, std=std)
 
-    d = cfg.data
-    manifest, spec, skipped = load_manifest(
-        d.data_dir, dataset=d.dataset, split=d.split, test_fraction=d.test_fraction,
-        val_fraction=d.val_fraction, seed=cfg.run.seed, skip_bad_images=d.skip_bad_images,
-        labels_csv=d.labels_csv, image_dir=d.image_dir, splits_file=d.splits_file, test=d.test,
-    )
-    return RunData(manifest, list(spec.codes), list(spec.names), 3, skipped)
+
+def challenge_years() -> dict[int, str]:
+    """ISIC challenge year -> data set name, for the data sets that declare a year."""
+    return {e.year: e.name for e in DATASETS.entries() if e.extra.get("year") is not None}
 
 
 def flip_labels(manifest: pd.DataFrame, fraction: float, num_classes: int, *, seed: int) -> pd.DataFrame:
-    """Flip a seeded `fraction` of the training labels to a different, uniformly drawn class.
+    """Flip a seeded `fraction` (in (0, 1)) of the training labels to a different, uniformly drawn class.
 
     Adds `flipped` and `original_label`; `label`/`label_name` become the labels trained on.
-    Used to measure how well flags find label errors (the flipped rows are the known answer).
+    Used to measure how well flag scores find label errors (the flipped rows are the known answer).
     """
-    if not 0 < fraction < 1:
-        raise UserError(f"--flip-labels must be between 0 and 1, got {fraction}.")
     out = manifest.copy()
     out["original_label"] = out["label"]
     out["flipped"] = False
@@ -81,30 +71,4 @@ def flip_labels(manifest: pd.DataFrame, fraction: float, num_classes: int, *, se
     codes = dict(zip(manifest["label"], manifest["label_name"], strict=False))
     out["label_name"] = out["label"].map(codes).fillna(out["label_name"])
     log.info("flipped %d of %d training labels on purpose (seed %d)", len(chosen), len(train), seed)
-    return out
-
-
-def build_datasets(cfg: Config, manifest: pd.DataFrame, *, mean, std) -> dict[str, Dataset]:
-    """torch datasets per split yielding (image, label, index), augmentation on `train` only."""
-    if cfg.data.dataset not in ISIC_SETS:
-        from dermlow.data import array_manifest
-
-        return array_manifest.build_datasets(cfg, manifest, mean=mean, std=std)
-    from dermlow.data.loading import ImageCache, ManifestDataset
-    from dermlow.data.transforms import eval_transform, train_transform
-
-    d = cfg.data
-    cache = ImageCache(d.cache_dir, image_size=d.image_size, p=d.color_p) if d.cache_dir else None
-    if cache is not None:
-        cache.build(manifest, workers=max(d.num_workers, 1), progress=True)
-    out = {}
-    for split in ("train", "val", "test"):
-        rows = manifest[manifest["split"] == split]
-        if len(rows) == 0:
-            continue
-        make = train_transform if split == "train" else eval_transform
-        # uint8 out of the workers; train.to_input normalises on the device (docs/benchmarks.md)
-        transform = make(crop_size=d.crop_size, mean=mean, std=std, normalise=False)
-        out[split] = ManifestDataset(rows.reset_index(drop=True), transform=transform, image_size=d.image_size,
-                                     cache=cache, p=d.color_p)
     return out

@@ -13,22 +13,19 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
 
+from dermlow.data.sources import SPLIT_METHODS, TEST_SOURCES, DatasetSpec
 from dermlow.errors import UserError, format_rows
-
-if TYPE_CHECKING:
-    from dermlow.data.isic import DatasetSpec
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-METHODS = ("lesion", "random")
+METHODS = SPLIT_METHODS
 P = TypeVar("P")
-TEST_SOURCES = ("split", "official")
 
 
 def choose_test(parts: list[P], test: str, *, root: Path, dataset: str) -> list[P]:

@@ -1,7 +1,7 @@
 """Image pipelines: the cached preprocessing step, train/eval augmentation, and test-time augmentation.
 
 Preprocessing (Shades of Gray + resize) is deterministic and may be cached on disk (see
-`dermlow.data.ImageCache`); the train/eval pipelines below run on its output every epoch.
+`dermlow.data.loading.ImageCache`); the train/eval pipelines below run on its output every epoch.
 """
 
 from __future__ import annotations
@@ -65,6 +65,21 @@ def normalise_batch(batch: torch.Tensor, mean: Sequence[float], std: Sequence[fl
     m = torch.as_tensor(mean, dtype=torch.float32, device=batch.device).view(1, -1, 1, 1) * 255.0
     s = torch.as_tensor(std, dtype=torch.float32, device=batch.device).view(1, -1, 1, 1) * 255.0
     return (batch.float() - m) / s
+
+
+def to_input(images: torch.Tensor, device: torch.device, normalisation: tuple | None, *,
+             channels_last: bool = False) -> torch.Tensor:
+    """A loader batch as network input on `device`.
+
+    ISIC loaders send uint8 images (a quarter of the bytes of float32 through worker queues and
+    host-to-device copies); they are normalised here, on the device, with the model's (mean, std).
+    """
+    images = images.to(device, non_blocking=True)
+    if images.dtype == torch.uint8:
+        images = normalise_batch(images, *normalisation)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images
 
 
 def normalisation_from_timm(model: torch.nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -2,24 +2,34 @@
 
 Every loss is a pure function ``(logits [B, C], target [B]) -> per-sample loss [B]`` computed in
 float32 (half-precision logits from autocast are upcast first), so a weighting strategy can scale
-each sample's loss before the mean. ``get_loss`` picks one by name and binds its options.
+each sample's loss before the mean. The registry ``LOSSES`` holds one factory per loss name with
+its options dataclass (the settings of the ``loss:`` config section); ``make_loss`` binds a loss to
+its options and the training class counts and pairs it with its logit-gradient norm ``g``.
+
+A new loss is one decorated factory here (or in any module imported before the config is read)::
+
+    @LOSSES.register("mine", label="Mine", help="what it is", options=MineOptions)
+    def make_mine(options: MineOptions, class_counts: Sequence[int] | None) -> Loss:
+        return Loss.with_autograd_g(lambda logits, target: ...)
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from dermlow.errors import UserError
+from dermlow.method.low import PerSampleLoss, ce_logit_grad_sq_norm, logit_grad_sq_norm
+from dermlow.registry import NoOptions, Registry
+from dermlow.settings import finite, require
 
-__all__ = ["LOSSES", "balanced_ce", "ce", "class_weights", "focal", "get_loss"]
-
-PerSampleLoss = Callable[[Tensor, Tensor], Tensor]
+__all__ = ["LOSSES", "Loss", "balanced_ce", "ce", "class_weights", "focal", "make_loss"]
 
 
 def _check_inputs(logits: Tensor, target: Tensor) -> Tensor:
@@ -141,7 +151,24 @@ def focal(
     return loss
 
 
-LOSSES: dict[str, Callable[..., Tensor]] = {"ce": ce, "balanced_ce": balanced_ce, "focal": focal}
+class Loss(NamedTuple):
+    """A per-sample loss bound to its options, and g: its squared logit-gradient norm per sample."""
+
+    per_sample: PerSampleLoss
+    g: PerSampleLoss
+
+    @classmethod
+    def with_autograd_g(cls, per_sample: PerSampleLoss) -> Loss:
+        """g by one autograd call with respect to the logits (`low.logit_grad_sq_norm`)."""
+
+        def g(logits: Tensor, target: Tensor) -> Tensor:
+            return logit_grad_sq_norm(logits, per_sample, target)
+
+        return cls(per_sample, g)
+
+
+LossFactory = Callable[[object, Sequence[int] | None], Loss]
+LOSSES: Registry[LossFactory] = Registry("loss", "losses")
 
 
 class _DeviceCached:
@@ -158,49 +185,77 @@ class _DeviceCached:
         return self._by_device[key].to(dtype)
 
 
-def _option_names(fn: Callable[..., Tensor]) -> list[str]:
-    params = inspect.signature(fn).parameters.values()
-    return [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+@LOSSES.register("ce", label="CE", help="cross-entropy")
+def _make_ce(options: NoOptions, class_counts: Sequence[int] | None) -> Loss:
+    return Loss(ce, ce_logit_grad_sq_norm)  # g in closed form: ||softmax - onehot||^2
 
 
-def get_loss(name: str, **options: object) -> PerSampleLoss:
-    """The per-sample loss called ``name`` (a key of ``LOSSES``) with its keyword options bound.
+@dataclass(frozen=True)
+class BalancedCEOptions:
+    """`loss: {name: balanced_ce, ...}`: class weights from inverse frequency or Cui et al.'s effective number."""
 
-    Per-class vectors (balanced_ce's class weights, focal's alpha) are computed once here and
-    cached per device, so the returned function does no host work per step.
+    effective_number: bool = False
+    beta: float = 0.999  # with effective_number
+
+    def __post_init__(self) -> None:
+        require(finite(self.beta) and 0 <= self.beta < 1, f"loss.beta must be in [0, 1), got {self.beta}.")
+
+
+@LOSSES.register("balanced_ce", label="bCE", help="class-balanced cross-entropy", options=BalancedCEOptions)
+def _make_balanced_ce(options: BalancedCEOptions, class_counts: Sequence[int] | None) -> Loss:
+    if class_counts is None:
+        raise ValueError("loss 'balanced_ce' needs class_counts (training images per class)")
+    cached = _DeviceCached(class_weights(class_counts, effective_number=options.effective_number, beta=options.beta))
+
+    def balanced(logits: Tensor, target: Tensor) -> Tensor:
+        z = _check_inputs(logits, target)
+        return _weighted_ce(z, target, cached.on(z.device, z.dtype))
+
+    return Loss.with_autograd_g(balanced)
+
+
+@dataclass(frozen=True)
+class FocalOptions:
+    """`loss: {name: focal, ...}`: the focusing exponent and optional per-class weights."""
+
+    gamma: float = 2.0
+    alpha: list[float] | None = None  # one weight per class
+
+    def __post_init__(self) -> None:
+        require(finite(self.gamma) and self.gamma >= 0, f"loss.gamma (focal) must be a finite number >= 0, "
+                f"got {self.gamma}: 0 is cross-entropy, the focal loss paper uses 2.")
+        if self.alpha is not None:
+            require(all(finite(a) and a >= 0 for a in self.alpha),
+                    f"loss.alpha must hold finite weights >= 0, one per class, got {self.alpha}.")
+
+
+@LOSSES.register("focal", label="FL", help="focal loss", options=FocalOptions)
+def _make_focal(options: FocalOptions, class_counts: Sequence[int] | None) -> Loss:
+    gamma = options.gamma
+    if options.alpha is None:
+        return Loss.with_autograd_g(lambda logits, target: focal(logits, target, gamma=gamma))
+    if class_counts is not None and len(options.alpha) != len(class_counts):
+        raise UserError(f"loss.alpha has {len(options.alpha)} values, but the data has {len(class_counts)} "
+                        "classes: give one weight per class, in the class order of the data set.")
+    alpha = _DeviceCached(torch.as_tensor(options.alpha, dtype=torch.float32))
+
+    def focal_alpha(logits: Tensor, target: Tensor) -> Tensor:
+        return focal(logits, target, gamma=gamma, alpha=alpha.on(logits.device, torch.float32))
+
+    return Loss.with_autograd_g(focal_alpha)
+
+
+def make_loss(name: str, options: object | None = None, *, class_counts: Sequence[int] | Tensor | None = None,
+              **settings: object) -> Loss:
+    """The loss called `name` bound to `options` (its options dataclass) or to keyword `settings`.
+
+    `class_counts` (training images per class) is passed to every factory; `balanced_ce` needs it.
+    Per-class vectors are computed once here and cached per device, so a step does no host work.
 
     Raises:
-        ValueError: unknown name (the message lists the valid ones) or an unknown option.
+        UserError: unknown name or option, or a value the options refuse.
     """
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; valid losses: {', '.join(sorted(LOSSES))}")
-    fn = LOSSES[name]
-    valid = _option_names(fn)
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) {unknown} for loss {name!r}; valid options: {', '.join(valid) or 'none'}"
-        )
-    if name == "balanced_ce":
-        if options.get("class_counts") is None:
-            raise ValueError("loss 'balanced_ce' needs class_counts (training images per class)")
-        cached = _DeviceCached(class_weights(**options))  # type: ignore[arg-type]
-
-        def balanced(logits: Tensor, target: Tensor) -> Tensor:
-            z = _check_inputs(logits, target)
-            return _weighted_ce(z, target, cached.on(z.device, z.dtype))
-
-        return balanced
-    if name == "focal" and options.get("alpha") is not None:
-        alpha = _DeviceCached(torch.as_tensor(options["alpha"], dtype=torch.float32))
-        gamma = float(options.get("gamma", 2.0))  # type: ignore[arg-type]
-
-        def focal_alpha(logits: Tensor, target: Tensor) -> Tensor:
-            return focal(logits, target, gamma=gamma, alpha=alpha.on(logits.device, torch.float32))
-
-        return focal_alpha
-
-    def bound(logits: Tensor, target: Tensor) -> Tensor:
-        return fn(logits, target, **options)
-
-    return bound
+    if options is None:
+        options = LOSSES.options(name, settings, "loss")
+    counts = None if class_counts is None else [int(c) for c in torch.as_tensor(class_counts).tolist()]
+    return LOSSES.get(name)(options, counts)

@@ -1,4 +1,4 @@
-"""Sample weighting: LOW (Santiago et al. 2021) and the baselines, behind one objective interface.
+"""LOW's solver (Santiago et al. 2021) and the logit-gradient norms g it weighs samples by.
 
 LOW, per mini-batch of M samples with per-sample losses l_j and logit-gradient norms
 g_j = ||dl_j/dz_j||^2::
@@ -10,8 +10,8 @@ The QP's solution is the Euclidean projection of ``1 + g / (2 lam)`` onto the sc
 (complete the square: ``w.g - lam||w-1||^2 = -lam||w - (1 + g/(2 lam))||^2 + const``), found
 exactly by sort + cumsum (Duchi et al. 2008) on the tensor's device without a host round-trip.
 
-The objectives that apply these weights in training (and the baselines) are in
-:mod:`dermlow.objectives`.
+The weightings that apply these weights in training (LOW and the baselines) are in
+:mod:`dermlow.method.weightings`; this module is pure tensor math with no training state.
 """
 
 from __future__ import annotations

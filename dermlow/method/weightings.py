@@ -1,53 +1,67 @@
-"""The training objective: a per-sample loss times a sample weighting, behind one interface.
+"""Sample weightings: how one training step turns a batch into a weighted loss.
 
-An :class:`Objective` runs the forward pass itself and returns ``{"loss", "logits",
-"per_sample_loss", "weights", "g"}`` (every tensor aligned with the input batch), so the training
-loop never knows which weighting is in use: ``none`` (plain SGD), ``low`` (LOW, the weights of
-:func:`dermlow.weighting.low_weights`), and the paper's baselines ``spl`` (self-paced learning)
-and ``is`` (importance sampling).
+A weighting is a class registered in ``WEIGHTINGS`` with its options dataclass (the settings of the
+``weighting:`` config section). The training loop calls, once per step::
+
+    out = weighting.training_step(model, optimizer, images, targets, step=step, epoch=epoch,
+                                  meta_batches=meta_batches)
+
+and gets ``{"loss", "logits", "per_sample_loss", "weights", "g"}`` (every tensor aligned with the
+batch, all but ``loss`` detached); the loop then does backward, the gradient scaler and
+``optimizer.step()`` and records the rest, so it never knows which weighting runs. Built in:
+``none`` (plain training), ``low`` (LOW: the weights of :func:`dermlow.method.low.low_weights`) and
+the paper's baselines ``spl`` (self-paced learning) and ``is`` (importance sampling).
+
+A weighting that learns from a clean meta set (Meta-Weight-Net, Learning to Reweight) declares
+``meta_split`` (a split of the run's manifest, e.g. ``"val"``): the session then passes
+``meta_batches``, an endless iterator of ``(images, targets)`` from that split, already on the
+model's device and normalised like the training batch. It may take a look-ahead step with
+``torch.func.functional_call(model, params, images)`` and ``optimizer.param_groups[0]["lr"]``;
+it must not call ``optimizer.step()`` itself. For every built-in weighting it is None.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from dermlow.method.losses import get_loss
-from dermlow.method.low import (
-    PerSampleLoss,
-    _check_low_args,
-    ce_logit_grad_sq_norm,
-    logit_grad_sq_norm,
-    low_weights,
-)
+from dermlow import distributed
+from dermlow.method.losses import Loss, make_loss
+from dermlow.method.low import GRAD_SCALES, low_weights
+from dermlow.registry import NoOptions, Registry
+from dermlow.settings import finite, flag, require
 
 logger = logging.getLogger(__name__)
 
+WEIGHTINGS: Registry[type[Weighting]] = Registry("weighting")
 
-class Objective:
-    """Forward pass + per-sample loss + weights -> weighted training loss; base class ``none``.
 
-    Subclasses override :meth:`weights` (or ``__call__``). ``batch_multiplier`` tells the data
-    loader how many images to yield per optimiser step, in units of the batch size.
+class Weighting:
+    """Forward pass + per-sample loss + weights -> weighted training loss; the base class is ``none``.
+
+    Subclasses override :meth:`weights` (a function of the batch's losses and g) or, for methods
+    that need more passes, :meth:`training_step`. Class attributes tell the rest of dermlow what a
+    method needs, so nothing outside this module names a weighting:
     """
 
-    batch_multiplier: int = 1
+    batch_multiplier: int = 1  # images the loader yields per step, in units of the batch size
+    meta_split: ClassVar[str | None] = None  # split whose batches arrive as `meta_batches`
+    flag_source: ClassVar[str] = "g_mean"  # weight-log column the flag score ranks this method's runs by
+    warns_on_zero_weights: ClassVar[bool] = False  # many zero weights mean a bad setting (LOW's lambda)
 
-    def __init__(self, loss_fn: PerSampleLoss, g_fn: PerSampleLoss) -> None:
-        self.loss_fn = loss_fn
-        self.g_fn = g_fn
+    def __init__(self, options: Any, loss: Loss, *, seed: int = 0) -> None:
+        self.options = options
+        self.loss = loss
+        self.seed = int(seed)
 
     def start_epoch(self, epoch: int, num_epochs: int) -> None:
-        """Called before each epoch; ``epoch`` is 1-based (1..num_epochs), as ``train.fit`` counts.
-
-        A no-op unless the method has a schedule.
-        """
+        """Called before each epoch; ``epoch`` is 1-based (1..num_epochs). A no-op without a schedule."""
 
     def state_dict(self) -> dict[str, Any]:
         """What must be saved in a checkpoint to resume (empty for stateless methods)."""
@@ -60,11 +74,13 @@ class Objective:
         """Per-sample weights ``[B]`` (detached) from detached losses and gradient norms."""
         return torch.ones_like(per_sample_loss)
 
-    def __call__(self, model: nn.Module, images: Tensor, targets: Tensor) -> dict[str, Tensor]:
-        """Forward ``images``; return loss (with grad) and detached per-sample records."""
+    def training_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, targets: Tensor,
+                      *, step: int = 0, epoch: int = 1,
+                      meta_batches: Iterator[tuple[Tensor, Tensor]] | None = None) -> dict[str, Tensor]:
+        """Forward ``images``; return the loss (with grad) and the detached per-sample records."""
         logits = model(images).float()  # autocast may give half logits; losses and g in float32
-        loss_vec = self.loss_fn(logits, targets)
-        g = self.g_fn(logits, targets)
+        loss_vec = self.loss.per_sample(logits, targets)
+        g = self.loss.g(logits, targets)
         w = self.weights(loss_vec.detach(), g).detach()
         return {
             "loss": (w * loss_vec).mean(),
@@ -75,42 +91,74 @@ class Objective:
         }
 
 
-class Uniform(Objective):
-    """``none``: every weight is 1 (plain SGD); g is still computed for the records and flags."""
+@WEIGHTINGS.register("none", label="", help="every weight 1: plain training")
+class Uniform(Weighting):
+    """``none``: every weight is 1 (plain SGD); g is still computed for the records and flag scores."""
 
 
-class LowWeighting(Objective):
+def _number(value: object) -> str:
+    return f"{value:g}" if isinstance(value, int | float) and not isinstance(value, bool) else repr(value)
+
+
+@dataclass(frozen=True)
+class LowOptions:
+    """`weighting: {name: low, ...}`."""
+
+    lam: float = field(default=1.0, metadata={
+        **flag("--lam", "LOW's lambda on the per-sample scale (larger = weights closer to 1)"), "run_name": "lam"})
+    grad_scale: str = "per_sample"  # per_sample | batch_mean (the reference code's g / M^2)
+    global_batch: bool = False  # DDP: solve the QP once over the all-gathered global batch
+
+    def __post_init__(self) -> None:
+        require(finite(self.lam) and self.lam > 0, f"--lam must be a positive number, got {_number(self.lam)}: "
+                "LOW's lambda divides the gradient norms (larger lambda = weights closer to 1; the default is 1).")
+        require(self.grad_scale in GRAD_SCALES,
+                f"weighting.grad_scale must be {' or '.join(GRAD_SCALES)}, got '{self.grad_scale}'.")
+
+
+@WEIGHTINGS.register("low", label="LOW", help="Learning Optimal sample Weights", options=LowOptions)
+class LowWeighting(Weighting):
     """``low``: weights from :func:`low_weights` of the batch's g (no host sync).
 
     Under DistributedDataParallel the QP's constraint sum(w) = M holds per process, on its
-    local batch, by default. With ``global_batch=True`` the g of all processes are all-gathered
+    local batch, by default. With ``global_batch`` the g of all processes are all-gathered
     and the QP is solved once over the global batch (every process solves the same problem and
     keeps its own slice), which is the single-GPU problem at the global batch size. Either way
     DDP's gradient averaging turns the per-process losses (1/M_local) sum w l into (1/M) sum w l.
     """
 
-    def __init__(
-        self, loss_fn: PerSampleLoss, g_fn: PerSampleLoss, *, lam: float = 1.0, grad_scale: str = "per_sample",
-        global_batch: bool = False,
-    ) -> None:
-        super().__init__(loss_fn, g_fn)
-        _check_low_args(torch.zeros(1), lam, grad_scale, validate=False)
-        self.lam = float(lam)
-        self.grad_scale = grad_scale
-        self.global_batch = bool(global_batch)
+    flag_source = "weight_mean"  # LOW's weights grow with g: their history is the flag evidence
+    warns_on_zero_weights = True
 
     def weights(self, per_sample_loss: Tensor, g: Tensor) -> Tensor:
-        from dermlow import distributed
-
-        if not (self.global_batch and distributed.active()):
-            return low_weights(g, self.lam, grad_scale=self.grad_scale, validate=False)
+        lam, scale = self.options.lam, self.options.grad_scale
+        if not (self.options.global_batch and distributed.active()):
+            return low_weights(g, lam, grad_scale=scale, validate=False)
         parts = [torch.empty_like(g) for _ in range(distributed.world())]
         torch.distributed.all_gather(parts, g.contiguous())  # equal local batches: the sampler pads
-        w = low_weights(torch.cat(parts), self.lam, grad_scale=self.grad_scale, validate=False)
+        w = low_weights(torch.cat(parts), lam, grad_scale=scale, validate=False)
         return w.view(distributed.world(), -1)[distributed.rank()]
 
 
-class SelfPaced(Objective):
+@dataclass(frozen=True)
+class SplOptions:
+    """`weighting: {name: spl, ...}`: the curriculum's schedule (see SelfPaced)."""
+
+    start_quantile: float = 0.5
+    growth: float = 1.3
+    full_at: float = 0.5
+
+    def __post_init__(self) -> None:
+        require(finite(self.start_quantile) and 0.0 < self.start_quantile <= 1.0,
+                f"weighting.start_quantile must be in (0, 1], got {self.start_quantile}.")
+        require(finite(self.growth) and self.growth >= 1.0,
+                f"weighting.growth must be a finite number >= 1, got {self.growth}.")
+        require(finite(self.full_at) and 0.0 <= self.full_at <= 1.0,
+                f"weighting.full_at must be in [0, 1], got {self.full_at}.")
+
+
+@WEIGHTINGS.register("spl", label="SPL", help="self-paced learning", options=SplOptions)
+class SelfPaced(Weighting):
     """``spl``: self-paced learning (Kumar et al. 2010) with binary weights and a growing threshold.
 
     Schedule: on the first batch ever seen the threshold is initialised to the ``start_quantile``
@@ -122,23 +170,8 @@ class SelfPaced(Objective):
     passes falls back to all ones (``torch.where``, no host sync).
     """
 
-    def __init__(
-        self,
-        loss_fn: PerSampleLoss,
-        g_fn: PerSampleLoss,
-        *,
-        start_quantile: float = 0.5,
-        growth: float = 1.3,
-        full_at: float = 0.5,
-    ) -> None:
-        super().__init__(loss_fn, g_fn)
-        if not 0.0 < start_quantile <= 1.0:
-            raise ValueError(f"start_quantile must be in (0, 1], got {start_quantile}")
-        if not (math.isfinite(growth) and growth >= 1.0):
-            raise ValueError(f"growth must be a finite number >= 1, got {growth}")
-        if not 0.0 <= full_at <= 1.0:
-            raise ValueError(f"full_at must be in [0, 1], got {full_at}")
-        self.start_quantile, self.growth, self.full_at = float(start_quantile), float(growth), float(full_at)
+    def __init__(self, options: SplOptions, loss: Loss, *, seed: int = 0) -> None:
+        super().__init__(options, loss, seed=seed)
         self.threshold0: Tensor | None = None
         self.epoch, self.num_epochs = 1, 1
 
@@ -151,15 +184,15 @@ class SelfPaced(Objective):
 
     def threshold(self) -> Tensor | float | None:
         """The current loss threshold (None before the first batch; inf once all samples are in)."""
-        if self.epoch > math.ceil(self.full_at * self.num_epochs):
+        if self.epoch > math.ceil(self.options.full_at * self.num_epochs):
             return math.inf
         if self.threshold0 is None:
             return None
-        return self.threshold0 * self.growth ** (self.epoch - 1)
+        return self.threshold0 * self.options.growth ** (self.epoch - 1)
 
     def weights(self, per_sample_loss: Tensor, g: Tensor) -> Tensor:
         if self.threshold0 is None:
-            self.threshold0 = torch.quantile(per_sample_loss.float(), self.start_quantile)
+            self.threshold0 = torch.quantile(per_sample_loss.float(), self.options.start_quantile)
         thr = self.threshold()
         assert thr is not None
         v = (per_sample_loss <= thr).to(per_sample_loss.dtype)
@@ -177,7 +210,22 @@ class SelfPaced(Objective):
         self.epoch, self.num_epochs = int(state.get("epoch", 1)), int(state.get("num_epochs", 1))
 
 
-class ImportanceSampling(Objective):
+@dataclass(frozen=True)
+class IsOptions:
+    """`weighting: {name: is, ...}`: the pre-sampling factor and the probability floor (see ImportanceSampling)."""
+
+    presample: int = 3
+    smoothing: float = 0.1
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.presample, int) and not isinstance(self.presample, bool) and self.presample >= 1,
+                f"weighting.presample must be a whole number >= 1, got {self.presample!r}.")
+        require(finite(self.smoothing) and self.smoothing >= 0,
+                f"weighting.smoothing must be a finite number >= 0, got {self.smoothing}.")
+
+
+@WEIGHTINGS.register("is", label="IS", help="importance sampling by gradient norm", options=IsOptions)
+class ImportanceSampling(Weighting):
     """``is``: importance sampling after Katharopoulos & Fleuret (2018), scored by the logit gradient.
 
     The loader yields ``B = presample * b`` images. A no-grad scoring pass over all B gives
@@ -185,7 +233,8 @@ class ImportanceSampling(Objective):
     + 1e-12`` (so no p is 0); forward the chosen ones with grad; the unbiased loss is
     ``(1/b) sum_k l_{s_k} / (B p_{s_k})``. Returned per-image weights are ``n_i / (b p_i)``
     (n_i = times drawn, E[w_i] = 1), so ``(1/B) sum_i w_i l_i`` is the trained loss when the two
-    passes agree. Records (loss, g, logits) come from the scoring pass.
+    passes agree. Records (loss, g, logits) come from the scoring pass. Draws come from a
+    generator seeded with the run's seed (saved in the checkpoint).
 
     BatchNorm: the scoring pass runs in eval mode (running statistics, no dropout), so it neither
     updates the BN running statistics a second time nor depends on which images share the batch;
@@ -194,22 +243,9 @@ class ImportanceSampling(Objective):
     only the variance of the estimator, which stays unbiased for any p > 0.
     """
 
-    def __init__(
-        self,
-        loss_fn: PerSampleLoss,
-        g_fn: PerSampleLoss,
-        *,
-        presample: int = 3,
-        smoothing: float = 0.1,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(loss_fn, g_fn)
-        if isinstance(presample, bool) or not isinstance(presample, int) or presample < 1:
-            raise ValueError(f"presample must be an integer >= 1, got {presample!r}")
-        if not (math.isfinite(smoothing) and smoothing >= 0):
-            raise ValueError(f"smoothing must be a finite number >= 0, got {smoothing}")
-        self.batch_multiplier = presample
-        self.smoothing, self.seed = float(smoothing), int(seed)
+    def __init__(self, options: IsOptions, loss: Loss, *, seed: int = 0) -> None:
+        super().__init__(options, loss, seed=seed)
+        self.batch_multiplier = options.presample
         self._generator: torch.Generator | None = None
         self._generator_device: torch.device | None = None
         self._pending_state: dict[str, Any] | None = None
@@ -230,25 +266,27 @@ class ImportanceSampling(Objective):
     def probabilities(self, g: Tensor) -> Tensor:
         """Sampling probabilities ``[B]`` from the gradient norms (no host sync)."""
         score = g.sqrt()
-        score = score + self.smoothing * score.mean() + 1e-12
+        score = score + self.options.smoothing * score.mean() + 1e-12
         return score / score.sum()
 
-    def __call__(self, model: nn.Module, images: Tensor, targets: Tensor) -> dict[str, Tensor]:
+    def training_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, targets: Tensor,
+                      *, step: int = 0, epoch: int = 1,
+                      meta_batches: Iterator[tuple[Tensor, Tensor]] | None = None) -> dict[str, Tensor]:
         modes = [(m, m.training) for m in model.modules()]
         model.eval()
         try:
             with torch.no_grad():
                 logits = model(images).float()
-                loss_vec = self.loss_fn(logits, targets)
+                loss_vec = self.loss.per_sample(logits, targets)
         finally:
             for module, training in modes:  # not model.train(): keeps deliberately frozen parts in eval
                 module.training = training
-        g = self.g_fn(logits, targets)
+        g = self.loss.g(logits, targets)
         n = images.shape[0]
         b = -(-n // self.batch_multiplier)
         p = self.probabilities(g)
         idx = torch.multinomial(p, b, replacement=True, generator=self._generator_on(p.device))
-        chosen_loss = self.loss_fn(model(images[idx]).float(), targets[idx])
+        chosen_loss = self.loss.per_sample(model(images[idx]).float(), targets[idx])
         loss = (chosen_loss / (n * p[idx])).mean()
         drawn = torch.zeros_like(p).index_add_(0, idx, torch.ones_like(idx, dtype=p.dtype))
         records = {"logits": logits, "per_sample_loss": loss_vec, "weights": drawn / (b * p), "g": g}
@@ -264,49 +302,22 @@ class ImportanceSampling(Objective):
         self._pending_state = dict(state) if state else None
 
 
-WEIGHTINGS = {"none": Uniform, "low": LowWeighting, "spl": SelfPaced, "is": ImportanceSampling}
+def make_weighting(name: str, options: object | None = None, *, loss: Loss | str = "ce",
+                   class_counts: Sequence[int] | None = None, seed: int = 0, **settings: object) -> Weighting:
+    """The weighting called `name` with `options` (its options dataclass) or keyword `settings`.
 
-
-def _keyword_options(cls: type[Objective]) -> list[str]:
-    params = inspect.signature(cls.__init__).parameters.values()
-    return [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
-
-
-def make_objective(
-    loss: str,
-    weighting: str,
-    *,
-    class_counts: Sequence[int] | Tensor | None = None,
-    loss_options: dict[str, Any] | None = None,
-    weighting_options: dict[str, Any] | None = None,
-) -> Objective:
-    """The training objective for a loss name (``losses.LOSSES``) and a weighting name (``WEIGHTINGS``).
-
-    ``class_counts`` (training images per class) is passed to losses that need it
-    (``balanced_ce``). g uses the closed form for ``ce`` and one autograd call otherwise.
+    `loss` is a bound :class:`Loss` or a loss name (then built with `class_counts`); `seed` seeds
+    the methods that draw at random (``is``).
 
     Raises:
-        ValueError: unknown loss, weighting or option (the message lists the valid ones).
+        UserError: unknown weighting, loss or option, or a value the options refuse.
     """
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"unknown weighting {weighting!r}; valid weightings: {', '.join(WEIGHTINGS)}")
-    options = dict(loss_options or {})
-    if loss == "balanced_ce":
-        options.setdefault("class_counts", class_counts)
-    loss_fn = get_loss(loss, **options)
-    if loss == "ce":
-        g_fn: PerSampleLoss = ce_logit_grad_sq_norm
-    else:
+    if options is None:
+        options = WEIGHTINGS.options(name, settings, "weighting")
+    if isinstance(loss, str):
+        loss = make_loss(loss, class_counts=class_counts)
+    return WEIGHTINGS.get(name)(options, loss, seed=seed)
 
-        def g_fn(logits: Tensor, target: Tensor) -> Tensor:
-            return logit_grad_sq_norm(logits, loss_fn, target)
 
-    cls = WEIGHTINGS[weighting]
-    w_options = dict(weighting_options or {})
-    valid = _keyword_options(cls)
-    unknown = sorted(set(w_options) - set(valid))
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) {unknown} for weighting {weighting!r}; valid options: {', '.join(valid) or 'none'}"
-        )
-    return cls(loss_fn, g_fn, **w_options)
+__all__ = ["WEIGHTINGS", "Weighting", "Uniform", "LowWeighting", "SelfPaced", "ImportanceSampling", "LowOptions",
+           "SplOptions", "IsOptions", "NoOptions", "make_weighting"]

@@ -3,18 +3,35 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import timm
 import torch
 from torch import nn
 
-from dermlow.config import ModelConfig
 from dermlow.errors import UserError
+from dermlow.settings import flag, require
 
 log = logging.getLogger(__name__)
 
 OWN_NETS = ("lenet5", "densenet_bc_100", "wrn_28_2")
+
+
+@dataclass
+class ModelConfig:
+    """The `model:` section: which network, and where its starting weights come from."""
+
+    name: str = field(default="densenet161", metadata=flag(
+        "--model", f"timm model name (default densenet161), or one of {', '.join(OWN_NETS)}"))
+    pretrained: bool = True  # ImageNet weights through timm (needs internet once)
+    weights: str | None = field(default=None, metadata=flag(
+        "--weights", "local pretrained weights (timm/torchvision state dict or .safetensors)"))
+    channels_last: bool = True  # CUDA only
+    compile: bool = False  # torch.compile (CUDA only)
+
+    def __post_init__(self) -> None:
+        require(bool(self.name.strip()), "model.name cannot be empty: name a timm model such as densenet161.")
 
 
 def create_model(cfg: ModelConfig, num_classes: int, *, in_chans: int = 3) -> nn.Module:

@@ -21,6 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from dermlow.data.sources import MANIFEST_COLUMNS as MANIFEST_COLUMNS  # the run folder's manifest layout
+
 log = logging.getLogger(__name__)
 
 CONFIG = "config.yaml"
@@ -35,8 +37,6 @@ BEST = "best.pt"
 WARNINGS = "warnings.log"
 DONE = "done"
 REVIEW = "review.csv"
-
-MANIFEST_COLUMNS = ["index", "image_id", "path", "label", "label_name", "split", "lesion_id"]
 
 WEIGHT_SCHEMA = pa.schema(
     [

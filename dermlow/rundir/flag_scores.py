@@ -30,7 +30,10 @@ The most likely other label is the most frequent runner-up class (`other` in the
 when training logged it; else the most frequent wrong prediction) with its mean probability
 (`p_other`, when logged) and the share of epochs it was predicted (other_votes).
 
-`evaluate_flags` measures all this on runs trained with deliberately flipped labels.
+Vocabulary: a *flag score* is computed here from the weight history (`dermlow flag`, flagged.csv);
+a *review mark* is a person's decision in the app (`dermlow.rundir.review_marks`, review.csv).
+The research-only evaluation of flag scores against deliberately flipped labels is
+`dermlow.bench.flag_eval`.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ import numpy as np
 import pandas as pd
 
 from dermlow.errors import UserError
+from dermlow.method.weightings import WEIGHTINGS
 from dermlow.rundir import files, reader, review_marks
 
 log = logging.getLogger(__name__)
@@ -78,13 +82,14 @@ def weight_history(summary: pd.DataFrame, source: str | None = None) -> tuple[pd
 
 
 def weight_source(config: dict) -> str | None:
-    """The weight history to score a run by, from its config: LOW's weights for `low`, the
-    gradient norm g for any other weighting (self-paced and importance-sampling weights are not
-    LOW's: a self-paced weight of 0 marks a *high* loss), automatic when the config says nothing."""
+    """The weight history to score a run by, from its config: what its weighting declares
+    (`Weighting.flag_source`: LOW's own weights for `low`; the gradient norm g for the others,
+    whose weights are not LOW's: a self-paced weight of 0 marks a *high* loss), g for a weighting
+    this dermlow does not know, automatic when the config says nothing."""
     name = ((config or {}).get("weighting") or {}).get("name")
     if name is None:
         return None
-    return "weight_mean" if name == "low" else "g_mean"
+    return WEIGHTINGS.get(name).flag_source if name in WEIGHTINGS else "g_mean"
 
 
 def flag_scores(summary: pd.DataFrame, *, shares: dict[str, float] | None = None,
@@ -132,11 +137,11 @@ def _named(run: reader.Run, label: pd.Series) -> pd.Series:
 
 
 def _with_review(scored: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
-    """Join the app's review flags: review_flagged, review_reason, review_note, review_updated_at."""
-    rv = review_marks.read_review(run_dir)[["image_id", "flagged", "reason", "note", "updated_at"]]
-    rv = rv.rename(columns={c: f"review_{c}" for c in ["flagged", "reason", "note", "updated_at"]})
+    """Join the app's review marks: review_marked, review_reason, review_note, review_updated_at."""
+    rv = review_marks.read_review(run_dir)[["image_id", "marked", "reason", "note", "updated_at"]]
+    rv = rv.rename(columns={c: f"review_{c}" for c in ["marked", "reason", "note", "updated_at"]})
     out = scored.merge(rv, on="image_id", how="left")
-    out["review_flagged"] = out["review_flagged"].fillna(False).astype(bool)
+    out["review_marked"] = out["review_marked"].fillna(False).astype(bool)
     for c in ("review_reason", "review_note", "review_updated_at"):
         out[c] = out[c].fillna("")
     return out
@@ -146,12 +151,12 @@ EXPORT_COLUMNS = list(dict.fromkeys([
     "rank", "image_id", "index", "path", "label", "label_name", "other_label", "other_label_name", "other_prob",
     "other_votes", "weight_mean", "weight_above1", "p_true_mean", "loss_mean", "g_mean",
     *COMPONENTS, *(f"{c}_pct" for c in COMPONENTS), "score",
-    "review_flagged", "review_reason", "review_note", "review_updated_at",
+    "review_marked", "review_reason", "review_note", "review_updated_at",
 ]))
 
 
 def flag_table(run_dir: str | Path) -> pd.DataFrame:
-    """Every training image of the run, scored and ranked, with readable labels and review flags."""
+    """Every training image of the run, scored and ranked, with readable labels and review marks."""
     run_dir = Path(run_dir)
     run = reader.load_run(run_dir)
     summary = reader.weight_summary(run_dir)
@@ -178,14 +183,14 @@ def export_flags(run_dir: str | Path, *, top: int | None = None, per_class: bool
     """The flagged-cases table (see EXPORT_COLUMNS), most suspicious first.
 
     top: keep the first N (per given label with per_class); reviewed_only: keep only the cases
-    flagged in the review app (before `top`); out: also write it as CSV (atomically);
+    marked in the review app (before `top`); out: also write it as CSV (atomically);
     copy_images: copy the images into DIR/<given label code>/ for a relabelling tool.
     """
     if top is not None and top < 1:
         raise UserError(f"--top must be a positive number of cases, got {top}.")
     table = flag_table(run_dir)
     if reviewed_only:
-        table = table[table["review_flagged"]]
+        table = table[table["review_marked"]]
     if top is not None:
         table = table.groupby("label", sort=False).head(top) if per_class else table.head(top)
     if per_class:
@@ -220,82 +225,3 @@ def copy_flagged_images(run_dir: str | Path, table: pd.DataFrame, dest: str | Pa
         log.warning("%d image(s) not found and not copied: %s", len(missing), shown)
     log.info("copied %d images into %s", copied, dest)
     return copied
-
-
-def ranking_quality(truth: np.ndarray, score: np.ndarray, k: int) -> dict[str, float]:
-    """Average precision and precision at k of `score` (higher = more suspicious) against `truth`."""
-    from sklearn.metrics import average_precision_score
-
-    return {"ap": float(average_precision_score(truth, score)), "precision_at_k": precision_at_k(truth, score, k)}
-
-
-def precision_at_k(truth: np.ndarray, score: np.ndarray, k: int) -> float:
-    """Share of true cases among the k highest scores; images tied with the k-th score count
-    with their expected share (ties broken at random), so row order cannot leak into it."""
-    truth, score = np.asarray(truth, dtype=bool), np.asarray(score, dtype=float)
-    if not 0 < k <= len(score):
-        raise ValueError(f"k must be in 1..{len(score)}, got {k}")
-    kth = np.sort(score)[::-1][k - 1]
-    above, tied = score > kth, score == kth
-    expected = truth[above].sum() + (k - above.sum()) * truth[tied].mean()
-    return float(expected / k)
-
-
-def candidate_scores(scored: pd.DataFrame) -> dict[str, pd.Series]:
-    """The combined score, its class-normalised components and the cheap per-sample scores it
-    must beat, each oriented higher = more suspicious; constant ones (the weights of a run
-    trained without weighting) and unlogged ones (the margin without p_other) are left out."""
-    out = {
-        "combined": scored["score"],
-        "weight_excess": scored["weight_excess"], "loss_excess": scored["loss_excess"],
-        "above1_excess": scored["above1_excess"],
-        "mean weight": scored["weight_mean"], "share of epochs weight > 1": scored["weight_above1"],
-        "mean weight, later half": scored["weight_late"], "mean g": scored["g_mean"],
-        "1 - mean p(label)": scored["contradiction"], "share of epochs misclassified": scored["misclassified"],
-        "mean loss": scored["loss_mean"],
-        "AUM-style margin": scored["other_prob"] - scored["p_true_mean"],
-    }
-    return {name: s for name, s in out.items() if s.notna().all() and s.nunique() > 1}
-
-
-def evaluate_flags(run_dir: str | Path, *, k: int | None = None) -> pd.DataFrame:
-    """How well each score finds the deliberately flipped labels of a run (manifest `flipped`).
-
-    One row per score of `candidate_scores`, best AP first. The AUM-style margin is the mean
-    over epochs of p(most likely other label) - p(given label). Columns: score, ap,
-    precision_at_k, k, flipped, images. k defaults to the number of flipped images.
-    """
-    run_dir = Path(run_dir)
-    summary = reader.weight_summary(run_dir)
-    if "flipped" not in summary.columns or not summary["flipped"].any():
-        raise UserError(f"{run_dir / files.MANIFEST} records no flipped labels: evaluate flags on a run "
-                        "trained with --flip-labels FRACTION.")
-    scored = flag_scores(summary, weight_from=weight_source(reader.load_run(run_dir).config))
-    truth = scored["flipped"].to_numpy(dtype=bool)
-    k = int(truth.sum()) if k is None else int(k)
-    rows = [{"score": name, **ranking_quality(truth, s.to_numpy(dtype=float), k)}
-            for name, s in candidate_scores(scored).items()]
-    out = pd.DataFrame(rows).assign(k=k, flipped=int(truth.sum()), images=len(truth))
-    return out.sort_values("ap", ascending=False, kind="stable").reset_index(drop=True)
-
-
-def cleanlab_quality(labels: np.ndarray, pred_probs: np.ndarray, flipped: np.ndarray,
-                     *, k: int | None = None) -> dict[str, float]:
-    """cleanlab's baseline on out-of-sample (cross-validated) probabilities [N, C] of the training
-    images: AP and precision@k of its self-confidence label-quality score, and the precision and
-    recall of the set `find_label_issues` returns. Needs the `cleanlab` package."""
-    try:
-        from cleanlab.filter import find_label_issues
-        from cleanlab.rank import get_label_quality_scores
-    except ImportError:
-        raise UserError("the cleanlab comparison needs cleanlab: pip install cleanlab") from None
-    labels = np.asarray(labels, dtype=np.int64)
-    truth = np.asarray(flipped, dtype=bool)
-    k = int(truth.sum()) if k is None else int(k)
-    quality = get_label_quality_scores(labels, pred_probs, method="self_confidence")
-    out = ranking_quality(truth, -quality, k)
-    issues = find_label_issues(labels, pred_probs)
-    found = int(issues.sum())
-    out |= {"found": found, "found_precision": float(truth[issues].mean()) if found else float("nan"),
-            "found_recall": float(issues[truth].mean()) if truth.any() else float("nan")}
-    return out

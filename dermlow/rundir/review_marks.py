@@ -1,8 +1,11 @@
-"""The review app's flags: review.csv inside the run folder (image_id, index, reason, note, flagged, updated_at).
+"""Review marks: a person's decisions in the review app, kept in the run folder's review.csv.
 
-One row per image ever flagged; unflagging keeps the row (and its note) with flagged = false, so
-a reviewer's notes survive. Every change rewrites the file atomically, so the review survives
-restarts and a crash never leaves half a file.
+Columns: image_id, index, reason, note, marked, updated_at. One row per image ever marked;
+unmarking keeps the row (and its note) with marked = false, so a reviewer's notes survive. Every
+change rewrites the file atomically, so the review survives restarts and a crash never leaves half
+a file. A *review mark* is a person's decision; a *flag score* (`dermlow.rundir.flag_scores`) is
+computed from the weight history. review.csv files written before this naming have a `flagged`
+column instead of `marked`; they are read as they are.
 """
 
 from __future__ import annotations
@@ -19,18 +22,18 @@ from dermlow.rundir import files
 log = logging.getLogger(__name__)
 
 REASONS = ("possible label error", "hard case", "image quality", "duplicate")
-COLUMNS = ["image_id", "index", "reason", "note", "flagged", "updated_at"]
+COLUMNS = ["image_id", "index", "reason", "note", "marked", "updated_at"]
 
 
 def empty_review() -> pd.DataFrame:
     """A review table without rows, with the right columns and types."""
     return pd.DataFrame({"image_id": pd.Series(dtype=str), "index": pd.Series(dtype="int64"),
                          "reason": pd.Series(dtype=str), "note": pd.Series(dtype=str),
-                         "flagged": pd.Series(dtype=bool), "updated_at": pd.Series(dtype=str)})
+                         "marked": pd.Series(dtype=bool), "updated_at": pd.Series(dtype=str)})
 
 
 def read_review(run_dir: str | Path) -> pd.DataFrame:
-    """The run's review.csv (an empty table when nobody has flagged anything yet)."""
+    """The run's review.csv (an empty table when nobody has marked anything yet)."""
     file = Path(run_dir) / files.REVIEW
     if not file.is_file():
         return empty_review()
@@ -38,22 +41,24 @@ def read_review(run_dir: str | Path) -> pd.DataFrame:
         frame = pd.read_csv(file, dtype={"image_id": str, "reason": str, "note": str, "updated_at": str},
                             keep_default_na=False)
     except (OSError, ValueError, pd.errors.ParserError) as err:
-        raise UserError(f"{file} cannot be read as CSV ({err}); fix or delete it (it holds only review flags).") from None
+        raise UserError(f"{file} cannot be read as CSV ({err}); fix or delete it (it holds only review marks).") from None
+    if "marked" not in frame.columns and "flagged" in frame.columns:  # written before the rename
+        frame = frame.rename(columns={"flagged": "marked"})
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise UserError(f"{file} lacks column(s) {', '.join(missing)}; it needs {', '.join(COLUMNS)}.")
     bad = [i + 2 for i, r in enumerate(frame["reason"]) if r not in REASONS]
     if bad:
         raise UserError(f"{file}: unknown reason at {format_rows(bad)}; valid reasons: {', '.join(REASONS)}.")
-    frame["flagged"] = frame["flagged"].astype(str).str.lower().isin(["true", "1"])
+    frame["marked"] = frame["marked"].astype(str).str.lower().isin(["true", "1"])
     frame["index"] = pd.to_numeric(frame["index"], errors="coerce").fillna(-1).astype("int64")
     return frame[COLUMNS]
 
 
-def flagged(run_dir: str | Path) -> pd.DataFrame:
-    """The rows currently flagged."""
+def marked(run_dir: str | Path) -> pd.DataFrame:
+    """The rows currently marked."""
     frame = read_review(run_dir)
-    return frame[frame["flagged"]].reset_index(drop=True)
+    return frame[frame["marked"]].reset_index(drop=True)
 
 
 def _now() -> str:
@@ -64,29 +69,29 @@ def _write(run_dir: str | Path, frame: pd.DataFrame) -> None:
     files.write_csv(Path(run_dir) / files.REVIEW, frame[COLUMNS])
 
 
-def flag(run_dir: str | Path, image_id: str, index: int, reason: str, note: str = "",
+def mark(run_dir: str | Path, image_id: str, index: int, reason: str, note: str = "",
          *, now: str | None = None) -> pd.DataFrame:
-    """Flag (or re-flag with a new reason/note) one image; returns the whole updated table."""
+    """Mark (or re-mark with a new reason/note) one image for review; returns the whole updated table."""
     if reason not in REASONS:
         raise UserError(f"unknown review reason {reason!r}; choose one of: {', '.join(REASONS)}.")
     frame = read_review(run_dir)
     row = {"image_id": str(image_id), "index": int(index), "reason": reason, "note": note or "",
-           "flagged": True, "updated_at": now or _now()}
+           "marked": True, "updated_at": now or _now()}
     frame = frame[frame["image_id"] != str(image_id)]
     frame = pd.concat([frame, pd.DataFrame([row])], ignore_index=True) if len(frame) else pd.DataFrame([row])
     _write(run_dir, frame)
-    log.info("flagged %s (%s)", image_id, reason)
+    log.info("marked %s (%s)", image_id, reason)
     return frame.reset_index(drop=True)
 
 
-def unflag(run_dir: str | Path, image_id: str, *, now: str | None = None) -> pd.DataFrame:
-    """Clear an image's flag, keeping its reason and note; a no-op for an image never flagged."""
+def unmark(run_dir: str | Path, image_id: str, *, now: str | None = None) -> pd.DataFrame:
+    """Clear an image's mark, keeping its reason and note; a no-op for an image never marked."""
     frame = read_review(run_dir)
     hit = frame["image_id"] == str(image_id)
     if not hit.any():
         return frame
-    frame.loc[hit, "flagged"] = False
+    frame.loc[hit, "marked"] = False
     frame.loc[hit, "updated_at"] = now or _now()
     _write(run_dir, frame)
-    log.info("unflagged %s", image_id)
+    log.info("unmarked %s", image_id)
     return frame

@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dermlow.config import ModelConfig, from_dict
+from dermlow.config import resolve, upgrade
 from dermlow.data.loading import make_loader
 from dermlow.data.prepare import build_datasets
+from dermlow.data.transforms import normalisation_from_timm
 from dermlow.errors import UserError
 from dermlow.metrics import classification_metrics, confusion, format_report, per_class_report
-from dermlow.models.factory import create_model, load_checkpoint
+from dermlow.models.factory import ModelConfig, create_model, load_checkpoint
 from dermlow.rundir import files
 from dermlow.rundir.reader import read_manifest
 from dermlow.training.loop import evaluate
@@ -41,16 +42,14 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", tta: bool = False,
         raise UserError(f"--checkpoint must be best or last, got '{checkpoint}'.")
     dev = pick_device(device)
     ckpt = load_checkpoint(run_dir / name, map_location=dev)
-    cfg = from_dict(ckpt["config"])
+    cfg = resolve(upgrade(ckpt["config"]))
     codes, names = ckpt["classes"]["codes"], ckpt["classes"]["names"]
     model_cfg = ModelConfig(**{**cfg.model.__dict__, "pretrained": False, "weights": None})
     net = create_model(model_cfg, len(codes), in_chans=ckpt.get("in_chans", 3)).to(dev)
     net.load_state_dict(ckpt["model"])
-    from dermlow.data.transforms import normalisation_from_timm
-
     mean, std = normalisation_from_timm(net)
     manifest = read_manifest(run_dir)
-    datasets = build_datasets(cfg, manifest, mean=mean, std=std)
+    datasets = build_datasets(cfg.data, manifest, seed=cfg.run.seed, mean=mean, std=std)
     if split not in datasets or split == "train":
         raise UserError(f"split '{split}' is not in this run; choose one of: {', '.join(s for s in datasets if s != 'train')}.")
     loader = make_loader(datasets[split], batch_size=cfg.optim.batch_size, shuffle=False, seed=cfg.run.seed,

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from dermlow import distributed as dist
-from dermlow.data.transforms import normalise_batch, tta_variants
+from dermlow.data.transforms import to_input, tta_variants
 from dermlow.method.guards import collapse_warnings, weight_stats
 from dermlow.metrics import classification_metrics
 from dermlow.training.session import Session, start_session
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 def fit(session: Session) -> Path:
     """Train `session` from its next epoch to the configured last one; returns the run folder.
 
-    Per epoch: train with the chosen loss x weighting, evaluate validation and test, write
+    Per epoch: train with the session's weighting (which holds the loss), evaluate validation and test, write
     the epoch's weight rows, metrics, best predictions and checkpoints (checkpoint last, so
     a run killed mid-epoch resumes from the last epoch whose files are all written).
     """
@@ -34,9 +34,9 @@ def fit(session: Session) -> Path:
     previous = float("nan")  # last epoch's share of the most-predicted class (collapse guard)
     for epoch in range(s.start_epoch, cfg.optim.epochs + 1):
         t0 = time.perf_counter()
-        s.objective.start_epoch(epoch, cfg.optim.epochs)
+        s.weighting.start_epoch(epoch, cfg.optim.epochs)
         lr = s.optimizer.param_groups[0]["lr"]
-        records = train_one_epoch(s, s.train_loader(epoch), desc=f"epoch {epoch}/{cfg.optim.epochs}")
+        records = train_one_epoch(s, s.train_loader(epoch), epoch=epoch, desc=f"epoch {epoch}/{cfg.optim.epochs}")
         s.scheduler.step()
         evals = {split: evaluate(s.model, s.eval_loader(split), s.device, s.autocast, normalisation=s.normalisation,
                                  channels_last=s.channels_last) for split in s.eval_splits}
@@ -47,7 +47,7 @@ def fit(session: Session) -> Path:
         row["pred_majority_frac"] = _majority_fraction(evals["val"][2])
         s.record_epoch(epoch, row, records, evals)
         for message in collapse_warnings(row, records, evals["val"][1], epoch=epoch, previous_share=previous,
-                                         low=cfg.weighting.name == "low"):
+                                         low=s.weighting.warns_on_zero_weights):
             s.warn(message)
         previous = row["pred_majority_frac"]
         if dist.is_main():
@@ -56,7 +56,7 @@ def fit(session: Session) -> Path:
     return session.run_dir
 
 
-def train_one_epoch(s: Session, loader: Iterable, *, desc: str = "") -> dict[str, np.ndarray]:
+def train_one_epoch(s: Session, loader: Iterable, *, epoch: int = 1, desc: str = "") -> dict[str, np.ndarray]:
     """One pass over `loader` (a DataLoader, or any iterable of (images, labels, index) batches);
     returns the per-sample records of the epoch as numpy arrays.
 
@@ -70,11 +70,13 @@ def train_one_epoch(s: Session, loader: Iterable, *, desc: str = "") -> dict[str
     zero_share: list[torch.Tensor] = []  # per step: share of the batch with weight 0
     total = len(loader.dataset) if hasattr(loader, "dataset") else None
     bar = tqdm(total=total, desc=desc, unit="img", leave=False, disable=None if dist.is_main() else True)
+    meta = s.meta_batches(epoch)  # None unless the weighting learns from a meta set
     for step, (images, labels, index) in enumerate(loader, 1):
         images = to_input(images, s.device, s.normalisation, channels_last=s.channels_last)
         labels = labels.to(s.device, non_blocking=True)
         with s.autocast():
-            out = s.objective(s.model, images, labels)
+            out = s.weighting.training_step(s.model, s.optimizer, images, labels, step=step, epoch=epoch,
+                                            meta_batches=meta)
         s.optimizer.zero_grad(set_to_none=True)
         s.scaler.scale(out["loss"]).backward()
         s.scaler.step(s.optimizer)
@@ -102,21 +104,6 @@ def train_one_epoch(s: Session, loader: Iterable, *, desc: str = "") -> dict[str
     steps = torch.stack(zero_share).cpu().numpy() if zero_share else np.zeros(0)
     records["step_zero_frac"] = np.concatenate(dist.gather_objects(steps))
     return records
-
-
-def to_input(images: torch.Tensor, device: torch.device, normalisation: tuple | None, *,
-             channels_last: bool = False) -> torch.Tensor:
-    """A loader batch as network input on `device`.
-
-    ISIC loaders send uint8 images (a quarter of the bytes of float32 through worker queues and
-    host-to-device copies); they are normalised here, on the device, with the model's (mean, std).
-    """
-    images = images.to(device, non_blocking=True)
-    if images.dtype == torch.uint8:
-        images = normalise_batch(images, *normalisation)
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images
 
 
 @torch.no_grad()

@@ -1,11 +1,16 @@
-"""A training session: everything `fit` needs (model, objective, optimizer, data), set up new
-or restored from a run folder, and the writing of each epoch's records into that folder."""
+"""A training session: everything `fit` needs (model, loss, weighting, optimizer, data), set up new
+or restored from a run folder, and the writing of each epoch's records into that folder.
+
+A new run builds the model, loss, weighting and optimizer before it creates its run folder, so a
+setting that any of them refuses leaves nothing on disk.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import random
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +25,14 @@ from torch.utils.data import DataLoader, Dataset
 from dermlow import config as config_mod
 from dermlow import distributed as dist
 from dermlow.config import Config
-from dermlow.data.isic import DatasetSpec, submission_frame
+from dermlow.data.isic import submission_frame
 from dermlow.data.loading import make_loader
-from dermlow.data.prepare import RunData, build_datasets, prepare
+from dermlow.data.prepare import build_datasets, prepare
+from dermlow.data.sources import DatasetSpec, RunData
+from dermlow.data.transforms import normalisation_from_timm, to_input
 from dermlow.errors import UserError
-from dermlow.method.weightings import make_objective
+from dermlow.method.losses import make_loss
+from dermlow.method.weightings import Weighting, make_weighting
 from dermlow.models.factory import create_model, load_checkpoint
 from dermlow.rundir import files
 from dermlow.rundir.reader import read_manifest
@@ -40,7 +48,7 @@ class Session:
     datasets: dict[str, Dataset]
     model: nn.Module  # possibly torch.compile'd
     net: nn.Module  # the plain module whose state dict is saved
-    objective: object
+    weighting: Weighting  # runs each training step (holds the loss)
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
@@ -65,7 +73,7 @@ class Session:
 
     def train_loader(self, epoch: int) -> DataLoader:
         """This process's share of the epoch's seeded order, in batches of its share of the batch."""
-        batch = self.cfg.optim.batch_size // dist.world() * self.objective.batch_multiplier
+        batch = self.cfg.optim.batch_size // dist.world() * self.weighting.batch_multiplier
         return make_loader(self.datasets["train"], batch_size=batch, shuffle=True, seed=self.cfg.run.seed,
                            epoch=epoch, num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda",
                            rank=dist.rank(), world=dist.world())
@@ -74,6 +82,29 @@ class Session:
         return make_loader(self.datasets[split], batch_size=self.cfg.optim.batch_size * 2, shuffle=False,
                            seed=self.cfg.run.seed, epoch=0, num_workers=self.cfg.data.num_workers,
                            pin_memory=self.device.type == "cuda", rank=dist.rank(), world=dist.world())
+
+    def meta_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]] | None:
+        """Endless (images, labels) batches of the weighting's `meta_split`, on the device and
+        normalised like training input; None when the weighting needs no meta set."""
+        split = self.weighting.meta_split
+        if split is None:
+            return None
+        if split not in self.datasets:
+            raise UserError(f"weighting '{self.cfg.weighting.name}' learns from the '{split}' split, which this "
+                            f"run does not have (its splits: {', '.join(self.datasets)}).")
+
+        def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            rounds = 0
+            while True:  # a fresh seeded order per pass over the meta set
+                loader = make_loader(self.datasets[split], batch_size=self.cfg.optim.batch_size // dist.world(),
+                                     shuffle=True, seed=self.cfg.run.seed + 7919, epoch=epoch * 1000 + rounds,
+                                     num_workers=0, rank=dist.rank(), world=dist.world())
+                for images, labels, _ in loader:
+                    yield (to_input(images, self.device, self.normalisation, channels_last=self.channels_last),
+                           labels.to(self.device, non_blocking=True))
+                rounds += 1
+
+        return batches()
 
     def record_epoch(self, epoch: int, row: dict, records: dict[str, np.ndarray], evals: dict) -> None:
         """Write the epoch's weight rows, metrics, best predictions and checkpoints, in that order.
@@ -111,7 +142,7 @@ class Session:
         return {
             "epoch": epoch, "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-            "objective": self.objective.state_dict(), "rng": rng, "config": self.cfg.to_dict(),
+            "weighting": self.weighting.state_dict(), "rng": rng, "config": self.cfg.to_dict(),
             "classes": {"codes": self.data.codes, "names": self.data.names}, "in_chans": self.data.in_chans,
             "best_bacc": self.best_bacc, "best_epoch": self.best_epoch,
         }
@@ -131,7 +162,8 @@ class Session:
 
 
 def start_session(cfg: Config, *, resume: str | Path | None = None) -> Session:
-    """Set up a new run (validating data and weights before anything is written) or resume one.
+    """Set up a new run (validating data, model, loss, weighting and optimizer before anything is
+    written) or resume one.
 
     Under torchrun, rank 0 validates the data and writes the run's first files; the other
     ranks wait for it and read the manifest it wrote, so every process trains on the same rows.
@@ -150,43 +182,48 @@ def start_session(cfg: Config, *, resume: str | Path | None = None) -> Session:
         if files.is_run_dir(run_dir):
             raise UserError(f"{run_dir} already holds a run. Continue it with --resume {run_dir}, "
                             f"or pick another name with --set run.name=NAME.")
-        data = prepare(cfg)
-        torch.manual_seed(cfg.run.seed)  # same initial weights for every method of a seed
-        net = create_model(cfg.model, len(data.codes), in_chans=data.in_chans)
+        data = prepare(cfg.data, seed=cfg.run.seed)
+        parts = _build(cfg, data, device)
         _write_run_start(run_dir, cfg, data)
         dist.barrier()
     else:
         dist.barrier()
         data = _load_run_data(run_dir)
-        torch.manual_seed(cfg.run.seed)
-        net = create_model(cfg.model, len(data.codes), in_chans=data.in_chans)
-    session = _assemble(cfg, run_dir, data, net.to(device), device)
+        parts = _build(cfg, data, device)
+    session = _assemble(cfg, run_dir, data, device, *parts)
     if resume is not None and (run_dir / files.CHECKPOINT).exists():
         _restore(session, load_checkpoint(run_dir / files.CHECKPOINT, map_location=device))
     return session
 
 
-def _assemble(cfg: Config, run_dir: Path, data: RunData, net: nn.Module, device: torch.device) -> Session:
-    from dermlow.data.transforms import normalisation_from_timm
-
+def _build(cfg: Config, data: RunData, device: torch.device) -> tuple:
+    """The network (seeded: the same initial weights for every method of a seed), its weighting
+    with the loss, and the optimizer and schedule: everything that can refuse a setting."""
+    torch.manual_seed(cfg.run.seed)
+    net = create_model(cfg.model, len(data.codes), in_chans=data.in_chans).to(device)
     if device.type == "cuda" and cfg.model.channels_last and data.in_chans == 3:
         net = net.to(memory_format=torch.channels_last)
-    mean, std = normalisation_from_timm(net)
-    if dist.is_main():  # rank 0 fills the image cache first; the others then find it ready
-        datasets = build_datasets(cfg, data.manifest, mean=mean, std=std)
-        dist.barrier()
-    else:
-        dist.barrier()
-        datasets = build_datasets(cfg, data.manifest, mean=mean, std=std)
     train = data.manifest[data.manifest["split"] == "train"]
     counts = np.bincount(train["label"].to_numpy(), minlength=len(data.codes)).tolist()
-    objective = make_objective(cfg.loss.name, cfg.weighting.name, class_counts=counts,
-                               loss_options=_loss_options(cfg), weighting_options=_weighting_options(cfg))
+    loss = make_loss(cfg.loss.name, cfg.loss.options, class_counts=counts)
+    weighting = make_weighting(cfg.weighting.name, cfg.weighting.options, loss=loss, seed=cfg.run.seed)
     optimizer = torch.optim.SGD(net.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                 nesterov=cfg.optim.nesterov and cfg.optim.momentum > 0,
                                 weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.optim.milestones,
                                                      gamma=cfg.optim.lr_gamma)
+    return net, weighting, optimizer, scheduler
+
+
+def _assemble(cfg: Config, run_dir: Path, data: RunData, device: torch.device, net: nn.Module,
+              weighting: Weighting, optimizer: torch.optim.Optimizer, scheduler) -> Session:
+    mean, std = normalisation_from_timm(net)
+    if dist.is_main():  # rank 0 fills the image cache first; the others then find it ready
+        datasets = build_datasets(cfg.data, data.manifest, seed=cfg.run.seed, mean=mean, std=std)
+        dist.barrier()
+    else:
+        dist.barrier()
+        datasets = build_datasets(cfg.data, data.manifest, seed=cfg.run.seed, mean=mean, std=std)
     amp_dtype = precision(device, amp=cfg.run.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     model = net
@@ -194,23 +231,8 @@ def _assemble(cfg: Config, run_dir: Path, data: RunData, net: nn.Module, device:
         model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.model.compile and device.type == "cuda":
         model = torch.compile(model)
-    return Session(cfg, run_dir, data, datasets, model, net, objective, optimizer, scheduler, scaler, device, amp_dtype,
-                   (mean, std))
-
-
-def _loss_options(cfg: Config) -> dict:
-    loss = cfg.loss
-    return {"ce": {}, "balanced_ce": {"effective_number": loss.effective_number, "beta": loss.beta},
-            "focal": {"gamma": loss.gamma, "alpha": loss.alpha}}.get(loss.name, {})
-
-
-def _weighting_options(cfg: Config) -> dict:
-    w = cfg.weighting
-    if w.name == "low":
-        return {"lam": w.lam, "grad_scale": w.grad_scale, "global_batch": w.global_batch, **w.options}
-    if w.name == "is":
-        return {"seed": cfg.run.seed, **w.options}
-    return dict(w.options)
+    return Session(cfg, run_dir, data, datasets, model, net, weighting, optimizer, scheduler, scaler, device,
+                   amp_dtype, (mean, std))
 
 
 def precision(device: torch.device, *, amp: bool) -> torch.dtype | None:
@@ -260,7 +282,7 @@ def _restore(s: Session, ckpt: dict) -> None:
     s.optimizer.load_state_dict(ckpt["optimizer"])
     s.scheduler.load_state_dict(ckpt["scheduler"])
     s.scaler.load_state_dict(ckpt["scaler"])
-    s.objective.load_state_dict(ckpt["objective"])
+    s.weighting.load_state_dict(ckpt.get("weighting", ckpt.get("objective", {})))  # "objective": older runs
     states = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]
     if len(states) != dist.world():
         log.warning("the checkpoint holds RNG states of %d processes, this run has %d: random streams "
