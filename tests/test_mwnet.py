@@ -136,3 +136,15 @@ def test_any_timm_model_through_functional_call():
                        loss_fn=ce, lr=0.1)
     assert torch.isfinite(loss)
     assert any(not torch.equal(p, q) for p, q in zip(vnet.parameters(), before, strict=True))
+
+
+def test_meta_batches_are_class_balanced_and_seeded():
+    from dermlow.data.balanced import BalancedBatches
+
+    labels = np.array([0] * 10 + [1] * 2 + [2] * 5)
+    batches = iter(BalancedBatches(labels, 12, seed=0, epoch=1, keys=False))
+    first = next(batches)
+    assert np.bincount(labels[first]).tolist() == [4, 4, 4]  # class 1 (2 images) drawn with replacement
+    assert len(set(first[:4])) == 4  # without replacement where a class has enough images
+    assert first == next(iter(BalancedBatches(labels, 12, seed=0, epoch=1, keys=False)))
+    assert first != next(batches)

@@ -49,6 +49,8 @@ def run_flip_ap(run_dir: str | Path) -> dict[str, float]:
 def flip_ap_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Per setup (rows of `runs`, e.g. the runs at each setup's chosen lr): AP mean and std over seeds."""
     rows = []
+    if "run_dir" not in runs.columns:
+        return pd.DataFrame()
     for run in runs.itertuples():
         ap = run_flip_ap(run.run_dir)
         if ap:

@@ -69,11 +69,12 @@ class ArraySet(DataSource):
         mean, std = pixels.mean(axis=0), pixels.std(axis=0)
         augment = CifarTrainTransform(pad=4) if self.name.startswith("cifar") else None
         out = {}
-        for split in ("train", "val", "test"):
+        for split in ("train", "val", "test", "meta"):  # meta: Meta-Weight-Net's clean set, augmented as training
             rows = manifest[manifest["split"] == split]
             if len(rows):
                 out[split] = ArrayDataset(_gather(arrays, rows), rows["label"].to_numpy(), rows["index"].to_numpy(),
-                                          transform=augment if split == "train" else None, mean=mean, std=std)
+                                          transform=augment if split in ("train", "meta") else None, mean=mean,
+                                          std=std)
         return out
 
 

@@ -58,11 +58,11 @@ class ImageFolderSet(DataSource):
         if cache is not None:
             cache.build(manifest, workers=max(data.num_workers, 1), progress=True)
         out = {}
-        for split in ("train", "val", "test"):
+        for split in ("train", "val", "test", "meta"):  # meta: Meta-Weight-Net's clean set, augmented as training
             rows = manifest[manifest["split"] == split]
             if len(rows) == 0:
                 continue
-            make = train_transform if split == "train" else eval_transform
+            make = train_transform if split in ("train", "meta") else eval_transform
             # uint8 out of the workers; transforms.to_input normalises on the device (docs/benchmarks.md)
             transform = make(crop_size=data.crop_size, mean=mean, std=std, normalise=False)
             out[split] = ManifestDataset(rows.reset_index(drop=True), transform=transform, image_size=data.image_size,

@@ -54,6 +54,7 @@ class DataConfig:
         "--skip-bad-images", "leave unreadable images out (listed in skipped_images.txt) instead of stopping"))
     flip_labels: float = field(default=0.0, metadata=flag(
         "--flip-labels", "flip this fraction of training labels on purpose (seeded)"))
+    flip_val: bool = False  # flip the same fraction of validation labels too (noisy-label benchmark)
     download: bool = False  # benchmark mode: fetch MNIST/CIFAR from their official hosts
 
     def __post_init__(self) -> None:

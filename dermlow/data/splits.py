@@ -121,6 +121,39 @@ def assign_splits(table: pd.DataFrame, *, method: str = "lesion", test_fraction:
     return split.reindex(table.index)
 
 
+META_SPLIT = "meta"
+
+
+def carve_meta(manifest: pd.DataFrame, per_class: int, *, seed: int) -> pd.DataFrame:
+    """Move `per_class` seeded training images of every class to split "meta" (a clean meta set).
+
+    A class gives at most half of its training images (floor(n / 2)), so it keeps training
+    images of its own; a class with a single training image gives none (logged). Validation and
+    test are never touched. Rows are chosen in image_id order, so the choice does not depend on
+    the order of the rows. After deliberate label flips (`original_label` present) classes are
+    the true ones and the chosen images get their true label back: the meta set is clean.
+    """
+    out = manifest.copy()
+    train = out[out["split"] == "train"].sort_values("image_id", kind="stable")
+    truth = "original_label" if "original_label" in out.columns else "label"
+    rng = np.random.default_rng([seed, 3571])
+    chosen, short = [], []
+    for label, rows in train.groupby(truth, sort=True):
+        take = min(per_class, len(rows) // 2)
+        if take < per_class:
+            short.append(f"{label}: {take}")
+        chosen.extend(rows.index[rng.choice(len(rows), size=take, replace=False)] if take else [])
+    out.loc[chosen, "split"] = META_SPLIT
+    if truth != "label":
+        names = dict(zip(out["label"], out["label_name"], strict=False))  # label and label_name agree row by row
+        out.loc[chosen, "label"] = out.loc[chosen, "original_label"]
+        out.loc[chosen, "flipped"] = False
+        out.loc[chosen, "label_name"] = out.loc[chosen, "label"].map(names)
+    log.info("meta set: %d training images (%d per class asked) moved to split 'meta'%s", len(chosen), per_class,
+             f"; classes with fewer (label: images): {', '.join(short)}" if short else "")
+    return out
+
+
 def _warn_leakage(split: pd.Series, lesion: pd.Series) -> None:
     if (lesion[split == "train"] == "").all():
         log.warning("split='random' splits images, not lesions: images of one lesion can fall in both train "

@@ -21,9 +21,15 @@ p = 0.75, decay 0.9, gamma 1, dropout 0.5 in the first 17 % of training and 0.05
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
+
+from dermlow.method.losses import Loss
+from dermlow.method.weightings import WEIGHTINGS, Weighting
+from dermlow.settings import finite, require
 
 
 def progress_percent(epoch: int, num_epochs: int) -> int:
@@ -78,3 +84,68 @@ def example_dropout(v: Tensor, rate: float, generator: torch.Generator) -> Tenso
     order = torch.randperm(v.numel(), generator=generator, device=generator.device)[:keep].to(v.device)
     mask = torch.zeros_like(v).index_fill_(0, order, 1.0)
     return v * mask
+
+
+@dataclass(frozen=True)
+class MentornetOptions:
+    """`weighting: {name: mentornet, ...}`: MentorNet-PD's curriculum (defaults: the authors' CIFAR runs)."""
+
+    percentile: float = 0.75  # lambda tracks this percentile of the batch losses
+    decay: float = 0.9  # of lambda's moving average
+    gamma: float = 1.0  # width of the linear ramp after linear_from
+    burn_in: int = 18  # percent of training with every weight 1
+    linear_from: int = 90  # percent of training from which the linear curriculum applies
+    early_dropout: float = 0.5  # example dropout rate in the first 17 % of training
+    dropout: float = 0.05  # example dropout rate afterwards
+
+    def __post_init__(self) -> None:
+        require(finite(self.percentile) and 0 <= self.percentile <= 1,
+                f"weighting.percentile must be in [0, 1], got {self.percentile}.")
+        require(finite(self.decay) and 0 <= self.decay < 1, f"weighting.decay must be in [0, 1), got {self.decay}.")
+        require(finite(self.gamma) and self.gamma > 0, f"weighting.gamma must be > 0, got {self.gamma}.")
+        require(0 <= self.burn_in <= self.linear_from <= 100,
+                f"weighting.burn_in and linear_from must satisfy 0 <= burn_in <= linear_from <= 100, "
+                f"got {self.burn_in} and {self.linear_from}.")
+        for name in ("early_dropout", "dropout"):
+            value = getattr(self, name)
+            require(finite(value) and 0 <= value < 1, f"weighting.{name} must be in [0, 1), got {value}.")
+
+
+EARLY_DROPOUT_UNTIL = 17  # percent of training, as the authors' example_dropout_rates "0.5,17,0.05,83"
+
+
+@WEIGHTINGS.register("mentornet", label="MentorNet", help="MentorNet-PD: the predefined curriculum of "
+                     "MentorNet (Jiang et al. 2018)", options=MentornetOptions)
+class MentorNetPD(Weighting):
+    """``mentornet``: weights from MentorNet-PD's curriculum (module docstring); loss (1/M) sum v l.
+
+    State (saved in checkpoints): lambda and the example-dropout generator, seeded with the run's seed.
+    """
+
+    def __init__(self, options: MentornetOptions, loss: Loss, *, seed: int = 0) -> None:
+        super().__init__(options, loss, seed=seed)
+        self.threshold = LossThreshold(options.percentile, options.decay)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.percent = 0
+
+    def start_epoch(self, epoch: int, num_epochs: int) -> None:
+        self.percent = progress_percent(epoch, num_epochs)
+
+    def weights(self, per_sample_loss: Tensor, g: Tensor) -> Tensor:
+        o = self.options
+        lam = self.threshold.update(per_sample_loss)
+        v = curriculum_weights(per_sample_loss, lam, self.percent, gamma=o.gamma, burn_in=o.burn_in,
+                               linear_from=o.linear_from)
+        rate = o.early_dropout if self.percent < EARLY_DROPOUT_UNTIL else o.dropout
+        return example_dropout(v, rate, self.generator)
+
+    def state_dict(self) -> dict[str, Any]:
+        lam = None if self.threshold.value is None else float(self.threshold.value)
+        return {"lambda": lam, "generator": self.generator.get_state(), "percent": self.percent}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state:
+            return
+        self.threshold.value = None if state["lambda"] is None else torch.tensor(float(state["lambda"]))
+        self.generator.set_state(state["generator"])
+        self.percent = int(state.get("percent", 0))

@@ -24,7 +24,9 @@ the real step updates them, as in the authors' code where the look-ahead runs on
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +34,9 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from dermlow import distributed
+from dermlow.method.losses import Loss
+from dermlow.method.weightings import WEIGHTINGS, Weighting
+from dermlow.settings import finite, require
 
 PerSampleLoss = Callable[[Tensor, Tensor], Tensor]
 
@@ -143,3 +148,76 @@ def _average_across_processes(params: list[Tensor]) -> None:
 def step_weights(weight_net: nn.Module, loss_vec: Tensor, *, normalize: bool = True) -> Tensor:
     """The real step's weights ``[B]`` from the (updated) weight net; detached."""
     return normalise(weight_net(_upcast(loss_vec.detach())), normalize=normalize)
+
+
+@dataclass(frozen=True)
+class MwnetOptions:
+    """`weighting: {name: mwnet, ...}`: the meta set and the weight net's optimiser."""
+
+    meta_per_class: int = 10  # clean meta images per class, carved from the training split (the authors' 10)
+    hidden: int = 100  # the weight net's hidden units (1-100-1)
+    meta_lr: float = 1e-3  # Adam on the weight net, as the authors' MW-Net.py
+    meta_weight_decay: float = 1e-4
+    normalize: bool = True  # weights M v / sum v (the authors' class-imbalance code); false: v itself
+
+    def __post_init__(self) -> None:
+        require(self.meta_per_class >= 1, f"weighting.meta_per_class must be at least 1, got {self.meta_per_class}.")
+        require(self.hidden >= 1, f"weighting.hidden must be at least 1, got {self.hidden}.")
+        require(finite(self.meta_lr) and self.meta_lr > 0, f"weighting.meta_lr must be > 0, got {self.meta_lr}.")
+        require(finite(self.meta_weight_decay) and self.meta_weight_decay >= 0,
+                f"weighting.meta_weight_decay must be >= 0, got {self.meta_weight_decay}.")
+
+
+@WEIGHTINGS.register("mwnet", label="MW-Net", help="Meta-Weight-Net: a loss-to-weight MLP learned on a clean "
+                     "meta set carved from training", options=MwnetOptions)
+class MetaWeightNet(Weighting):
+    """``mwnet``: Meta-Weight-Net (Shu et al. 2019), one look-ahead and one weight-net update per step.
+
+    Its meta set is the run's ``meta`` split: ``meta_per_class`` clean images of every class, carved
+    from the training split before any deliberate label flips (at most half of a class; a class with
+    a single training image has none), never from validation or test, and not trained on. The
+    session sends class-balanced meta batches. Cost per step: the real forward and backward plus a
+    look-ahead forward, a double backward and a meta forward and backward (see docs/benchmarks.md).
+    """
+
+    meta_split = "meta"
+
+    def __init__(self, options: MwnetOptions, loss: Loss, *, seed: int = 0) -> None:
+        super().__init__(options, loss, seed=seed)
+        self.weight_net = WeightNet(options.hidden, seed=seed)
+        self.meta_optimizer = self._optimizer()
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.weight_net.parameters(), lr=self.options.meta_lr,
+                                weight_decay=self.options.meta_weight_decay)
+
+    def training_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, targets: Tensor,
+                      *, step: int = 0, epoch: int = 1,
+                      meta_batches: Iterator[tuple[Tensor, Tensor]] | None = None) -> dict[str, Tensor]:
+        if meta_batches is None:
+            raise RuntimeError("mwnet needs meta batches (the session sends them for meta_split = 'meta')")
+        if next(self.weight_net.parameters()).device != images.device:
+            self._move_to(images.device)
+        meta_images, meta_targets = next(meta_batches)
+        meta_update(plain_module(model), self.weight_net, self.meta_optimizer, images, targets, meta_images,
+                    meta_targets, loss_fn=self.loss.per_sample, lr=optimizer.param_groups[0]["lr"],
+                    normalize=self.options.normalize)
+        logits = model(images).float()
+        loss_vec = self.loss.per_sample(logits, targets)
+        w = step_weights(self.weight_net, loss_vec, normalize=self.options.normalize)
+        return {"loss": (w * loss_vec).mean(), "logits": logits.detach(), "per_sample_loss": loss_vec.detach(),
+                "weights": w, "g": self.loss.g(logits, targets)}
+
+    def _move_to(self, device: torch.device) -> None:
+        state = self.meta_optimizer.state_dict()
+        self.weight_net.to(device)
+        self.meta_optimizer = self._optimizer()
+        self.meta_optimizer.load_state_dict(state)  # moves the Adam moments to the parameters' device
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"weight_net": self.weight_net.state_dict(), "meta_optimizer": self.meta_optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            self.weight_net.load_state_dict(state["weight_net"])
+            self.meta_optimizer.load_state_dict(state["meta_optimizer"])

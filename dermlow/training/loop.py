@@ -18,6 +18,7 @@ from dermlow import distributed as dist
 from dermlow.data.transforms import to_input, tta_variants
 from dermlow.method.guards import collapse_warnings, weight_stats
 from dermlow.metrics import classification_metrics
+from dermlow.training.records import merge_repeats
 from dermlow.training.session import Session, start_session
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ def fit(session: Session) -> Path:
         for split, (_, labels, probs) in evals.items():
             row |= {f"{split}_{k}": v for k, v in classification_metrics(labels, probs).items()}
         row["pred_majority_frac"] = _majority_fraction(evals["val"][2])
+        row["optimizer_steps"] = int(records["optimizer_steps"])  # this epoch's (equal for every method)
         s.record_epoch(epoch, row, records, evals)
         for message in collapse_warnings(row, records, evals["val"][1], epoch=epoch, previous_share=previous,
                                          low=s.weighting.warns_on_zero_weights):
@@ -68,7 +70,7 @@ def train_one_epoch(s: Session, loader: Iterable, *, epoch: int = 1, desc: str =
     keys = ("index", "label", "per_sample_loss", "g", "weights", "p_true", "predicted", "other", "p_other")
     chunks: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
     zero_share: list[torch.Tensor] = []  # per step: share of the batch with weight 0
-    total = len(loader.dataset) if hasattr(loader, "dataset") else None
+    total = len(loader.sampler) if hasattr(loader, "sampler") else None
     bar = tqdm(total=total, desc=desc, unit="img", leave=False, disable=None if dist.is_main() else True)
     meta = s.meta_batches(epoch)  # None unless the weighting learns from a meta set
     for step, (images, labels, index) in enumerate(loader, 1):
@@ -97,12 +99,13 @@ def train_one_epoch(s: Session, loader: Iterable, *, epoch: int = 1, desc: str =
             bar.set_postfix(loss=f"{out['loss'].item():.4f}")
     bar.close()
     host = {k: torch.cat(v).cpu().numpy() for k, v in chunks.items()}
-    records = dist.gather_arrays({"index": host["index"], "label": host["label"], "loss": host["per_sample_loss"],
-                                  "g": host["g"], "weight": host["weights"], "p_true": host["p_true"],
-                                  "predicted": host["predicted"], "other": host["other"],
-                                  "p_other": host["p_other"]})
+    records = dist.gather_arrays(merge_repeats({
+        "index": host["index"], "label": host["label"], "loss": host["per_sample_loss"], "g": host["g"],
+        "weight": host["weights"], "p_true": host["p_true"], "predicted": host["predicted"],
+        "other": host["other"], "p_other": host["p_other"]}))
     steps = torch.stack(zero_share).cpu().numpy() if zero_share else np.zeros(0)
     records["step_zero_frac"] = np.concatenate(dist.gather_objects(steps))
+    records["optimizer_steps"] = np.array(len(zero_share))  # one per batch (every process takes as many)
     return records
 
 

@@ -25,14 +25,16 @@ from torch.utils.data import DataLoader, Dataset
 from dermlow import config as config_mod
 from dermlow import distributed as dist
 from dermlow.config import Config
+from dermlow.data.balanced import balanced_loader
 from dermlow.data.isic import submission_frame
 from dermlow.data.loading import make_loader
 from dermlow.data.prepare import build_datasets, prepare
 from dermlow.data.sources import DatasetSpec, RunData
+from dermlow.data.splits import META_SPLIT
 from dermlow.data.transforms import normalisation_from_timm, to_input
 from dermlow.errors import UserError
 from dermlow.method.losses import make_loss
-from dermlow.method.weightings import Weighting, make_weighting
+from dermlow.method.weightings import WEIGHTINGS, Weighting, make_weighting
 from dermlow.models.factory import create_model, load_checkpoint
 from dermlow.rundir import files
 from dermlow.rundir.reader import read_manifest
@@ -72,11 +74,15 @@ class Session:
         return autocast_for(self.device, self.amp_dtype)
 
     def train_loader(self, epoch: int) -> DataLoader:
-        """This process's share of the epoch's seeded order, in batches of its share of the batch."""
+        """This process's share of the epoch's seeded order, in batches of its share of the batch.
+
+        A weighting that draws from k-times larger candidate batches (importance sampling) gets k
+        passes over the data, so every method takes the same number of optimizer steps per epoch.
+        """
         batch = self.cfg.optim.batch_size // dist.world() * self.weighting.batch_multiplier
         return make_loader(self.datasets["train"], batch_size=batch, shuffle=True, seed=self.cfg.run.seed,
                            epoch=epoch, num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda",
-                           rank=dist.rank(), world=dist.world())
+                           rank=dist.rank(), world=dist.world(), passes=self.weighting.loader_passes)
 
     def eval_loader(self, split: str) -> DataLoader:
         return make_loader(self.datasets[split], batch_size=self.cfg.optim.batch_size * 2, shuffle=False,
@@ -94,15 +100,12 @@ class Session:
                             f"run does not have (its splits: {', '.join(self.datasets)}).")
 
         def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            rounds = 0
-            while True:  # a fresh seeded order per pass over the meta set
-                loader = make_loader(self.datasets[split], batch_size=self.cfg.optim.batch_size // dist.world(),
-                                     shuffle=True, seed=self.cfg.run.seed + 7919, epoch=epoch * 1000 + rounds,
-                                     num_workers=0, rank=dist.rank(), world=dist.world())
-                for images, labels, _ in loader:
-                    yield (to_input(images, self.device, self.normalisation, channels_last=self.channels_last),
-                           labels.to(self.device, non_blocking=True))
-                rounds += 1
+            # class-balanced (every class of the meta set equally often), seeded by (seed, epoch, rank)
+            loader = balanced_loader(self.datasets[split], self.cfg.optim.batch_size // dist.world(),
+                                     seed=self.cfg.run.seed, epoch=epoch, rank=dist.rank())
+            for images, labels, _ in loader:
+                yield (to_input(images, self.device, self.normalisation, channels_last=self.channels_last),
+                       labels.to(self.device, non_blocking=True))
 
         return batches()
 
@@ -182,7 +185,7 @@ def start_session(cfg: Config, *, resume: str | Path | None = None) -> Session:
         if files.is_run_dir(run_dir):
             raise UserError(f"{run_dir} already holds a run. Continue it with --resume {run_dir}, "
                             f"or pick another name with --set run.name=NAME.")
-        data = prepare(cfg.data, seed=cfg.run.seed)
+        data = prepare(cfg.data, seed=cfg.run.seed, meta_per_class=_meta_per_class(cfg))
         parts = _build(cfg, data, device)
         _write_run_start(run_dir, cfg, data)
         dist.barrier()
@@ -194,6 +197,13 @@ def start_session(cfg: Config, *, resume: str | Path | None = None) -> Session:
     if resume is not None and (run_dir / files.CHECKPOINT).exists():
         _restore(session, load_checkpoint(run_dir / files.CHECKPOINT, map_location=device))
     return session
+
+
+def _meta_per_class(cfg: Config) -> int:
+    """Images per class the weighting wants carved from training as its meta split (0: none)."""
+    if WEIGHTINGS.get(cfg.weighting.name).meta_split != META_SPLIT:
+        return 0
+    return int(cfg.weighting.options.meta_per_class)
 
 
 def _build(cfg: Config, data: RunData, device: torch.device) -> tuple:
