@@ -8,7 +8,7 @@ from test_benchdata import fake_mnist
 from dermlow import config
 from dermlow.cli.main import _flag_layer, build_parser
 from dermlow.data import array_manifest
-from dermlow.data.arrays import pad_images, resolve_max_per_class
+from dermlow.data.array_manifest import pad_images, resolve_max_per_class
 from dermlow.data.prepare import build_datasets, prepare
 from dermlow.errors import UserError
 

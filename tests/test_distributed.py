@@ -76,14 +76,15 @@ def _global_batch_worker(rank: int, port: int, out: str) -> None:
     import torch
     import torch.distributed as tdist
 
-    from dermlow.method.losses import ce
+    from dermlow.method.losses import Loss, ce
     from dermlow.method.low import ce_logit_grad_sq_norm
-    from dermlow.method.weightings import LowWeighting
+    from dermlow.method.weightings import LowOptions, LowWeighting
 
     tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     g = torch.tensor([[0.1, 0.2, 3.0, 0.4], [0.0, 5.0, 0.3, 0.2]])[rank]
-    local = LowWeighting(ce, ce_logit_grad_sq_norm, lam=0.2).weights(torch.zeros(4), g)
-    glob = LowWeighting(ce, ce_logit_grad_sq_norm, lam=0.2, global_batch=True).weights(torch.zeros(4), g)
+    loss = Loss(ce, ce_logit_grad_sq_norm)
+    local = LowWeighting(LowOptions(lam=0.2), loss).weights(torch.zeros(4), g)
+    glob = LowWeighting(LowOptions(lam=0.2, global_batch=True), loss).weights(torch.zeros(4), g)
     torch.save({"local": local, "global": glob}, f"{out}/{rank}.pt")
     tdist.destroy_process_group()
 

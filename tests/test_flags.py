@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from run_factory import COUNTS, make_run
 
-from dermlow.errors import UserError
 from dermlow.bench import flag_eval
+from dermlow.errors import UserError
 from dermlow.rundir import files, flag_scores, reader, review_marks
 
 

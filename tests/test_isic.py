@@ -132,7 +132,10 @@ def test_missing_folder_and_empty_folder_suggest_fetch_and_demo(tmp_path):
         load_manifest(tmp_path, dataset="isic2018")
     with pytest.raises(UserError, match=r"ISIC-2017_Training_Part3_GroundTruth\.csv.*--year 2017"):
         load_manifest(tmp_path, dataset="isic2017")
-    with pytest.raises(UserError, match="choose one of isic2017, isic2018, ham10000, generic"):
+    with pytest.raises(UserError, match="not a data set of image files with labels; choose one of isic2017, "
+                       "isic2018, ham10000, generic"):
+        load_manifest(tmp_path, dataset="digits")
+    with pytest.raises(UserError, match="unknown dataset 'isic2019'. Valid datasets: isic2017, isic2018, ham10000"):
         load_manifest(tmp_path, dataset="isic2019")
     shutil.copy(FIXTURES / "HAM10000_metadata.csv", tmp_path)
     with pytest.raises(UserError, match="--dataset ham10000"):

@@ -346,7 +346,7 @@ def best_epoch_row(metrics: pd.DataFrame) -> pd.Series:
 def is_collapsed(metrics: pd.DataFrame, val_labels: np.ndarray) -> bool:
     """Collapsed: a non-finite training or validation loss in any epoch, or, in the last epoch,
     >= 95% of validation predictions in one class while no class is within 5 points of that share
-    (the thresholds of dermlow.guards)."""
+    (the thresholds of dermlow.method.guards)."""
     losses = metrics[["train_loss", "val_loss"]].to_numpy(dtype=float)
     if not np.isfinite(losses).all():
         return True

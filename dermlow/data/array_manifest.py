@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import Dataset
 
-from dermlow.data.arrays import NAMES, BenchData, load_benchmark, pad_images, resolve_max_per_class
+from dermlow.data.arrays import NAMES, BenchData, load_benchmark
 from dermlow.data.loading import ArrayDataset, CifarTrainTransform
 from dermlow.data.sources import DATASETS, MANIFEST_COLUMNS, DataConfig, DataSource, RunData
 
@@ -89,6 +89,27 @@ def bench_data(name: str, data: DataConfig, *, seed: int, download: bool = False
     """The arrays of benchmark `name` (data.max_per_class resolved: 6000 for mnist-imbalanced)."""
     n_c = resolve_max_per_class(name, data.max_per_class)
     return _load(name, str(data.data_dir), seed, download, n_c)
+
+
+PAPER_MAX_PER_CLASS = {"mnist": 6000}  # the paper's N_C for imbalanced MNIST (Section 4.1.1)
+
+
+def resolve_max_per_class(name: str, value: int | None) -> int | None:
+    """The N_C an imbalanced benchmark uses: `value` (0 = each class's own count), or the
+    benchmark's default when None (6000 for mnist-imbalanced, own counts otherwise)."""
+    if value is None:
+        return PAPER_MAX_PER_CLASS.get(name.removesuffix("-imbalanced"))
+    return None if value == 0 else int(value)
+
+
+def pad_images(images: np.ndarray, size: int) -> np.ndarray:
+    """Zero-pad (black) uint8 images NHW or NHWC, centred, to size x size (LeNet-5's 28 -> 32)."""
+    h, w = images.shape[1:3]
+    if h > size or w > size:
+        raise ValueError(f"images are {h}x{w}, larger than the padded size {size}")
+    top, left = (size - h) // 2, (size - w) // 2
+    pad = [(0, 0), (top, size - h - top), (left, size - w - left)] + [(0, 0)] * (images.ndim - 3)
+    return np.pad(images, pad, mode="constant", constant_values=0)
 
 
 @functools.lru_cache(maxsize=1)

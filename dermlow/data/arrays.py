@@ -5,7 +5,7 @@ the official hosts. scikit-learn's bundled 8x8 digits stand in for MNIST offline
 
 Imbalanced variants follow Section 4.1.1 of the paper: class c keeps a random subset of at most
 N_C / 2^k_c of its training samples, with the exponents k a random permutation of 0..9 drawn anew
-per seed. N_C is the paper's common 6000 for MNIST (PAPER_MAX_PER_CLASS; its example
+per seed. N_C is the paper's common 6000 for MNIST (array_manifest.PAPER_MAX_PER_CLASS; its example
 [47, 23, 3000, 12, 1500, 94, 750, 6000, 375, 188] is reproduced exactly) and each class's own
 count for the other sets. The paper reports test error on the standard test sets, so only the
 training set is made imbalanced; the test set stays as published.
@@ -324,27 +324,6 @@ def imbalance(labels: np.ndarray, *, seed: int, num_classes: int | None = None,
     return np.sort(np.concatenate(kept)).astype(np.int64)
 
 
-PAPER_MAX_PER_CLASS = {"mnist": 6000}  # the paper's N_C for imbalanced MNIST (Section 4.1.1)
-
-
-def resolve_max_per_class(name: str, value: int | None) -> int | None:
-    """The N_C an imbalanced benchmark uses: `value` (0 = each class's own count), or the
-    benchmark's default when None (6000 for mnist-imbalanced, own counts otherwise)."""
-    if value is None:
-        return PAPER_MAX_PER_CLASS.get(name.removesuffix("-imbalanced"))
-    return None if value == 0 else int(value)
-
-
-def pad_images(images: np.ndarray, size: int) -> np.ndarray:
-    """Zero-pad (black) uint8 images NHW or NHWC, centred, to size x size (LeNet-5's 28 -> 32)."""
-    h, w = images.shape[1:3]
-    if h > size or w > size:
-        raise ValueError(f"images are {h}x{w}, larger than the padded size {size}")
-    top, left = (size - h) // 2, (size - w) // 2
-    pad = [(0, 0), (top, size - h - top), (left, size - w - left)] + [(0, 0)] * (images.ndim - 3)
-    return np.pad(images, pad, mode="constant", constant_values=0)
-
-
 # ---------------------------------------------------------------------------------- load by name
 @dataclass
 class BenchData:
@@ -385,7 +364,7 @@ def load_benchmark(name: str, root: str | Path, *, seed: int, download: bool = F
     """Load a benchmark by name; `<name>-imbalanced` subsamples the training set only (the paper).
 
     `seed` drives the digits split and the imbalance; `max_per_class` is N_C of the caps (None:
-    each class's own count; see imbalance_caps, and resolve_max_per_class for the per-benchmark
+    each class's own count; see imbalance_caps, and array_manifest.resolve_max_per_class for the per-benchmark
     defaults a run applies). Files live in `root` (see load_mnist / load_cifar).
     """
     base = name.removesuffix("-imbalanced")

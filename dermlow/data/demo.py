@@ -175,7 +175,7 @@ def _write_2018(out: Path, rng: np.random.Generator, n: int, size: tuple[int, in
                   "diagnosis_confirm_type": [confirm[lesion] for _, lesion, _ in images]}).to_csv(
         out / "ISIC2018_Task3_Training_LesionGroupings.csv", index=False)
     for folder in (inputs, gt_dir):
-        (folder / "ATTRIBUTION.txt").write_text("Synthetic images made by dermlow.demo; no real patient data.\n")
+        (folder / "ATTRIBUTION.txt").write_text("Synthetic images made by dermlow.data.demo; no real patient data.\n")
 
 
 def _write_2017(out: Path, rng: np.random.Generator, n: int, size: tuple[int, int]) -> None:

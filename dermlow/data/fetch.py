@@ -3,7 +3,7 @@
 Each file is downloaded to `<name>.part` and renamed when its size matches the server's
 Content-Length, so an interrupted download resumes with an HTTP Range request, on the next try
 or the next run. Files already complete are skipped. Zips are kept in `archives/` and unpacked
-into the output folder (the official layout that `dermlow.isic` reads), refusing any member
+into the output folder (the official layout that `dermlow.data.isic` reads), refusing any member
 whose path would land outside it; a `<zip>.unpacked` marker makes re-runs skip them.
 """
 

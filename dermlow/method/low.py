@@ -96,7 +96,7 @@ def low_weights(g: Tensor, lam: float, *, grad_scale: str = "per_sample", valida
             reproducing the public reference code, which differentiates the batch-*mean* loss and
             so divides every g by M^2 (with M=256 and lam=0.1 all weights stay within 1e-4 of 1).
         validate: check that g is finite and non-negative. Each check synchronises with the
-            device; the training objectives pass False (their g come from a softmax or autograd,
+            device; the training weightings pass False (their g come from a softmax or autograd,
             finite and >= 0 by construction unless the logits already are NaN, which then also
             shows in the loss). Shape, lam and grad_scale are always checked (no sync).
 

@@ -27,9 +27,9 @@ log = logging.getLogger(__name__)
 def fit(session: Session) -> Path:
     """Train `session` from its next epoch to the configured last one; returns the run folder.
 
-    Per epoch: train with the session's weighting (which holds the loss), evaluate validation and test, write
-    the epoch's weight rows, metrics, best predictions and checkpoints (checkpoint last, so
-    a run killed mid-epoch resumes from the last epoch whose files are all written).
+    Per epoch: train with the session's weighting (which holds the loss), evaluate validation and
+    test, write the epoch's weight rows, metrics, best predictions and checkpoints (checkpoint
+    last, so a run killed mid-epoch resumes from the last epoch whose files are all written).
     """
     cfg, s = session.cfg, session
     previous = float("nan")  # last epoch's share of the most-predicted class (collapse guard)
@@ -67,10 +67,8 @@ def train_one_epoch(s: Session, loader: Iterable, *, epoch: int = 1, desc: str =
     `run.log_every` steps only).
     """
     s.model.train()
-    keys = ("index", "label", "per_sample_loss", "g", "weights", "p_true", "predicted", "other", "p_other")
-    chunks: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
-    zero_share: list[torch.Tensor] = []  # per step: share of the batch with weight 0
-    total = len(loader.sampler) if hasattr(loader, "sampler") else None
+    chunks: dict[str, list[torch.Tensor]] = {k: [] for k in (*RECORDS, "zero_share")}
+    total = len(loader.sampler) if hasattr(loader, "sampler") else None  # importance sampling: several passes
     bar = tqdm(total=total, desc=desc, unit="img", leave=False, disable=None if dist.is_main() else True)
     meta = s.meta_batches(epoch)  # None unless the weighting learns from a meta set
     for step, (images, labels, index) in enumerate(loader, 1):
@@ -83,29 +81,39 @@ def train_one_epoch(s: Session, loader: Iterable, *, epoch: int = 1, desc: str =
         s.scaler.scale(out["loss"]).backward()
         s.scaler.step(s.optimizer)
         s.scaler.update()
-        probs = out["logits"].float().softmax(dim=1)
-        chunks["index"].append(index.to(s.device, non_blocking=True))
-        chunks["label"].append(labels)
-        chunks["p_true"].append(probs.gather(1, labels[:, None]).squeeze(1))
-        chunks["predicted"].append(probs.argmax(dim=1))
-        p_other, other = probs.scatter(1, labels[:, None], -1.0).max(dim=1)  # most likely other label
-        chunks["other"].append(other)
-        chunks["p_other"].append(p_other)
-        for k in ("per_sample_loss", "g", "weights"):
-            chunks[k].append(out[k].float())
-        zero_share.append((out["weights"] == 0).float().mean())
+        _keep(chunks, out, labels, index.to(s.device, non_blocking=True))
         bar.update(len(labels))
         if step % s.cfg.run.log_every == 0:
             bar.set_postfix(loss=f"{out['loss'].item():.4f}")
     bar.close()
-    host = {k: torch.cat(v).cpu().numpy() for k, v in chunks.items()}
-    records = dist.gather_arrays(merge_repeats({
-        "index": host["index"], "label": host["label"], "loss": host["per_sample_loss"], "g": host["g"],
-        "weight": host["weights"], "p_true": host["p_true"], "predicted": host["predicted"],
-        "other": host["other"], "p_other": host["p_other"]}))
-    steps = torch.stack(zero_share).cpu().numpy() if zero_share else np.zeros(0)
+    return _gather_records(chunks)
+
+
+# the weight log's per-sample columns, as kept on the device during an epoch
+RECORDS = {"index": "index", "label": "label", "per_sample_loss": "loss", "g": "g", "weights": "weight",
+           "p_true": "p_true", "predicted": "predicted", "other": "other", "p_other": "p_other"}
+
+
+def _keep(chunks: dict[str, list[torch.Tensor]], out: dict[str, torch.Tensor], labels: torch.Tensor,
+          index: torch.Tensor) -> None:
+    """Append one step's records (still on the device: no host sync)."""
+    probs = out["logits"].float().softmax(dim=1)
+    p_other, other = probs.scatter(1, labels[:, None], -1.0).max(dim=1)  # most likely other label
+    step = {"index": index, "label": labels, "p_true": probs.gather(1, labels[:, None]).squeeze(1),
+            "predicted": probs.argmax(dim=1), "other": other, "p_other": p_other,
+            **{k: out[k].float() for k in ("per_sample_loss", "g", "weights")},
+            "zero_share": (out["weights"] == 0).float().mean()}  # share of the batch with weight 0
+    for key, value in step.items():
+        chunks[key].append(value)
+
+
+def _gather_records(chunks: dict[str, list[torch.Tensor]]) -> dict[str, np.ndarray]:
+    """The epoch's records on the host, gathered from every process, named as in the weight log."""
+    records = dist.gather_arrays(merge_repeats({name: torch.cat(chunks[key]).cpu().numpy()
+                                                for key, name in RECORDS.items()}))
+    steps = torch.stack(chunks["zero_share"]).cpu().numpy() if chunks["zero_share"] else np.zeros(0)
     records["step_zero_frac"] = np.concatenate(dist.gather_objects(steps))
-    records["optimizer_steps"] = np.array(len(zero_share))  # one per batch (every process takes as many)
+    records["optimizer_steps"] = np.array(len(chunks["zero_share"]))  # one per batch (every process: as many)
     return records
 
 
