@@ -1,13 +1,13 @@
 """What does Meta-Weight-Net cost per training step, relative to plain cross-entropy?
 
-Run:  PYTHONPATH=. python benchmarks/mwnet_step_time.py [--threads 1] [--steps 200]
+Run:  PYTHONPATH=. python benchmarks/mwnet_step_time.py [--threads 1] [--steps 50]
 
 One full training step (the weighting's `training_step`, backward, SGD step) of each weighting on
 the same network, data and seed, the weightings interleaved step by step in alternating order so
 that drift of a shared machine hits them alike. Prints a markdown table of median step times and
 their ratio to `none` (CE), with the load average before and after (paste it into
 docs/benchmarks.md). Networks: LeNet-5 on MNIST-shaped 1x28x28 batches of 256 (the paper's
-benchmark) and timm's resnet18 on 3x64x64 batches of 32 (a conv net with BatchNorm; any timm model
+benchmark) and timm's resnet10t on 3x64x64 batches of 32 (a conv net with BatchNorm; any timm model
 takes the look-ahead through torch.func.functional_call).
 """
 
@@ -67,15 +67,15 @@ def measure(make_net, shape, batch, classes, steps: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=50)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import timm
 
     load_before = os.getloadavg()
     cases = [("LeNet-5, 1x28x28, batch 256", lambda: LeNet5(10, 1), (1, 28, 28), 256, 10),
-             ("timm resnet18, 3x64x64, batch 32", lambda: timm.create_model("resnet18", pretrained=False,
-                                                                            num_classes=7), (3, 64, 64), 32, 7)]
+             ("timm resnet10t, 3x64x64, batch 32", lambda: timm.create_model("resnet10t", pretrained=False,
+                                                                             num_classes=7), (3, 64, 64), 32, 7)]
     rows = [(title, measure(make, shape, batch, classes, args.steps)) for title, make, shape, batch, classes in cases]
     load_after = os.getloadavg()
     print(f"{datetime.date.today()}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "

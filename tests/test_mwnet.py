@@ -148,3 +148,14 @@ def test_meta_batches_are_class_balanced_and_seeded():
     assert len(set(first[:4])) == 4  # without replacement where a class has enough images
     assert first == next(iter(BalancedBatches(labels, 12, seed=0, epoch=1, keys=False)))
     assert first != next(batches)
+
+
+def test_plain_module_unwraps_compile_wrappers():
+    net = nn.Linear(2, 2)
+
+    class Compiled(nn.Module):  # what torch.compile returns: the module under `_orig_mod`
+        def __init__(self, inner):
+            super().__init__()
+            self._orig_mod = inner
+
+    assert plain_module(Compiled(net)) is net and plain_module(net) is net

@@ -83,11 +83,12 @@ def _upcast(t: Tensor) -> Tensor:
 def plain_module(model: nn.Module) -> nn.Module:
     """The module under torch.compile (``_orig_mod``) and DistributedDataParallel (``module``) wrappers."""
     while True:
-        inner = getattr(model, "_orig_mod", None) or (model.module if isinstance(
-            model, nn.parallel.DistributedDataParallel) else None)
-        if inner is None:
+        if isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
             return model
-        model = inner
 
 
 def lookahead_params(net: nn.Module, images: Tensor, targets: Tensor, weight_net: nn.Module, *,
