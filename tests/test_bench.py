@@ -26,7 +26,8 @@ def test_lams_must_be_positive_numbers(text):
 def test_numbers_and_methods_parse_in_order_without_duplicates():
     assert bench_grid.parse_numbers("1, 0.5,0.1,1", "--lams") == [1.0, 0.5, 0.1]
     assert bench_grid.parse_methods("none,low,balanced_ce") == ["none", "low", "balanced_ce"]
-    with pytest.raises(UserError, match="Valid methods: none, low, spl, is, balanced_ce, focal"):
+    with pytest.raises(UserError, match="Valid methods: none, low, spl, is, mentornet, mwnet, balanced_ce, focal, "
+                       "low_balanced_ce, low_focal"):
         bench_grid.parse_methods("none,lowest")
 
 

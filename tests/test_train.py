@@ -194,3 +194,23 @@ def test_evaluate_with_tta_is_the_mean_softmax_over_the_eight_dihedral_views():
     np.testing.assert_allclose(plain, expected_plain, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(tta, expected_tta, rtol=1e-5, atol=1e-6)
     assert np.abs(tta - plain).max() > 0.05  # the net is not flip-symmetric, so the views matter
+
+
+def test_evaluate_uses_the_runs_precision_not_always_bf16(low_run, monkeypatch):
+    from dermlow.training import evaluate as evaluate_mod
+    from dermlow.training.session import precision
+
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert precision(cuda, amp=True) is torch.float16 and precision(cuda, amp=False) is None
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert precision(cuda, amp=True) is torch.bfloat16 and precision(torch.device("cpu"), amp=True) is None
+    asked = []
+    monkeypatch.setattr(evaluate_mod, "precision", lambda device, *, amp: asked.append(amp))
+    ckpt = torch.load(low_run / files.BEST, weights_only=True)
+    ckpt["config"]["run"]["amp"] = False  # a run trained in float32 is evaluated in float32
+    torch.save(ckpt, low_run / "float32.pt")
+    monkeypatch.setattr(files, "BEST", "float32.pt")
+    evaluate_mod.evaluate_run(low_run, split="test", device="cpu")
+    (low_run / "float32.pt").unlink()
+    assert asked == [False]

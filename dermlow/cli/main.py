@@ -215,6 +215,9 @@ def _add_data(sub) -> None:
     check.add_argument("--image-dir", help="generic data sets: image folder")
     check.add_argument("--test-fraction", type=float, default=0.2)
     check.add_argument("--val-fraction", type=float, default=0.1)
+    check.add_argument("--test-set", choices=("split", "official"),
+                       help="test set: held out of the training images (split) or the official one (default: the "
+                       "year's config, configs/isic<year>.yaml; split without --year)")
     check.add_argument("--splits-file", type=Path, help="reuse an image_id,split CSV instead of splitting")
     check.add_argument("--skip-bad-images", action="store_true",
                        help="report unreadable images and go on instead of stopping")
@@ -247,12 +250,14 @@ def _data_check(args: argparse.Namespace) -> int:
     dataset = args.dataset or challenge_years().get(args.year)
     if dataset is None:
         raise UserError("say which data set: --year YEAR or --dataset NAME.")
+    test = args.test_set or (_year_test(args.year) if args.year else "split")
     data = DataConfig(dataset=dataset, data_dir=str(args.data_dir), split=args.split, labels_csv=args.labels_csv,
                       image_dir=args.image_dir, test_fraction=args.test_fraction, val_fraction=args.val_fraction,
                       splits_file=str(args.splits_file) if args.splits_file else None,
-                      skip_bad_images=args.skip_bad_images, max_image_pixels=args.max_image_pixels)
+                      skip_bad_images=args.skip_bad_images, max_image_pixels=args.max_image_pixels,
+                      test=test)
     run_data = read_data(data, seed=args.seed)
-    print(describe(run_data.manifest, DatasetSpec(dataset, tuple(run_data.codes), tuple(run_data.names))))
+    print(describe(run_data.manifest, DatasetSpec(dataset, tuple(run_data.codes), tuple(run_data.names)), test=test))
     for warning in class_warnings(run_data.manifest, run_data.codes):
         print(f"dermlow: warning: {warning}", file=sys.stderr)
     if run_data.skipped:
@@ -262,6 +267,13 @@ def _data_check(args: argparse.Namespace) -> int:
         save_splits(run_data.manifest, args.save_splits)
         print(f"splits written to {args.save_splits}")
     return 0
+
+
+def _year_test(year: int) -> str:
+    """data.test of the shipped config of an ISIC year (official for 2017, split for 2018)."""
+    from dermlow import config
+
+    return config.resolve(config.read_yaml(config.year_config(year))).data.test
 
 
 def _data_fetch(args: argparse.Namespace) -> int:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from dermlow.config import resolve, upgrade
 from dermlow.data.loading import make_loader
@@ -21,7 +19,7 @@ from dermlow.models.factory import ModelConfig, create_model, load_checkpoint
 from dermlow.rundir import files
 from dermlow.rundir.reader import read_manifest
 from dermlow.training.loop import evaluate
-from dermlow.training.session import pick_device
+from dermlow.training.session import autocast_for, pick_device, precision
 
 
 @dataclass
@@ -56,7 +54,7 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", tta: bool = False,
         raise UserError(f"split '{split}' is not in this run; choose one of: {', '.join(s for s in datasets if s != 'train')}.")
     loader = make_loader(datasets[split], batch_size=cfg.optim.batch_size, shuffle=False, seed=cfg.run.seed,
                          epoch=0, num_workers=cfg.data.num_workers)
-    autocast = partial(torch.autocast, "cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext
+    autocast = partial(autocast_for, dev, precision(dev, amp=cfg.run.amp))  # the run's own precision
     _, labels, probs = evaluate(net, loader, dev, autocast, tta=tta, normalisation=(mean, std))
     return Evaluation(classification_metrics(labels, probs), per_class_report(labels, probs, codes, names),
                       confusion(labels, probs.argmax(axis=1), len(codes)), codes)

@@ -25,14 +25,16 @@ from torch.utils.data import Dataset
 from dermlow import config as config_mod
 from dermlow import distributed as dist
 from dermlow.config import Config
+from dermlow.data.balanced import balanced_loader
 from dermlow.data.isic import submission_frame
 from dermlow.data.loading import make_loader
 from dermlow.data.prepare import build_datasets, prepare
 from dermlow.data.sources import DatasetSpec, RunData
+from dermlow.data.splits import META_SPLIT
 from dermlow.data.transforms import normalisation_from_timm, to_input
 from dermlow.errors import UserError
 from dermlow.method.losses import make_loss
-from dermlow.method.weightings import Weighting, make_weighting
+from dermlow.method.weightings import WEIGHTINGS, Weighting, make_weighting
 from dermlow.models.factory import create_model, load_checkpoint
 from dermlow.rundir import files
 from dermlow.rundir.integrity import check_for_resume, remove_stale_temporaries
@@ -73,18 +75,20 @@ class Session:
 
     def autocast(self) -> AbstractContextManager:
         """Mixed precision on CUDA (when enabled); plain float32 elsewhere."""
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return autocast_for(self.device, self.amp_dtype)
 
     def train_loader(self, epoch: int) -> Iterable:
-        """This process's share of the epoch's seeded order, in batches of its share of the batch."""
+        """This process's share of the epoch's seeded order, in batches of its share of the batch.
+
+        A weighting that draws from k-times larger candidate batches (importance sampling) gets k
+        passes over the data, so every method takes the same number of optimizer steps per epoch.
+        """
         if "train" not in self.loaders:
             batch = self.cfg.optim.batch_size // dist.world() * self.weighting.batch_multiplier
             self.loaders["train"] = make_loader(
                 self.datasets["train"], batch_size=batch, shuffle=True, seed=self.cfg.run.seed, epoch=epoch,
                 num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda", rank=dist.rank(),
-                world=dist.world(), device=self.device)
+                world=dist.world(), device=self.device, passes=self.weighting.loader_passes)
         self.loaders["train"].set_epoch(epoch)
         return self.loaders["train"]
 
@@ -107,15 +111,12 @@ class Session:
                             f"run does not have (its splits: {', '.join(self.datasets)}).")
 
         def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            rounds = 0
-            while True:  # a fresh seeded order per pass over the meta set
-                loader = make_loader(self.datasets[split], batch_size=self.cfg.optim.batch_size // dist.world(),
-                                     shuffle=True, seed=self.cfg.run.seed + 7919, epoch=epoch * 1000 + rounds,
-                                     num_workers=0, rank=dist.rank(), world=dist.world(), device=self.device)
-                for images, labels, _ in loader:
-                    yield (to_input(images, self.device, self.normalisation, channels_last=self.channels_last),
-                           labels.to(self.device, non_blocking=True))
-                rounds += 1
+            # class-balanced (every class of the meta set equally often), seeded by (seed, epoch, rank)
+            loader = balanced_loader(self.datasets[split], self.cfg.optim.batch_size // dist.world(),
+                                     seed=self.cfg.run.seed, epoch=epoch, rank=dist.rank())
+            for images, labels, _ in loader:
+                yield (to_input(images, self.device, self.normalisation, channels_last=self.channels_last),
+                       labels.to(self.device, non_blocking=True))
 
         return batches()
 
@@ -197,7 +198,7 @@ def start_session(cfg: Config, *, resume: str | Path | None = None) -> Session:
         if files.is_run_dir(run_dir):
             raise UserError(f"{run_dir} already holds a run. Continue it with --resume {run_dir}, "
                             f"or pick another name with --set run.name=NAME.")
-        data = prepare(cfg.data, seed=cfg.run.seed)
+        data = prepare(cfg.data, seed=cfg.run.seed, meta_per_class=_meta_per_class(cfg))
         parts = _build(cfg, data, device)
         claim = claim_run_dir(run_dir, resume=False)  # one writer per folder (docs/security.md)
         _write_run_start(run_dir, cfg, data)
@@ -227,6 +228,11 @@ def _released_on_error(claim: RunClaim | None, step, *args):
         if claim is not None:
             claim.release()
         raise
+def _meta_per_class(cfg: Config) -> int:
+    """Images per class the weighting wants carved from training as its meta split (0: none)."""
+    if WEIGHTINGS.get(cfg.weighting.name).meta_split != META_SPLIT:
+        return 0
+    return int(cfg.weighting.options.meta_per_class)
 
 
 def _build(cfg: Config, data: RunData, device: torch.device) -> tuple:
@@ -257,9 +263,7 @@ def _assemble(cfg: Config, run_dir: Path, data: RunData, device: torch.device, n
     else:
         dist.barrier()
         datasets = build_datasets(cfg.data, data.manifest, seed=cfg.run.seed, mean=mean, std=std)
-    amp_dtype = None
-    if device.type == "cuda" and cfg.run.amp:
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    amp_dtype = precision(device, amp=cfg.run.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     model = net
     if dist.active():
@@ -268,6 +272,19 @@ def _assemble(cfg: Config, run_dir: Path, data: RunData, device: torch.device, n
         model = torch.compile(model)
     return Session(cfg, run_dir, data, datasets, model, net, weighting, optimizer, scheduler, scaler, device,
                    amp_dtype, (mean, std))
+
+
+def precision(device: torch.device, *, amp: bool) -> torch.dtype | None:
+    """The autocast dtype of a run (`run.amp`): bf16 on CUDA where supported, else fp16; None
+    (float32) when amp is off or on CPU. Training and `dermlow evaluate` both use it."""
+    if device.type != "cuda" or not amp:
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast_for(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:
+    """An autocast context for `dtype` on `device` (a no-op context for None)."""
+    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 def pick_device(name: str) -> torch.device:
