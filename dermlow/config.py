@@ -38,6 +38,10 @@ class DataConfig:
     skip_bad_images: bool = False
     flip_labels: float = 0.0  # fraction of training labels flipped on purpose (flagging studies)
     download: bool = False  # benchmark mode: fetch MNIST/CIFAR from their official hosts
+    review: str | None = None  # review database (or reviewed run folder) whose resolved decisions apply
+    review_splits: str = "train"  # train | all: which splits the review changes (docs/review.md)
+    review_rule: str = "majority"  # majority | absolute | unanimous: how several reviewers resolve
+    review_digest: str | None = None  # written by training: sha256 of the decisions applied
 
 
 @dataclass
@@ -228,6 +232,8 @@ def check(cfg: Config) -> Config:
     need(0 <= cfg.data.flip_labels < 1, f"--flip-labels must be in [0, 1), got {cfg.data.flip_labels:g}.")
     need(0 < cfg.data.test_fraction < 1 and 0 <= cfg.data.val_fraction < 1,
          "data.test_fraction must be in (0, 1) and data.val_fraction in [0, 1).")
+    need(cfg.data.review_splits in ("train", "all"),
+         f"--review-splits must be train or all, got '{cfg.data.review_splits}'.")
     need(cfg.data.crop_size <= cfg.data.image_size,
          f"data.crop_size ({cfg.data.crop_size}) cannot exceed data.image_size ({cfg.data.image_size}).")
     return cfg

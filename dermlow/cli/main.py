@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from dermlow.cli.bench import add_bench
+from dermlow.cli.review import add_review
 from dermlow.errors import UserError
 
 log = logging.getLogger("dermlow")
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_flag(sub)
     _add_app(sub)
     add_bench(sub)
+    add_review(sub)
     return parser
 
 
@@ -79,6 +81,10 @@ def _add_train(sub) -> None:
     p.add_argument("--flip-labels", type=float, help="flip this fraction of training labels on purpose (seeded)")
     p.add_argument("--skip-bad-images", action="store_true", default=None,
                    help="leave unreadable images out (listed in skipped_images.txt) instead of stopping")
+    p.add_argument("--review", metavar="PATH", help="train on reviewed labels: the resolved decisions of a review "
+                   "database or reviewed run folder (relabel -> corrected label, exclude -> left out; docs/review.md)")
+    p.add_argument("--review-splits", choices=("train", "all"),
+                   help="apply the review to training images only (default, keeps test metrics comparable) or to all")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any config value, e.g. --set optim.milestones=[30,60] (repeatable)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its last complete epoch")
@@ -94,6 +100,7 @@ FLAG_KEYS = {
     "model": "model.name", "weights": "model.weights", "seed": "run.seed", "device": "run.device",
     "out": "run.out", "name": "run.name", "workers": "data.num_workers", "split": "data.split",
     "flip_labels": "data.flip_labels", "skip_bad_images": "data.skip_bad_images",
+    "review": "data.review", "review_splits": "data.review_splits",
 }
 
 

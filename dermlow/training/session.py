@@ -26,7 +26,7 @@ from dermlow.data.prepare import RunData, build_datasets, prepare
 from dermlow.errors import UserError
 from dermlow.method.weightings import make_objective
 from dermlow.models.factory import create_model, load_checkpoint
-from dermlow.rundir import files
+from dermlow.rundir import files, review_apply
 from dermlow.rundir.reader import read_manifest
 
 log = logging.getLogger(__name__)
@@ -153,6 +153,8 @@ def start_session(cfg: Config, *, resume: str | Path | None = None) -> Session:
             raise UserError(f"{run_dir} already holds a run. Continue it with --resume {run_dir}, "
                             f"or pick another name with --set run.name=NAME.")
         data = prepare(cfg)
+        if cfg.data.review:  # reviewed labels: applied after the split and any flips (docs/review.md)
+            data.manifest = review_apply.apply_configured(cfg, data.manifest, data.codes)
         torch.manual_seed(cfg.run.seed)  # same initial weights for every method of a seed
         net = create_model(cfg.model, len(data.codes), in_chans=data.in_chans)
         _write_run_start(run_dir, cfg, data)
