@@ -17,11 +17,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling view mod
 
 import review_cases as cases  # noqa: E402
 import review_data as data  # noqa: E402
+import review_decisions as decisions  # noqa: E402
 import review_results as results  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from dermlow.rundir import files  # noqa: E402
 from dermlow.errors import UserError  # noqa: E402
+from dermlow.rundir import files  # noqa: E402
 from dermlow.rundir.reader import Run  # noqa: E402
 
 RUNS_ENV = "DERMLOW_RUNS"
@@ -31,7 +32,7 @@ VIEWS = {
     "Weights over training": "LOW weights per epoch",
     "Lesion galleries": "lowest / highest weighted",
     "Case": "one image in detail",
-    "Review": "flagged cases",
+    "Review": "queue, decisions, agreement",
 }
 
 
@@ -126,7 +127,7 @@ def run_status_ui(run: Run) -> None:
 def show_view(view: str, run: Run) -> None:
     """Render one view; a problem with the run's files is shown as a message, not a crash."""
     pages = {"Per-class": results.per_class_view, "Weights over training": results.weights_view,
-             "Lesion galleries": cases.galleries_view, "Case": cases.case_view, "Review": cases.review_view}
+             "Lesion galleries": cases.galleries_view, "Case": cases.case_view, "Review": decisions.review_view}
     try:
         pages[view](run)
     except UserError as err:

@@ -85,3 +85,30 @@ def test_gallery_images_load_in_chromium(served, tmp_path):
             browser.close()
     assert len(widths) == 24 and min(widths) > 0
     assert (tmp_path / "galleries.png").stat().st_size > 10_000
+
+
+def test_a_decision_clicked_in_chromium_is_stored(served, tmp_path):
+    from dermlow.rundir import flag_scores, reader, review_store
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    run_dir = tmp_path / "runs" / "demo"
+    first = flag_scores.flag_scores(reader.weight_summary(run_dir), weight_from="weight_mean").iloc[0]["image_id"]
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 720})
+            page.goto(served, wait_until="domcontentloaded")
+            page.get_by_text("Review", exact=True).click(timeout=60_000)
+            name = page.get_by_role("textbox", name="Your name")
+            name.fill("Dr Ada")
+            name.press("Enter")
+            button = page.get_by_role("button", name="Confirm label")
+            page.wait_for_function("""() => [...document.querySelectorAll('button')].some(
+                b => b.innerText.includes('Confirm label') && !b.disabled)""", timeout=30_000)
+            button.click()
+            page.get_by_text(f"Saved: confirm for {first}").wait_for(timeout=30_000)
+            page.screenshot(path=str(tmp_path / "review.png"))
+        finally:
+            browser.close()
+    got = review_store.read_history(run_dir, "isic2018")
+    assert list(zip(got["image_id"], got["reviewer"], got["decision"], strict=True)) == [(first, "Dr Ada", "confirm")]

@@ -301,13 +301,14 @@ def _add_app(sub) -> None:
     p.add_argument("path", nargs="?", type=Path, default=Path("runs"), help="RUN_DIR or RUNS_DIR (default runs/)")
     p.add_argument("--port", type=int, default=8501)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--review-db", type=Path, help="one review database for all runs (default: each RUN/review.sqlite)")
     p.set_defaults(func=_app)
 
 
 def _app(args: argparse.Namespace) -> int:
     from dermlow.cli.serve import serve
 
-    return serve(args.path, host=args.host, port=args.port)
+    return serve(args.path, host=args.host, port=args.port, review_db=args.review_db)
 
 
 def _setup_logging(verbose: bool) -> None:

@@ -145,7 +145,7 @@ def _with_review(scored: pd.DataFrame, run: reader.Run, review_db: str | Path | 
     state = state.rename(columns={c: f"review_{c}" for c in ["status", "decision", "label", "votes", "note"]})
     out = scored.merge(state, on="image_id", how="left")
     for c in REVIEW_COLUMNS:
-        out[c] = out[c].fillna("").astype(str)
+        out[c] = out[c].astype(object).where(out[c].notna(), "").astype(str)
     return out
 
 

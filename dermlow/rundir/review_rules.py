@@ -120,8 +120,8 @@ def _kappa(table: pd.DataFrame) -> tuple[float, str, int, float]:
         from sklearn.metrics import cohen_kappa_score
 
         a, b = table.iloc[:, 0].astype(str), table.iloc[:, 1].astype(str)
-        with warnings.catch_warnings():  # all ratings in one category: kappa is 0/0
-            warnings.simplefilter("ignore", RuntimeWarning)
+        with warnings.catch_warnings():  # all ratings in one category: kappa is 0/0 (NaN)
+            warnings.simplefilter("ignore")
             kappa = float(cohen_kappa_score(a, b))
         return kappa, "Cohen", len(table), float((a == b).mean())
     from statsmodels.stats.inter_rater import fleiss_kappa
