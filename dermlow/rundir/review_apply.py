@@ -51,7 +51,8 @@ class Applied:
         lines = [f"review applied to {where}: {self.relabelled} relabelled, {self.excluded} excluded, "
                  f"{self.confirmed} confirmed; {self.unresolved} unresolved image(s) left as they are"]
         if sum(self.not_applied.values()):
-            parts = ", ".join(f"{n} {s}" for s, n in self.not_applied.items())
+            order = sorted(self.not_applied, key=lambda s: (s != "val", s != "test", s))
+            parts = ", ".join(f"{self.not_applied[s]} {s}" for s in order)
             lines.append(f"resolved decisions on validation/test images NOT applied ({parts}) so that test metrics "
                          "stay comparable; --review-splits all applies them")
         if self.unknown:
