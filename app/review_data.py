@@ -17,7 +17,7 @@ import pandas as pd
 import streamlit as st
 from PIL import Image, ImageDraw
 
-from dermlow.rundir import files, flag_scores, reader, review_export, review_store
+from dermlow.rundir import files, flag_scores, reader, review_export, review_rules, review_store
 
 TRAJECTORY_COLUMNS = ["epoch", "index", "weight", "loss", "g", "p_true", "predicted"]
 
@@ -108,8 +108,10 @@ def review_db() -> str | None:
 
 
 def review_rule() -> str:
-    """How several reviewers' decisions resolve in the app (docs/review.md)."""
-    return "majority"
+    """How several reviewers' decisions resolve in the app (docs/review.md): $DERMLOW_REVIEW_RULE
+    when it names a rule, else majority."""
+    rule = os.environ.get("DERMLOW_REVIEW_RULE", "majority")
+    return rule if rule in review_rules.RULES else "majority"
 
 
 def review_history(run: reader.Run) -> pd.DataFrame:
