@@ -193,7 +193,7 @@ def _import_batches(path, batches: int, size: int, start) -> None:
 
 def _count_while_writing(path, start, seen) -> None:
     start.wait()
-    with ReviewStore(path) as store:
+    with ReviewStore(path, readonly=True) as store:
         for _ in range(300):
             seen.append(len(store.history(D)))
 

@@ -122,10 +122,17 @@ def now_utc() -> str:
 class ReviewStore:
     """An open review database (create it with `open_store` or `ReviewStore(path)`)."""
 
-    def __init__(self, path: str | Path, *, timeout: float = 30.0):
+    def __init__(self, path: str | Path, *, timeout: float = 30.0, readonly: bool = False):
+        """Open (creating unless `readonly`) the database at `path`; readonly takes no lock to read."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            if readonly:
+                self._conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=timeout,
+                                             isolation_level=None)
+                self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+                self._check_version()
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
             self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
             self._conn.execute("PRAGMA journal_mode = WAL")
@@ -144,7 +151,11 @@ class ReviewStore:
             if self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
             raise
-        version = self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+        self._check_version()
+
+    def _check_version(self) -> None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        version = row[0] if row else "none"
         if version != SCHEMA_VERSION:
             raise UserError(f"{self.path} holds review schema version {version}; this dermlow reads version "
                             f"{SCHEMA_VERSION}: update dermlow.")
@@ -271,7 +282,7 @@ def read_history(run_dir: str | Path | None, dataset: str | None, review_db: str
     if it exists, else from the run's review.csv converted in memory, else none."""
     path = db_path(run_dir or ".", review_db)
     if path.is_file():
-        with ReviewStore(path) as store:
+        with ReviewStore(path, readonly=True) as store:
             return store.history(dataset)
     if run_dir is not None and (Path(run_dir) / files.REVIEW).is_file():
         frame = review_marks.read_review(run_dir)
