@@ -95,32 +95,38 @@ def decision_ui(run: reader.Run, row: pd.Series, history: pd.DataFrame, who: tup
     name, adjudicator, blind = who
     image_id = str(row["image_id"])
     dataset = review_store.dataset_key(run.config)
-    others_ui(history, image_id, name, blind)
     if not name:
         st.warning("Enter your name in the sidebar (Reviewer) to record decisions.")
-    mine = review_rules.latest_votes(history[(history["image_id"] == image_id) & (history["reviewer"] == name)])
-    if len(mine):
-        st.caption(f"Your latest decision: {plain(mine['decision'].iloc[0])} {plain(mine['label'].iloc[0])}")
     other = int(row["other_label"]) if int(row["other_label"]) >= 0 else (int(row["label"]) + 1) % len(run.codes)
     key = f"relabel-{image_id}"
     if st.session_state.get(key) not in run.codes:
         st.session_state[key] = run.codes[other]
     args = (str(run.path), dataset, image_id)
-    left, mid, right = st.columns([2, 2, 2], vertical_alignment="bottom")
-    left.button("Confirm label", key="decide-confirm", type="primary", disabled=not name,
-                on_click=_record, args=(*args, "confirm", run.codes), help="The given label is right.")
-    mid.selectbox("Relabel to", run.codes, key=key, format_func=lambda c: run.class_label(run.codes.index(c)))
-    mid.button("Relabel", key="decide-relabel", disabled=not name, on_click=_record, args=(*args, "relabel", run.codes))
-    right.selectbox("Exclusion reason", EXCLUDE_REASONS, key=f"exclude-{image_id}")
-    right.button("Exclude", key="decide-exclude", disabled=not name, on_click=_record, args=(*args, "exclude", run.codes),
-                 help="Unusable for training: image quality, duplicate, not a lesion.")
-    st.text_input("Note (optional)", key=f"note-{image_id}")
-    st.button("Unsure", key="decide-unsure", disabled=not name, on_click=_record, args=(*args, "unsure", run.codes))
-    if adjudicator:
-        st.caption("You decide as adjudicator: your latest decision settles this case.")
+    choices = st.columns(3, vertical_alignment="bottom")
+    choices[0].selectbox("Relabel to", run.codes, key=key, format_func=lambda c: run.class_label(run.codes.index(c)))
+    choices[1].selectbox("Exclusion reason", EXCLUDE_REASONS, key=f"exclude-{image_id}")
+    choices[2].text_input("Note (optional)", key=f"note-{image_id}")
+    buttons = st.columns(4)
+    buttons[0].button("Confirm label", key="decide-confirm", type="primary", disabled=not name, width="stretch",
+                      on_click=_record, args=(*args, "confirm", run.codes), help="The given label is right.")
+    buttons[1].button("Relabel", key="decide-relabel", disabled=not name, width="stretch", on_click=_record,
+                      args=(*args, "relabel", run.codes), help="To the class chosen under 'Relabel to'.")
+    buttons[2].button("Exclude", key="decide-exclude", disabled=not name, width="stretch", on_click=_record,
+                      args=(*args, "exclude", run.codes), help="Unusable for training: image quality, duplicate, "
+                      "not a lesion.")
+    buttons[3].button("Unsure", key="decide-unsure", disabled=not name, width="stretch", on_click=_record,
+                      args=(*args, "unsure", run.codes))
     saved = st.session_state.pop("review_saved", None)
     if saved:
         (st.error if saved.startswith("Not saved") else st.success)(plain(saved))
+    mine = history[(history["image_id"] == image_id) & (history["reviewer"] == name)]
+    if name and len(mine):
+        last = mine.iloc[-1]
+        role = " (as adjudicator)" if last["adjudicator"] else ""
+        st.caption(f"Your latest decision{role}: {plain(last['decision'])} {plain(last['label'])}")
+    elif adjudicator:
+        st.caption("You decide as adjudicator: your latest decision settles this case.")
+    others_ui(history, image_id, name, blind)
 
 
 # ---------------------------------------------------------------- the review queue
