@@ -81,10 +81,12 @@ def oracle(noisy: Path, image_ids: list[str], out: Path) -> pd.DataFrame:
     return m.assign(wrong=wrong)
 
 
-def test_bacc(run: Path) -> float:
-    """Test balanced accuracy at the epoch with the best validation balanced accuracy."""
+def test_bacc(run: Path, epoch: str = "best") -> float:
+    """Test balanced accuracy at the epoch with the best validation balanced accuracy (`best`, what
+    dermlow reports) or at the last epoch (`last`)."""
     metrics = pd.read_csv(run / "metrics.csv")
-    return float(metrics.loc[metrics["val_bacc"].idxmax(), "test_bacc"])
+    row = metrics["val_bacc"].idxmax() if epoch == "best" else metrics.index[-1]
+    return float(metrics.loc[row, "test_bacc"])
 
 
 def one_seed(name: str, seed: int, ks: list[int], out: Path) -> list[dict]:
@@ -109,7 +111,8 @@ def one_seed(name: str, seed: int, ks: list[int], out: Path) -> list[dict]:
         picks = {"top": pd.read_csv(ranked, dtype={"image_id": str})["image_id"].tolist(),
                  "random": np.random.default_rng([seed, k]).choice(train_rows["image_id"], n, replace=False).tolist()}
         row = {"dataset": name, "seed": seed, "K %": k, "reviewed": n, "flipped": flipped_total,
-               "clean": test_bacc(clean), "noisy": test_bacc(noisy)}
+               "clean": test_bacc(clean), "noisy": test_bacc(noisy),
+               "clean last": test_bacc(clean, "last"), "noisy last": test_bacc(noisy, "last")}
         for how, ids in picks.items():
             db = folder / f"{how}{k}.sqlite"
             if not db.exists():
@@ -120,7 +123,8 @@ def one_seed(name: str, seed: int, ks: list[int], out: Path) -> list[dict]:
                 decided = oracle(noisy, ids, folder / f"oracle_{how}{k}.csv")
             run = train(setup, folder, f"review-{how}{k}", seed, ["--flip-labels", str(FLIP), "--review", str(db)], log)
             found = int(decided["wrong"].sum())
-            row |= {f"{how} precision": found / n, f"{how} recall": found / flipped_total, how: test_bacc(run)}
+            row |= {f"{how} precision": found / n, f"{how} recall": found / flipped_total, how: test_bacc(run),
+                    f"{how} last": test_bacc(run, "last")}
         rows.append(row)
     return rows
 
@@ -130,8 +134,12 @@ def prepare_data(out: Path, datasets: list[str]) -> None:
         dermlow("data", "demo", "--out", str(out / "data" / "demo1000"), "--n-images", "1000", "--seed", "0")
 
 
-def table(results: pd.DataFrame) -> str:
-    """Mean +- std over seeds per data set and K; balanced accuracy in %."""
+def table(results: pd.DataFrame, epoch: str = "") -> str:
+    """Mean +- std over seeds per data set and K; balanced accuracy in % (`epoch` " last": at the
+    last epoch instead of the best validation epoch)."""
+    if epoch:
+        names = ("clean", "noisy", "top", "random")
+        results = results.drop(columns=list(names)).rename(columns={f"{c}{epoch}": c for c in names})
     lines = ["| data | K | reviewed | flips found (top K: precision / recall) | random K: precision / recall | "
              "BAcc clean | noisy | noisy + review top K | noisy + review K random | points per 100 reviewed (top / random) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -166,8 +174,9 @@ def main() -> None:
             rows += one_seed(name, seed, args.ks, out)
             results = pd.DataFrame(rows)
             results.to_csv(out / "results.csv", index=False)
-    text = table(results)
-    (out / "summary.md").write_text(text + "\n")
+    text = (f"Test balanced accuracy at the best validation epoch:\n\n{table(results)}\n\n"
+            f"At the last epoch:\n\n{table(results, ' last')}\n")
+    (out / "summary.md").write_text(text)
     print(text)
 
 
