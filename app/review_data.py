@@ -17,7 +17,7 @@ import pandas as pd
 import streamlit as st
 from PIL import Image, ImageDraw
 
-from dermlow.rundir import files, flag_scores, reader, review_export, review_rules, review_store
+from dermlow.rundir import files, flag_scores, reader, review_rules, review_store
 
 TRAJECTORY_COLUMNS = ["epoch", "index", "weight", "loss", "g", "p_true", "predicted"]
 
@@ -127,7 +127,7 @@ def record(run_dir: str, dataset: str, decision: review_store.Decision) -> None:
 
 def history_csv(history: pd.DataFrame) -> bytes:
     """The decision history as CSV, formula cells escaped."""
-    return review_export.escape_frame(history).to_csv(index=False).encode("utf-8")
+    return files.escape_cells(history).to_csv(index=False).encode("utf-8")
 
 
 def placeholder(size: int, text: str) -> Image.Image:

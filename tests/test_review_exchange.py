@@ -12,7 +12,7 @@ from run_factory import make_run
 
 from dermlow.cli.main import main
 from dermlow.errors import UserError
-from dermlow.rundir import reader, review_export, review_import, review_store
+from dermlow.rundir import files, reader, review_export, review_import, review_store
 from dermlow.rundir.review_store import Decision
 
 D = "isic2018"
@@ -112,7 +112,7 @@ def test_csv_export_fill_in_import_round_trip_and_formula_escaping(run_dir, tmp_
 
 def test_escaping_of_formula_cells():
     frame = pd.DataFrame({"a": ["=1+1", "+x", "-y", "@z", "\tt", "\rr", "ok", "a=b"], "n": [-1.5] * 8})
-    out = review_export.escape_frame(frame)
+    out = files.escape_cells(frame)  # the one rule every dermlow CSV export uses
     assert out["a"].tolist() == ["'=1+1", "'+x", "'-y", "'@z", "'\tt", "'\rr", "ok", "a=b"]
     assert out["n"].tolist() == [-1.5] * 8
 

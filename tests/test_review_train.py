@@ -79,7 +79,7 @@ def test_train_with_review_applies_the_review_after_the_split_and_records_it(tmp
     sets = [f"data.data_dir={data}", f"data.cache_dir={tmp_path / 'cache'}", *TINY]
     cfg = config.resolve(config.read_yaml(config.year_config(2018)), config.parse_overrides(sets),
                          {"data": {"flip_labels": 0.2}})
-    manifest = prepare(cfg).manifest  # the split and flips training will make
+    manifest = prepare(cfg.data, seed=cfg.run.seed).manifest  # the split and flips training will make
     codes = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
     train = manifest[manifest["split"] == "train"]
     flipped = train[train["flipped"]].head(3)

@@ -44,22 +44,6 @@ DECISION_HINTS = {"confirm": "the given label is right", "relabel": "the right c
                   "exclude": "unusable: image quality, duplicate, not a lesion", "unsure": "cannot decide"}
 
 
-def escape_formula(value: object) -> object:
-    """A text cell a spreadsheet would evaluate (= + - @ tab CR first) with a leading apostrophe."""
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
-        return "'" + value
-    return value
-
-
-def escape_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """`escape_formula` on every text cell (numbers stay numbers)."""
-    out = frame.copy()
-    for col in out.columns:
-        if not pd.api.types.is_numeric_dtype(out[col]):
-            out[col] = out[col].map(escape_formula)
-    return out
-
-
 def review_table(run_dir: str | Path, *, top: int | None = None, per_class: bool = False,
                  review_db: str | Path | None = None) -> pd.DataFrame:
     """The cases to review, most suspicious first, in the CSV layout (CSV_COLUMNS), unescaped."""
@@ -71,7 +55,7 @@ def review_table(run_dir: str | Path, *, top: int | None = None, per_class: bool
 
 def write_csv(table: pd.DataFrame, out: str | Path) -> Path:
     """The review table as CSV, formula cells escaped, written atomically."""
-    return files.write_csv(out, escape_frame(table))
+    return files.write_csv(out, table)  # write_csv escapes formula cells (files.escape_cells)
 
 
 def document_root(run: reader.Run, root: str | Path | None) -> Path:
