@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from dermlow.cli.bench import BENCH_HELP, add_bench
+from dermlow.cli.review import add_review
 from dermlow.errors import UserError
 
 log = logging.getLogger("dermlow")
@@ -58,7 +59,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     commands = [("train", _add_train, TRAIN_HELP), ("evaluate", _add_evaluate, None), ("data", _add_data, DATA_HELP),
-                ("flag", _add_flag, None), ("app", _add_app, None), ("bench", add_bench, BENCH_HELP)]
+                ("flag", _add_flag, None), ("app", _add_app, None), ("bench", add_bench, BENCH_HELP),
+                ("review", add_review, None)]
     for name, add, help_ in commands:
         if help_ is None or command is None or command == name:
             add(sub)
@@ -312,13 +314,14 @@ def _add_app(sub) -> None:
     p.add_argument("path", nargs="?", type=Path, default=Path("runs"), help="RUN_DIR or RUNS_DIR (default runs/)")
     p.add_argument("--port", type=int, default=8501)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--review-db", type=Path, help="one review database for all runs (default: each RUN/review.sqlite)")
     p.set_defaults(func=_app)
 
 
 def _app(args: argparse.Namespace) -> int:
     from dermlow.cli.serve import serve
 
-    return serve(args.path, host=args.host, port=args.port)
+    return serve(args.path, host=args.host, port=args.port, review_db=args.review_db)
 
 
 def _setup_logging(verbose: bool) -> None:

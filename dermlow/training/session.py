@@ -36,7 +36,7 @@ from dermlow.errors import UserError
 from dermlow.method.losses import make_loss
 from dermlow.method.weightings import WEIGHTINGS, Weighting, make_weighting
 from dermlow.models.factory import create_model, load_checkpoint
-from dermlow.rundir import files
+from dermlow.rundir import files, review_apply
 from dermlow.rundir.integrity import check_for_resume, remove_stale_temporaries
 from dermlow.rundir.lock import RunClaim, claim_run_dir
 from dermlow.rundir.reader import read_manifest
@@ -199,6 +199,8 @@ def start_session(cfg: Config, *, resume: str | Path | None = None) -> Session:
             raise UserError(f"{run_dir} already holds a run. Continue it with --resume {run_dir}, "
                             f"or pick another name with --set run.name=NAME.")
         data = prepare(cfg.data, seed=cfg.run.seed, meta_per_class=_meta_per_class(cfg))
+        if cfg.data.review:  # reviewed labels: applied after the split and any flips (docs/review.md)
+            data.manifest = review_apply.apply_configured(cfg, data.manifest, data.codes)
         parts = _build(cfg, data, device)
         claim = claim_run_dir(run_dir, resume=False)  # one writer per folder (docs/security.md)
         _write_run_start(run_dir, cfg, data)
