@@ -5,6 +5,7 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 import review_data as data
+import review_evidence as evidence
 import streamlit as st
 
 from dermlow.errors import UserError
@@ -187,12 +188,14 @@ def case_view(run: reader.Run) -> None:
     image_id = case_selector_ui(summary)
     row = summary.loc[summary["image_id"] == image_id].iloc[0]
     scores = data.scored_cases(str(run.path), data.stamp(run.path, files.WEIGHTS, files.MANIFEST))
-    left, right = st.columns([3, 2])
+    left, middle, right = st.columns([3, 3, 3])
     with left:
         img, problem = data.load_image(run, row["path"])
         if problem:
             st.error(problem)
         st.image(img, caption=f"{image_id} — {row['path']}", width="stretch")
+    with middle:
+        evidence.saliency_panel(run, image_id)
     with right:
         facts(run, row, scores)
         review_ui(run, row)

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import review_cases as cases
 import review_data as data
+import review_evidence as evidence
 import streamlit as st
 from sklearn.metrics import roc_curve
 
@@ -168,6 +169,8 @@ def per_class_view(run: reader.Run) -> None:
             right.altair_chart(alt.Chart(roc).mark_line().encode(
                 x="false positive rate:Q", y="true positive rate:Q", color=alt.Color("class:N", sort=order),
             ).properties(height=360), width="stretch")
+        evidence.calibration_section(run, split, pred)
+        evidence.operating_points_section(run)
     st.subheader("Training curves")
     training_curves(run)
 

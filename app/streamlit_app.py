@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling view mod
 
 import review_cases as cases  # noqa: E402
 import review_data as data  # noqa: E402
+import review_evidence as evidence  # noqa: E402
 import review_results as results  # noqa: E402
 import streamlit as st  # noqa: E402
 
@@ -32,6 +33,7 @@ VIEWS = {
     "Lesion galleries": "lowest / highest weighted",
     "Case": "one image in detail",
     "Review": "flagged cases",
+    "Duplicates": "near-identical images, leaks",
 }
 
 
@@ -126,7 +128,8 @@ def run_status_ui(run: Run) -> None:
 def show_view(view: str, run: Run) -> None:
     """Render one view; a problem with the run's files is shown as a message, not a crash."""
     pages = {"Per-class": results.per_class_view, "Weights over training": results.weights_view,
-             "Lesion galleries": cases.galleries_view, "Case": cases.case_view, "Review": cases.review_view}
+             "Lesion galleries": cases.galleries_view, "Case": cases.case_view, "Review": cases.review_view,
+             "Duplicates": evidence.duplicates_view}
     try:
         pages[view](run)
     except UserError as err:

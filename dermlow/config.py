@@ -37,6 +37,8 @@ class DataConfig:
     num_workers: int = 4
     skip_bad_images: bool = False
     flip_labels: float = 0.0  # fraction of training labels flipped on purpose (flagging studies)
+    duplicates: bool = True  # ISIC sets: find near-duplicate images at run start (duplicates.csv)
+    group_duplicates: bool = False  # keep near-duplicate images in one split, with their lesions
     download: bool = False  # benchmark mode: fetch MNIST/CIFAR from their official hosts
 
 
@@ -47,6 +49,7 @@ class ModelConfig:
     weights: str | None = None  # local checkpoint (state dict or .safetensors) instead
     channels_last: bool = True  # CUDA only
     compile: bool = False  # torch.compile (CUDA only)
+    saliency_layer: str | None = None  # Grad-CAM target module, e.g. "layer4"; default per architecture
 
 
 @dataclass

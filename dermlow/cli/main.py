@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from dermlow.cli.bench import add_bench
+from dermlow.cli.evidence import add_check_options, add_evaluate_options, add_explain, duplicates_section
 from dermlow.errors import UserError
 
 log = logging.getLogger("dermlow")
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_flag(sub)
     _add_app(sub)
     add_bench(sub)
+    add_explain(sub)
     return parser
 
 
@@ -182,21 +184,14 @@ def _final_table(run_dir: Path) -> str:
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="recompute metrics of a run from its best checkpoint",
                        description="Recompute Acc, BAcc, mAUC, mF1, the per-class table and the confusion "
-                       "matrix of a run's best (or last) checkpoint.")
+                       "matrix of a run's best (or last) checkpoint, with calibration (ECE, Brier, NLL; temperature "
+                       "scaling with --calibrate) and operating points (thresholds chosen on val, reported on test).")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--split", default="test", help="val | test (default test)")
     p.add_argument("--tta", action="store_true", help="average the 8 flip/rotation variants of each image")
     p.add_argument("--checkpoint", default="best", help="best | last")
     p.add_argument("--device", default="auto")
-    p.set_defaults(func=_evaluate)
-
-
-def _evaluate(args: argparse.Namespace) -> int:
-    from dermlow.training.evaluate import evaluate_run
-
-    result = evaluate_run(args.run_dir, split=args.split, tta=args.tta, checkpoint=args.checkpoint, device=args.device)
-    print(result.text())
-    return 0
+    add_evaluate_options(p)  # --calibrate, --positive, ...; sets func (dermlow.cli.evidence.evaluate_command)
 
 
 def _add_data(sub) -> None:
@@ -222,6 +217,7 @@ def _add_data(sub) -> None:
     check.add_argument("--skip-bad-images", action="store_true",
                        help="report unreadable images and go on instead of stopping")
     check.add_argument("--save-splits", type=Path, help="write the image_id,split table to this CSV")
+    add_check_options(check)  # near-duplicates: --group-duplicates, --no-duplicates, --cache-dir, --save-duplicates
     check.set_defaults(func=_data_check)
     fetch = dsub.add_parser("fetch", help="download and unpack the official archives (resumable)")
     fetch.add_argument("--year", type=int, choices=(2017, 2018), required=True)
@@ -248,8 +244,9 @@ def _data_check(args: argparse.Namespace) -> int:
     manifest, spec, skipped = load_manifest(
         args.data_dir, dataset=dataset, split=args.split, seed=args.seed, labels_csv=args.labels_csv,
         image_dir=args.image_dir, test_fraction=args.test_fraction, val_fraction=args.val_fraction,
-        splits_file=args.splits_file, skip_bad_images=args.skip_bad_images)
-    print(describe(manifest, spec))
+        splits_file=args.splits_file, skip_bad_images=args.skip_bad_images,
+        group_duplicates=args.group_duplicates, cache_dir=args.cache_dir)
+    print(describe(manifest, spec) + duplicates_section(args, manifest))
     if skipped:
         print(f"\n{len(skipped)} unreadable images would be left out:")
         print("\n".join(f"  {line}" for line in skipped))

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from dermlow.data.duplicates import split_groups
 from dermlow.data.splits import assign_splits, describe, read_splits, save_splits
 from dermlow.errors import UserError, format_rows
 from dermlow.rundir.files import MANIFEST_COLUMNS
@@ -330,7 +331,7 @@ def load_manifest(data_dir: str | Path, *, dataset: str, split: str = "lesion", 
                   val_fraction: float = 0.1, seed: int = 0, skip_bad_images: bool = False,
                   check_images: bool = True, labels_csv: str | Path | None = None,
                   image_dir: str | Path | None = None, splits_file: str | Path | None = None,
-                  ) -> tuple[pd.DataFrame, DatasetSpec, list[str]]:
+                  group_duplicates: bool = False, cache_dir: str | Path | None = None) -> tuple[pd.DataFrame, DatasetSpec, list[str]]:
     """Read and validate a data set into (manifest, spec, skipped bad images as "path: reason").
 
     dataset: isic2017 | isic2018 | ham10000 | generic. split: "lesion" (grouped by lesion,
@@ -353,8 +354,9 @@ def load_manifest(data_dir: str | Path, *, dataset: str, split: str = "lesion", 
     if splits_file:
         table["split"] = read_splits(Path(splits_file), table["image_id"]).to_numpy()
     else:
-        table["split"] = assign_splits(table, method=split, test_fraction=test_fraction,
-                                       val_fraction=val_fraction, seed=seed).to_numpy()
+        groups = split_groups(table, split, cache_dir=cache_dir) if group_duplicates else None  # near-duplicates together
+        table["split"] = assign_splits(table, method=split, test_fraction=test_fraction, val_fraction=val_fraction,
+                                       seed=seed, groups=groups).to_numpy()
     manifest = table.sort_values("image_id", kind="stable").reset_index(drop=True)
     manifest["index"] = np.arange(len(manifest))
     manifest["label_name"] = [spec.codes[i] for i in manifest["label"]]

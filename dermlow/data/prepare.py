@@ -32,6 +32,7 @@ class RunData:
     names: list[str]
     in_chans: int = 3
     skipped: list[str] = field(default_factory=list)  # bad images left out (--skip-bad-images)
+    duplicates: pd.DataFrame | None = None  # near-duplicate pairs (data.duplicates), for duplicates.csv
 
 
 def prepare(cfg: Config) -> RunData:
@@ -57,8 +58,19 @@ def _isic(cfg: Config) -> RunData:
         d.data_dir, dataset=d.dataset, split=d.split, test_fraction=d.test_fraction,
         val_fraction=d.val_fraction, seed=cfg.run.seed, skip_bad_images=d.skip_bad_images,
         labels_csv=d.labels_csv, image_dir=d.image_dir, splits_file=d.splits_file,
+        group_duplicates=d.group_duplicates, cache_dir=d.cache_dir,
     )
-    return RunData(manifest, list(spec.codes), list(spec.names), 3, skipped)
+    pairs = run_duplicates(manifest, cache_dir=d.cache_dir) if d.duplicates else None
+    return RunData(manifest, list(spec.codes), list(spec.names), 3, skipped, pairs)
+
+
+def run_duplicates(manifest: pd.DataFrame, *, cache_dir: str | None) -> pd.DataFrame:
+    """The near-duplicate pairs of a run's images, annotated with splits; a leak is logged as a warning."""
+    from dermlow.data.duplicates import annotate_pairs, describe_duplicates, find_duplicates
+
+    pairs = annotate_pairs(find_duplicates(manifest, cache_dir=cache_dir), manifest)
+    (log.warning if pairs["cross_split"].any() else log.info)("%s", describe_duplicates(pairs))
+    return pairs
 
 
 def flip_labels(manifest: pd.DataFrame, fraction: float, num_classes: int, *, seed: int) -> pd.DataFrame:

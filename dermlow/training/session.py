@@ -27,6 +27,7 @@ from dermlow.errors import UserError
 from dermlow.method.weightings import make_objective
 from dermlow.models.factory import create_model, load_checkpoint
 from dermlow.rundir import files
+from dermlow.rundir.calibrated import calibrate_run
 from dermlow.rundir.reader import read_manifest
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,7 @@ class Session:
     def finish(self) -> None:
         if not dist.is_main():
             return
+        calibrate_run(self.run_dir)  # temperature scaling on the best epoch's validation predictions
         files.write_text(self.run_dir / files.DONE, f"best epoch {self.best_epoch} val bacc {self.best_bacc:.4f}\n")
 
 
@@ -235,6 +237,8 @@ def _write_run_start(run_dir: Path, cfg: Config, data: RunData) -> None:
                                                      "in_chans": data.in_chans})
     if data.skipped:
         files.write_text(run_dir / "skipped_images.txt", "\n".join(data.skipped) + "\n")
+    if data.duplicates is not None:
+        files.write_csv(run_dir / files.DUPLICATES, data.duplicates)
     files.write_yaml(run_dir / files.CONFIG, cfg.to_dict())  # last: marks a complete run start
 
 
