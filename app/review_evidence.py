@@ -84,7 +84,7 @@ def reliability_chart(frame: pd.DataFrame) -> alt.Chart:
     points = alt.Chart(frame).mark_line(point=True).encode(
         x=alt.X("confidence:Q", scale=scale, title="confidence (mean top probability in the bin)"),
         y=alt.Y("accuracy:Q", scale=scale, title="accuracy in the bin"),
-        color=alt.Color("probabilities:N", legend=alt.Legend(orient="bottom", title=None)),
+        color=alt.Color("probabilities:N", legend=alt.Legend(orient="bottom", title=None, labelLimit=400)),
         tooltip=["probabilities:N", alt.Tooltip("confidence:Q", format=".3f"), alt.Tooltip("accuracy:Q", format=".3f"),
                  "count:Q"])
     return (diagonal + points).properties(height=340)

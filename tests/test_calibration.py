@@ -118,6 +118,9 @@ def test_calibrate_run_writes_the_record_and_same_layout_copies(tmp_path):
     run_dir = make_run(tmp_path, epochs=4, images=False)
     record = calibrate_run(run_dir)
     assert read_calibration(run_dir)["temperature"] == pytest.approx(record["temperature"])
+    val = reader.load_predictions(run_dir, "val")
+    codes = reader.load_run(run_dir).codes
+    assert record["temperature"] == pytest.approx(fit_temperature(val["label"].to_numpy(), val[codes].to_numpy()))
     for split, raw_name, cal_name in (("test", files.PREDICTIONS, files.PREDICTIONS_CALIBRATED),
                                       ("val", files.PREDICTIONS_VAL, files.PREDICTIONS_VAL_CALIBRATED)):
         raw, cal = pd.read_csv(run_dir / raw_name), pd.read_csv(run_dir / cal_name)

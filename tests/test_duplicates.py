@@ -60,12 +60,13 @@ def test_hashes_are_cached_beside_the_image_cache(planted, tmp_path, monkeypatch
 
 def test_union_find_joins_lesions_and_duplicate_pairs():
     ids = pd.Series(["a", "b", "c", "d", "e", "f"], index=[10, 11, 12, 13, 14, 15])
-    lesions = pd.Series(["L1", "L1", "", "L2", "", ""], index=ids.index)
+    lesions = pd.Series(["L1", "L1", "", "K2", "", ""], index=ids.index)
     pairs = pd.DataFrame({"image_id_a": ["b", "e"], "image_id_b": ["d", "f"]})
     groups = duplicates.duplicate_groups(ids, pairs, lesions)
     assert groups.index.equals(ids.index)
-    assert groups.tolist() == ["L1", "L1", "c", "L1", "e", "e"]  # L1 + L2 via b~d; e~f; c alone
-    assert duplicates.duplicate_groups(ids, pairs.iloc[:0], lesions).tolist() == ["L1", "L1", "c", "L2", "e", "f"]
+    # lesion L1 (a, b) joins lesion K2 (d) through b ~ d, so a goes with d too; e ~ f; c alone
+    assert groups.tolist() == ["K2", "K2", "c", "K2", "e", "e"]
+    assert duplicates.duplicate_groups(ids, pairs.iloc[:0], lesions).tolist() == ["L1", "L1", "c", "K2", "e", "f"]
 
 
 def test_group_duplicates_keeps_each_cluster_in_one_split(planted, cache):
