@@ -15,7 +15,7 @@ import streamlit as st
 
 from dermlow.errors import UserError
 from dermlow.evidence.calibration import calibration_metrics, reliability_table
-from dermlow.evidence.operating_points import operating_points
+from dermlow.evidence.operating_points import operating_points, roc_table
 from dermlow.rundir import files, reader, review_marks
 from dermlow.rundir.calibrated import read_calibration
 
@@ -116,11 +116,15 @@ def calibration_section(run: reader.Run, split: str, pred: pd.DataFrame) -> None
 
 # ---------------------------------------------------------------- operating points (Per-class view)
 
-def operating_points_section(run: reader.Run) -> None:
+def operating_points_section(run: reader.Run, split: str, pred: pd.DataFrame) -> None:
     st.subheader("Operating points (one class against the rest)")
     default = run.codes.index("MEL") if "MEL" in run.codes else 0
     c = st.selectbox("Positive class", range(len(run.codes)), index=default, key="op_class",
                      format_func=run.class_label)
+    with st.expander(f"ROC threshold table of {run.codes[c]} on the {split} split"):
+        st.dataframe(roc_table(pred["label"].to_numpy() == c, pred[run.codes[c]].to_numpy(dtype=float)).style.format(
+            {"threshold": "{:.4f}", "sensitivity": "{:.3f}", "specificity": "{:.3f}", "fpr": "{:.3f}"}, na_rep="—"),
+            hide_index=True)
     stamp = data.stamp(run.path, files.PREDICTIONS, files.PREDICTIONS_VAL)
     table = cached_operating_points(str(run.path), run.codes[c], stamp)
     if table is None:

@@ -170,7 +170,7 @@ def per_class_view(run: reader.Run) -> None:
                 x="false positive rate:Q", y="true positive rate:Q", color=alt.Color("class:N", sort=order),
             ).properties(height=360), width="stretch")
         evidence.calibration_section(run, split, pred)
-        evidence.operating_points_section(run)
+        evidence.operating_points_section(run, split, pred)
     st.subheader("Training curves")
     training_curves(run)
 

@@ -147,3 +147,22 @@ def test_a_damaged_calibration_record_is_a_user_error(tmp_path):
     (run_dir / files.CALIBRATION).write_text("{not json")
     with pytest.raises(UserError, match="--calibrate"):
         read_calibration(run_dir)
+
+
+def test_all_correct_validation_has_no_temperature_to_fit(tmp_path):
+    """Every prediction right: the NLL falls towards 0 as T -> 0, so there is no minimum; the fit stays
+    at the range's edge and a run's calibration keeps T = 1 and says why."""
+    from dermlow.evidence.calibration import T_MIN, temperature_identifiable
+
+    y = np.array([0, 1, 2, 0])
+    p = softmax(np.eye(3)[y] * 2.0)
+    assert not temperature_identifiable(y, p) and temperature_identifiable(HAND_Y, HAND_P)
+    assert T_MIN <= fit_temperature(y, p) < 0.1  # heads for 0 until the loss is flat to float precision
+    run_dir = make_run(tmp_path, epochs=3, images=False)
+    val = pd.read_csv(run_dir / files.PREDICTIONS_VAL)
+    truth = reader.load_predictions(run_dir, "val")
+    codes = list(val.columns[1:])
+    val[codes] = np.eye(len(codes))[truth.set_index("image_id").loc[val["image"], "label"]] * 0.9 + 0.1 / len(codes)
+    files.write_csv(run_dir / files.PREDICTIONS_VAL, val)
+    record = calibrate_run(run_dir)
+    assert record["temperature"] == 1.0 and "no temperature was fitted" in record["note"]

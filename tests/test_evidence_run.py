@@ -62,11 +62,15 @@ def test_duplicates_csv_lists_the_planted_pairs(run_dir):
     assert pairs["image_id_b"].str.startswith("ISIC_9").all()
 
 
-def test_evaluate_calibrate_and_operating_points(run_dir, capsys):
+def test_evaluate_calibrate_and_operating_points(run_dir, tmp_path, capsys):
     from dermlow.cli.main import main
 
-    assert main(["evaluate", str(run_dir), "--calibrate", "--device", "cpu", "--bootstrap", "200"]) == 0
+    roc = tmp_path / "roc.csv"
+    assert main(["evaluate", str(run_dir), "--calibrate", "--device", "cpu", "--bootstrap", "200",
+                 "--roc-table", str(roc)]) == 0
     out = capsys.readouterr().out
+    tables = pd.read_csv(roc)
+    assert set(tables["class"]) == set(reader.load_run(run_dir).codes) and "specificity" in tables
     assert "ece" in out.split("\n")[0] and "brier" in out.split("\n")[0]
     assert "temperature scaling: T = " in out and "test ECE" in out
     assert "operating points for MEL vs rest: thresholds chosen on val, measured on test" in out

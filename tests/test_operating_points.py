@@ -13,6 +13,7 @@ from dermlow.evidence.operating_points import (
     operating_points,
     rates_at,
     roc_table,
+    roc_tables,
     threshold_for_sensitivity,
     threshold_for_specificity,
 )
@@ -106,3 +107,19 @@ def test_a_split_without_positives_gives_nan_not_an_error():
     table = operating_points(vp, vs, tp, ts, n_boot=20)
     assert table["test_sensitivity_low"].isna().all()
     assert table.loc[table["target"] == "sensitivity", "threshold"].isna().all()
+
+
+def test_roc_tables_cover_every_class_and_the_export_is_spreadsheet_safe():
+    from dermlow.cli.evidence import spreadsheet_safe
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 50)
+    probs = rng.dirichlet(np.ones(3), 50)
+    tables = roc_tables(y, probs, ["=HYPERLINK(1)", "NV", "-x"])
+    assert list(tables.columns[:2]) == ["class", "threshold"]
+    for c, code in enumerate(["=HYPERLINK(1)", "NV", "-x"]):
+        part = tables[tables["class"] == code]
+        assert part["tp"].iloc[-1] == (y == c).sum() and part["fp"].iloc[-1] == (y != c).sum()
+    safe = spreadsheet_safe(tables)
+    assert set(safe["class"]) == {"'=HYPERLINK(1)", "NV", "'-x"}
+    assert safe["threshold"].equals(tables["threshold"])

@@ -58,7 +58,18 @@ def add_evaluate_options(p: argparse.ArgumentParser) -> None:
                    help="class for the operating points (sensitivity at fixed specificity, ...); default MEL when present")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples for the CIs (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    p.add_argument("--roc-table", type=Path, metavar="CSV",
+                   help="write every class's ROC threshold table (threshold, tp, fp, tn, fn, sensitivity, "
+                   "specificity) on --split to this CSV")
     p.set_defaults(func=evaluate_command)
+
+
+def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """Text cells starting with = + - @ tab or CR get a leading ' (no formula runs in a spreadsheet)."""
+    out = frame.copy()
+    for col in out.select_dtypes(include=["object", "string"]).columns:
+        out[col] = [f"'{v}" if isinstance(v, str) and v[:1] in ("=", "+", "-", "@", "\t", "\r") else v for v in out[col]]
+    return out
 
 
 def _frame(ev) -> pd.DataFrame:
@@ -118,6 +129,12 @@ def evaluate_command(args: argparse.Namespace) -> int:
             except UserError:  # the run has no such split
                 others[split] = None
     print("\n".join(_calibration_lines(args, main, others.get("val"))))
+    if args.roc_table:
+        from dermlow.evidence.operating_points import roc_tables
+        from dermlow.rundir.files import write_csv
+
+        write_csv(args.roc_table, spreadsheet_safe(roc_tables(main.labels, main.probs, main.codes)))
+        print(f"ROC threshold tables ({args.split}) written to {args.roc_table}")
     if positive is None:
         print("\noperating points: pass --positive CODE (this run has no MEL class)")
     elif others.get("val") is None or others.get("test") is None:
@@ -152,6 +169,8 @@ def duplicates_section(args: argparse.Namespace, manifest: pd.DataFrame) -> str:
         return ""
     pairs = annotate_pairs(find_duplicates(manifest, cache_dir=args.cache_dir), manifest)
     text = "\n" + describe_duplicates(pairs)
+    if args.group_duplicates and args.splits_file:
+        text += "\nnote: --group-duplicates does not change the splits read from --splits-file"
     if args.save_duplicates:
         write_csv(args.save_duplicates, pairs)
         text += f"\nnear-duplicate pairs written to {args.save_duplicates}"

@@ -320,8 +320,9 @@ def describe_duplicates(pairs: pd.DataFrame, *, limit: int = 20) -> str:
              f"{int(pairs['same_lesion'].sum())} already share a lesion id, "
              f"{int(pairs['label_conflict'].sum())} have different labels"]
     if len(leaks):
-        lines.append(f"WARNING: {len(leaks)} near-duplicate pairs cross splits (a leak: the same picture is "
-                     "trained on and evaluated on). Group them with --group-duplicates:")
+        lines.append(f"WARNING: {len(leaks)} near-duplicate pairs cross splits (a leak: the same picture in two "
+                     "splits inflates the held-out scores). --group-duplicates keeps each group in one split "
+                     "(of the splits dermlow draws; official splits stay as published):")
         for r in leaks.head(limit).itertuples():
             lines.append(f"  {r.split_a} {r.image_id_a} ~ {r.split_b} {r.image_id_b} ({r.transform}; "
                          f"pHash {r.phash_bits}/256, dHash {r.dhash_bits}/256 bits)")

@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 N_BINS = 15
+T_MIN, T_MAX = 0.05, 20.0  # the temperature is searched in this range
 PROB_FLOOR = 1e-12  # the floor of dermlow.metrics' loss, so NLL here equals metrics' `loss`
 LOG_FLOOR = 1e-30  # floor before the log of temperature scaling (float32 softmax underflows near 1e-38)
 
@@ -107,11 +108,18 @@ def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def fit_temperature(y: np.ndarray, probs: np.ndarray, *, max_iter: int = 100) -> float:
-    """The T > 0 that minimises the NLL of softmax(log p / T) on (y, probs): L-BFGS over log T.
+def temperature_identifiable(y: np.ndarray, probs: np.ndarray) -> bool:
+    """False when every prediction is right: then the NLL keeps falling as T -> 0 and has no minimum."""
+    y, p = _check(y, probs)
+    return bool(len(y)) and not bool((p.argmax(axis=1) == y).all())
 
-    Returns 1.0 for an empty split. Optimising log T keeps T positive without constraints; the
-    NLL is convex in 1/T, so the single minimum L-BFGS finds is the global one.
+
+def fit_temperature(y: np.ndarray, probs: np.ndarray, *, max_iter: int = 100) -> float:
+    """The T in [T_MIN, T_MAX] that minimises the NLL of softmax(log p / T) on (y, probs): L-BFGS
+    over log T (clamped to the range, so a degenerate split stops at its edge).
+
+    Returns 1.0 for an empty split. The NLL is convex in 1/T, so the minimum L-BFGS finds is the
+    global one; when every prediction is right there is none (see temperature_identifiable).
     """
     y, p = _check(y, probs)
     if len(y) == 0:
@@ -122,14 +130,16 @@ def fit_temperature(y: np.ndarray, probs: np.ndarray, *, max_iter: int = 100) ->
     opt = torch.optim.LBFGS([log_t], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe",
                             tolerance_grad=1e-10, tolerance_change=1e-12)
 
+    bounds = math.log(T_MIN), math.log(T_MAX)
+
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(logp / log_t.exp(), target)
+        loss = torch.nn.functional.cross_entropy(logp / log_t.clamp(*bounds).exp(), target)
         loss.backward()
         return loss
 
     opt.step(closure)
-    t = float(log_t.detach().exp())
+    t = float(log_t.detach().clamp(*bounds).exp())
     if not math.isfinite(t) or t <= 0:
         raise ArithmeticError(f"temperature scaling diverged (T = {t})")
     return t

@@ -31,11 +31,11 @@ SENSITIVITY_TARGETS = (0.90, 0.95)
 
 
 def roc_table(positive: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
-    """Every distinct threshold (the distinct scores, highest first, then +inf is left out) with
-    tp, fp, tn, fn, sensitivity, specificity and the false positive rate.
+    """The ROC threshold table: one row per distinct score t (highest first) with tp, fp, tn, fn,
+    sensitivity, specificity and false positive rate of calling "score >= t" positive.
 
-    One row per distinct score t: the counts of calling "score >= t" positive. sensitivity and fpr
-    equal sklearn.metrics.roc_curve(drop_intermediate=False) without its leading (0, 0) point.
+    sensitivity and fpr equal sklearn.metrics.roc_curve(drop_intermediate=False) without its
+    leading (0, 0) point (threshold +inf).
     """
     pos = np.asarray(positive, dtype=bool)
     s = np.asarray(scores, dtype=np.float64)
@@ -52,6 +52,14 @@ def roc_table(positive: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
         fpr = fp / n_neg if n_neg else np.full(len(fp), np.nan)
     return pd.DataFrame({"threshold": s_sorted[last], "tp": tp, "fp": fp, "tn": n_neg - fp, "fn": n_pos - tp,
                          "sensitivity": sens, "specificity": 1 - fpr, "fpr": fpr})
+
+
+def roc_tables(y: np.ndarray, probs: np.ndarray, codes: list[str]) -> pd.DataFrame:
+    """roc_table of every class against the rest (labels `y`, probabilities [N, C]), with a `class` column."""
+    parts = [roc_table(np.asarray(y) == c, np.asarray(probs)[:, c]).assign(**{"class": code})
+             for c, code in enumerate(codes)]
+    out = pd.concat(parts, ignore_index=True)
+    return out[["class", *[col for col in out.columns if col != "class"]]]
 
 
 def _candidates(pos_scores: np.ndarray, neg_scores: np.ndarray) -> np.ndarray:
@@ -135,7 +143,7 @@ def format_operating_points(table: pd.DataFrame, code: str, *, n_boot: int = 100
     lines = [f"operating points for {code} vs rest: thresholds chosen on val, measured on test "
              f"(95% bootstrap CI, {n_boot} resamples)",
              f"{'target':<18} {'threshold':>9} {'val sens':>8} {'val spec':>8}  {'test sensitivity':<22} "
-             f"{'test specificity':<22}"]
+             "test specificity"]
 
     def cell(row: pd.Series, key: str) -> str:
         v, lo, hi = row[key], row[f"{key}_low"], row[f"{key}_high"]
@@ -147,5 +155,5 @@ def format_operating_points(table: pd.DataFrame, code: str, *, n_boot: int = 100
         thr = "n/a" if math.isnan(r["threshold"]) else ("none" if math.isinf(r["threshold"]) else f"{r['threshold']:.4f}")
         vals = " ".join("     n/a" if math.isnan(r[k]) else f"{r[k]:8.3f}" for k in ("val_sensitivity", "val_specificity"))
         lines.append(f"{r['target'] + ' ' + format(r['goal'], '.0%'):<18} {thr:>9} {vals}  "
-                     f"{cell(r, 'test_sensitivity'):<22} {cell(r, 'test_specificity'):<22}")
+                     f"{cell(r, 'test_sensitivity'):<22} {cell(r, 'test_specificity')}")
     return "\n".join(lines)

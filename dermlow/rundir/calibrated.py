@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from dermlow.errors import UserError
-from dermlow.evidence.calibration import N_BINS, apply_temperature, calibration_metrics, fit_temperature
+from dermlow.evidence.calibration import (N_BINS, apply_temperature, calibration_metrics, fit_temperature,
+                                          temperature_identifiable)
 from dermlow.rundir import files
 from dermlow.rundir.reader import load_predictions, load_run
 
@@ -48,9 +49,15 @@ def calibrate_predictions(run_dir: str | Path, predictions: dict[str, pd.DataFra
     if val is None or val.empty:
         raise UserError(f"{run_dir}: no validation predictions to fit the temperature on; "
                         "a run writes them after its first epoch.")
-    temperature = fit_temperature(val["label"].to_numpy(), val[codes].to_numpy(dtype=float))
+    y_val, p_val = val["label"].to_numpy(), val[codes].to_numpy(dtype=float)
+    fitted = temperature_identifiable(y_val, p_val)
+    temperature = fit_temperature(y_val, p_val) if fitted else 1.0
     record = {"temperature": temperature, "fitted_on": "val", "probabilities": source, "method": METHOD,
               "created": datetime.now(UTC).isoformat(timespec="seconds"), "splits": {}}
+    if not fitted:
+        record["note"] = (f"all {len(val)} validation predictions are correct: the NLL has no minimum (it keeps "
+                          "falling as T -> 0), so no temperature was fitted and T = 1 (probabilities unchanged)")
+        log.warning("%s: %s", run_dir, record["note"])
     for split, frame in predictions.items():
         y, raw = frame["label"].to_numpy(), frame[codes].to_numpy(dtype=float)
         calibrated = apply_temperature(raw, temperature) if len(frame) else raw
