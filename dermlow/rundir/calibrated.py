@@ -20,8 +20,13 @@ import numpy as np
 import pandas as pd
 
 from dermlow.errors import UserError
-from dermlow.evidence.calibration import (N_BINS, apply_temperature, calibration_metrics, fit_temperature,
-                                          temperature_identifiable)
+from dermlow.evidence.calibration import (
+    N_BINS,
+    apply_temperature,
+    calibration_metrics,
+    fit_temperature,
+    temperature_identifiable,
+)
 from dermlow.rundir import files
 from dermlow.rundir.reader import load_predictions, load_run
 
