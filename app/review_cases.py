@@ -11,6 +11,7 @@ from dermlow.rundir import files, reader
 
 from . import review_data as data
 from . import review_decisions as decisions
+from . import review_evidence as evidence
 from .review_text import md
 
 TILE = 180  # thumbnail size in pixels
@@ -172,12 +173,14 @@ def case_view(run: reader.Run) -> None:
     image_id = case_selector_ui(summary)
     row = summary.loc[summary["image_id"] == image_id].iloc[0]
     scores = data.scored_cases(str(run.path), data.stamp(run.path, files.WEIGHTS, files.MANIFEST))
-    left, right = st.columns([3, 2])
+    left, middle, right = st.columns([3, 3, 3])
     with left:
         img, problem = data.load_image(run, row["path"])
         if problem:
             st.error(md(problem))
         st.image(img, caption=md(f"{image_id} — {row['path']}"), width="stretch")
+    with middle:
+        evidence.saliency_panel(run, image_id)
     with right:
         facts(run, row, scores)
         decisions.decision_ui(run, row, data.review_history(run), decisions.reviewer_ui())

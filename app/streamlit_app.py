@@ -22,6 +22,7 @@ import streamlit as st
 from dermlow._app import review_cases as cases
 from dermlow._app import review_data as data
 from dermlow._app import review_decisions as decisions
+from dermlow._app import review_evidence as evidence
 from dermlow._app import review_results as results
 from dermlow._app.review_text import md
 
@@ -48,6 +49,7 @@ VIEWS = [
     View("Lesion galleries", "lowest / highest weighted", cases.galleries_view),
     View("Case", "one image in detail", cases.case_view),
     View("Review", "queue, decisions, agreement", decisions.review_view),
+    View("Duplicates", "near-identical images, leaks", evidence.duplicates_view),
 ]
 
 

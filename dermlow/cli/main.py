@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from dermlow.cli.bench import BENCH_HELP, add_bench
+from dermlow.cli.evidence import add_check_options, add_evaluate_options, add_explain, duplicates_section
 from dermlow.cli.review import add_review
 from dermlow.errors import UserError
 
@@ -60,7 +61,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     commands = [("train", _add_train, TRAIN_HELP), ("evaluate", _add_evaluate, None), ("data", _add_data, DATA_HELP),
                 ("flag", _add_flag, None), ("app", _add_app, None), ("bench", add_bench, BENCH_HELP),
-                ("review", add_review, None)]
+                ("review", add_review, None), ("explain", add_explain, None)]
     for name, add, help_ in commands:
         if help_ is None or command is None or command == name:
             add(sub)
@@ -177,21 +178,14 @@ def _final_table(run_dir: Path) -> str:
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="recompute metrics of a run from its best checkpoint",
                        description="Recompute Acc, BAcc, mAUC, mF1, the per-class table and the confusion "
-                       "matrix of a run's best (or last) checkpoint.")
+                       "matrix of a run's best (or last) checkpoint, with calibration (ECE, Brier, NLL; temperature "
+                       "scaling with --calibrate) and operating points (thresholds chosen on val, reported on test).")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--split", default="test", help="val | test (default test)")
     p.add_argument("--tta", action="store_true", help="average the 8 flip/rotation variants of each image")
     p.add_argument("--checkpoint", default="best", help="best | last")
     p.add_argument("--device", default="auto")
-    p.set_defaults(func=_evaluate)
-
-
-def _evaluate(args: argparse.Namespace) -> int:
-    from dermlow.training.evaluate import evaluate_run
-
-    result = evaluate_run(args.run_dir, split=args.split, tta=args.tta, checkpoint=args.checkpoint, device=args.device)
-    print(result.text())
-    return 0
+    add_evaluate_options(p)  # --calibrate, --positive, ...; sets func (dermlow.cli.evidence.evaluate_command)
 
 
 def _add_data(sub) -> None:
@@ -226,6 +220,7 @@ def _add_data(sub) -> None:
     check.add_argument("--max-image-pixels", type=int, default=100_000_000, metavar="N",
                        help="refuse images with more pixels than this, before decoding them (default 100 MP)")
     check.add_argument("--save-splits", type=Path, help="write the image_id,split table to this CSV")
+    add_check_options(check)  # near-duplicates: --group-duplicates, --no-duplicates, --cache-dir, --save-duplicates
     check.set_defaults(func=_data_check)
     fetch = dsub.add_parser("fetch", help="download and unpack the official archives (resumable)")
     fetch.add_argument("--year", type=int, choices=sorted(FILES), required=True)
@@ -257,9 +252,11 @@ def _data_check(args: argparse.Namespace) -> int:
                       image_dir=args.image_dir, test_fraction=args.test_fraction, val_fraction=args.val_fraction,
                       splits_file=str(args.splits_file) if args.splits_file else None,
                       skip_bad_images=args.skip_bad_images, max_image_pixels=args.max_image_pixels,
-                      test=test)
+                      test=test, group_duplicates=args.group_duplicates, cache_dir=args.cache_dir,
+                      duplicates=False)  # duplicates_section reports them
     run_data = read_data(data, seed=args.seed)
-    print(describe(run_data.manifest, DatasetSpec(dataset, tuple(run_data.codes), tuple(run_data.names)), test=test))
+    print(describe(run_data.manifest, DatasetSpec(dataset, tuple(run_data.codes), tuple(run_data.names)), test=test)
+          + duplicates_section(args, run_data.manifest))
     for warning in class_warnings(run_data.manifest, run_data.codes):
         print(f"dermlow: warning: {warning}", file=sys.stderr)
     if run_data.skipped:

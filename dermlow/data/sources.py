@@ -61,6 +61,9 @@ class DataConfig:
         "--flip-labels", "flip this fraction of training labels on purpose (seeded)"))
     flip_val: bool = False  # flip the same fraction of validation labels too (noisy-label benchmark)
     download: bool = False  # benchmark mode: fetch MNIST/CIFAR from their official hosts
+    duplicates: bool = True  # image data sets: find near-duplicate images at run start (duplicates.csv)
+    group_duplicates: bool = field(default=False, metadata=flag(
+        "--group-duplicates", "keep near-duplicate images in one split, joined with their lesions"))
     review: str | None = field(default=None, metadata=flag(
         "--review", "train on reviewed labels: the resolved decisions of a review database or reviewed run "
         "folder (relabel -> corrected label, exclude -> left out; docs/review.md)"))
@@ -117,6 +120,7 @@ class RunData:
     names: list[str]
     in_chans: int = 3
     skipped: list[str] = field(default_factory=list)  # bad images left out (--skip-bad-images)
+    duplicates: pd.DataFrame | None = None  # near-duplicate pairs (data.duplicates), for duplicates.csv
 
 
 class DataSource:

@@ -90,13 +90,15 @@ def shared_lesion_images(split: pd.Series, lesion: pd.Series) -> int:
 
 
 def assign_splits(table: pd.DataFrame, *, method: str = "lesion", test_fraction: float = 0.2,
-                  val_fraction: float = 0.1, seed: int = 0) -> pd.Series:
+                  val_fraction: float = 0.1, seed: int = 0, groups: pd.Series | None = None) -> pd.Series:
     """Split of every row of `table` (columns image_id, label, lesion_id, split), same index.
 
     `split` holds each row's official split ("train" for a pool still to divide). Where no row is
     officially "test", `test_fraction` of the pool becomes test; where none is "val",
     `val_fraction` of what remains in training becomes val (so 0.2 / 0.1 gives 72/8/20 %).
     method "lesion" keeps each lesion in one split; "random" splits images (the paper's split).
+    `groups` (same index as `table`), when given, replaces the lesion / image grouping: each group
+    lands in one split (dermlow.data.duplicates.duplicate_groups joins near-duplicates to lesions).
     """
     if method not in METHODS:
         raise UserError(f"unknown split method '{method}': choose one of {', '.join(METHODS)}")
@@ -106,6 +108,7 @@ def assign_splits(table: pd.DataFrame, *, method: str = "lesion", test_fraction:
     t = table.sort_values("image_id", kind="stable")
     split = t["split"].copy()
     lesion = t["lesion_id"].where(t["lesion_id"] != "", t["image_id"]) if method == "lesion" else t["image_id"]
+    lesion = groups.loc[t.index].astype(str) if groups is not None else lesion
     carved = False
     for name, fraction, stream in (("test", test_fraction, 1), ("val", val_fraction, 2)):
         pool = (split == "train").to_numpy()

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from dermlow import distributed as dist
 from dermlow.data.transforms import to_input, tta_variants
+from dermlow.evidence.calibration import calibration_metrics
 from dermlow.method.guards import collapse_warnings, weight_stats
 from dermlow.metrics import classification_metrics
 from dermlow.training.divergence import FiniteGuard, LossNotFinite, check_outputs, diverged
@@ -51,7 +52,8 @@ def fit(session: Session) -> Path:
         row = {"epoch": epoch, "lr": lr, "seconds": round(time.perf_counter() - t0, 3)}
         row |= _train_summary(records) | weight_stats(records["weight"])
         for split, (_, labels, probs) in evals.items():
-            row |= {f"{split}_{k}": v for k, v in classification_metrics(labels, probs).items()}
+            row |= {f"{split}_{k}": v for k, v in (classification_metrics(labels, probs)
+                                                   | calibration_metrics(labels, probs)).items()}
         row["pred_majority_frac"] = _majority_fraction(evals["val"][2])
         row["optimizer_steps"] = int(records["optimizer_steps"])  # this epoch's (equal for every method)
         s.record_epoch(epoch, row, records, evals)

@@ -37,6 +37,7 @@ from dermlow.method.losses import make_loss
 from dermlow.method.weightings import WEIGHTINGS, Weighting, make_weighting
 from dermlow.models.factory import create_model, load_checkpoint
 from dermlow.rundir import files, review_apply
+from dermlow.rundir.calibrated import calibrate_run
 from dermlow.rundir.integrity import check_for_resume, remove_stale_temporaries
 from dermlow.rundir.lock import RunClaim, claim_run_dir
 from dermlow.rundir.reader import read_manifest
@@ -173,6 +174,7 @@ class Session:
         self.loaders.clear()  # stops their worker processes
         if not dist.is_main():
             return
+        calibrate_run(self.run_dir)  # temperature scaling on the best epoch's validation predictions
         files.write_text(self.run_dir / files.DONE, f"best epoch {self.best_epoch} val bacc {self.best_bacc:.4f}\n")
 
 
@@ -307,6 +309,8 @@ def _write_run_start(run_dir: Path, cfg: Config, data: RunData) -> None:
                                                      "in_chans": data.in_chans})
     if data.skipped:
         files.write_text(run_dir / files.SKIPPED, "\n".join(data.skipped) + "\n")
+    if data.duplicates is not None:
+        files.write_csv(run_dir / files.DUPLICATES, data.duplicates)
     files.write_yaml(run_dir / files.CONFIG, cfg.to_dict())  # last: marks a complete run start
 
 
