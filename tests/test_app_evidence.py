@@ -10,7 +10,7 @@ from evidence_factory import add_best_checkpoint, add_duplicates
 from run_factory import make_run
 from streamlit.testing.v1 import AppTest
 
-from dermlow.rundir import files, reader, review_marks
+from dermlow.rundir import files, reader, review_store
 from dermlow.rundir.calibrated import calibrate_run
 
 APP = str(Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py")
@@ -77,11 +77,15 @@ def test_duplicates_view_lists_pairs_and_flags_one(run_dir, monkeypatch):
     assert any("LEAK: across splits" in t.value for t in at.text)
     at.checkbox(key="dup_leaks").uncheck().run()
     flag = [b for b in at.button if b.key and b.key.startswith("dup-")]
-    assert len(flag) == 2
+    assert len(flag) == 2 and all(b.disabled for b in flag)  # a decision needs the reviewer's name
+    at.session_state["reviewer"] = "Dr Ada"
+    at.run()
+    flag = [b for b in at.button if b.key and b.key.startswith("dup-")]
     flag[0].click().run()
     clean(at)
-    marks = review_marks.read_review(run_dir)
-    assert marks["reason"].tolist() == ["duplicate"] and marks["note"].iloc[0].startswith("near-duplicate of ")
+    got = review_store.read_history(run_dir, "isic2018")
+    assert got[["reviewer", "decision", "reason"]].values.tolist() == [["Dr Ada", "exclude", "duplicate"]]
+    assert got["note"].iloc[0].startswith("near-duplicate of ")
 
 
 def test_views_say_what_is_missing_on_a_run_without_evidence(tmp_path, monkeypatch):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,6 @@ from streamlit.testing.v1 import AppTest
 from dermlow.rundir import flag_scores, reader, review_store
 from dermlow.rundir.review_store import Decision
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "app"))
 APP = str(Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py")
 D = "isic2018"
 
@@ -148,8 +146,9 @@ def test_deciding_from_the_case_view(run_dir, monkeypatch):
 
 
 def test_plain_text_escapes_markdown_and_streamlit_directives():
-    import review_decisions
+    from dermlow._app.review_decisions import plain
 
-    text = review_decisions.plain("**x** :red[y] [link](http://e) <b>")
+    text = plain("**x** :red[y] [link](http://e) <b>\nnext")
     assert "**" not in text.replace("\\*", "") and ":red[" not in text and "](" not in text
-    assert text == r"\*\*x\*\* \:red\[y\] \[link\]\(http\:\/\/e\) \<b\>".replace(r"\/", "/")
+    assert "<b>" not in text and "\n" not in text  # one line, no HTML
+    assert text.replace("\\", "") == "**x** :red[y] [link](http://e) <b> next"  # the text itself is kept

@@ -23,7 +23,8 @@ import torch
 from PIL import Image
 
 from dermlow.config import ModelConfig, resolve
-from dermlow.data.prepare import ISIC_SETS, build_datasets
+from dermlow.data.array_manifest import ArraySet
+from dermlow.data.prepare import DATASETS, build_datasets
 from dermlow.data.transforms import normalisation_from_timm
 from dermlow.errors import UserError
 from dermlow.evidence.saliency import default_layer, grad_cam, overlay, resolve_layer
@@ -112,14 +113,16 @@ class Explainer:
         if rows.empty:
             raise UserError(f"image id '{image_id}' is not in {self.run_dir / files.MANIFEST}.")
         one = rows.iloc[:1].assign(split="test")  # "test": the evaluation transform, whatever its split
-        if self.cfg.data.dataset not in ISIC_SETS:  # benchmark arrays normalise with training statistics
+        if isinstance(DATASETS.get(self.cfg.data.dataset), ArraySet):  # arrays normalise with training statistics
             one = pd.concat([self.manifest[self.manifest["split"] == "train"], one], ignore_index=True)
-        dataset = build_datasets(self.cfg, one, mean=self.normalisation[0], std=self.normalisation[1])["test"]
+        dataset = build_datasets(self.cfg.data, one, seed=self.cfg.run.seed, mean=self.normalisation[0],
+                                 std=self.normalisation[1])["test"]
         x, label, _ = dataset[0]
         if x.dtype == torch.uint8:
             shown = x.permute(1, 2, 0).numpy()
         else:  # ArrayDataset: float, normalised with its own statistics
-            shown = (np.clip((x * dataset.std + dataset.mean).permute(1, 2, 0).numpy(), 0, 1) * 255).astype(np.uint8)
+            std, mean = dataset.std.reshape(-1, 1, 1), dataset.mean.reshape(-1, 1, 1)
+            shown = (np.clip((x * std + mean).permute(1, 2, 0).numpy(), 0, 1) * 255).astype(np.uint8)
         shown = shown[..., 0] if shown.shape[2] == 1 else shown
         return to_input(x[None], torch.device("cpu"), self.normalisation), shown, int(label)
 
