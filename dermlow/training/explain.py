@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from dermlow.config import ModelConfig, resolve
+from dermlow.config import ModelConfig, resolve, upgrade
 from dermlow.data.array_manifest import ArraySet
 from dermlow.data.prepare import DATASETS, build_datasets
 from dermlow.data.transforms import normalisation_from_timm
@@ -88,7 +88,7 @@ class Explainer:
         self.run_dir = Path(run_dir)
         checkpoint = self.run_dir / files.BEST
         ckpt = load_weights_only(checkpoint)
-        self.cfg = resolve(ckpt["config"])
+        self.cfg = resolve(upgrade(ckpt["config"]))  # run folders from before typed option sections too
         self.cfg.data.cache_dir = None  # one image at a time: preprocess directly, leave the image cache alone
         self.codes = [str(c) for c in ckpt["classes"]["codes"]]
         model_cfg = ModelConfig(**{**self.cfg.model.__dict__, "pretrained": False, "weights": None})
