@@ -1,4 +1,4 @@
-"""Views of single training images: lesion galleries, the case view, and the review list."""
+"""Views of single training images: lesion galleries and the case view (review_decisions: the review)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import pandas as pd
 import streamlit as st
 
 from dermlow.errors import UserError
-from dermlow.rundir import files, reader, review_marks
+from dermlow.rundir import files, reader
 
 from . import review_data as data
+from . import review_decisions as decisions
+from . import review_evidence as evidence
 from .review_text import md
 
 TILE = 180  # thumbnail size in pixels
@@ -144,24 +146,6 @@ def facts(run: reader.Run, row: pd.Series, scores: pd.DataFrame) -> None:
     st.markdown("  \n".join(lines))
 
 
-def review_ui(run: reader.Run, row: pd.Series) -> None:
-    """Mark / unmark this image for review with a reason and a note (review marks, kept in review.csv)."""
-    current = data.read_review(str(run.path))
-    mine = current[current["image_id"] == row["image_id"]]
-    is_marked = bool(len(mine) and mine["marked"].iloc[0])
-    st.markdown("**Review mark:** " + (f":red[marked — {md(mine['reason'].iloc[0])}]" if is_marked else "none"))
-    reason = st.selectbox("Reason", review_marks.REASONS, key=f"reason-{row['image_id']}",
-                          index=review_marks.REASONS.index(mine["reason"].iloc[0]) if len(mine) else 0)
-    note = st.text_area("Note", value=mine["note"].iloc[0] if len(mine) else "", key=f"note-{row['image_id']}")
-    left, right = st.columns(2)
-    if left.button("Mark for review", key="mark", type="primary"):
-        review_marks.mark(run.path, row["image_id"], int(row["index"]), reason, note)
-        st.rerun()
-    if right.button("Unmark", key="unmark", disabled=not is_marked):
-        review_marks.unmark(run.path, row["image_id"])
-        st.rerun()
-
-
 def siblings(run: reader.Run, row: pd.Series) -> None:
     lesion = row["lesion_id"]
     if not isinstance(lesion, str) or not lesion:
@@ -189,62 +173,17 @@ def case_view(run: reader.Run) -> None:
     image_id = case_selector_ui(summary)
     row = summary.loc[summary["image_id"] == image_id].iloc[0]
     scores = data.scored_cases(str(run.path), data.stamp(run.path, files.WEIGHTS, files.MANIFEST))
-    left, right = st.columns([3, 2])
+    left, middle, right = st.columns([3, 3, 3])
     with left:
         img, problem = data.load_image(run, row["path"])
         if problem:
             st.error(md(problem))
         st.image(img, caption=md(f"{image_id} — {row['path']}"), width="stretch")
+    with middle:
+        evidence.saliency_panel(run, image_id)
     with right:
         facts(run, row, scores)
-        review_ui(run, row)
+        decisions.decision_ui(run, row, data.review_history(run), decisions.reviewer_ui())
     st.subheader("Across the epochs")
     trajectory_charts(run, int(row["index"]))
     siblings(run, row)
-
-
-# ---------------------------------------------------------------- review list
-
-def review_view(run: reader.Run) -> None:
-    st.header("Review")
-    current = data.read_review(str(run.path))
-    marked = current[current["marked"]]
-    st.subheader(f"Marked cases ({len(marked)})")
-    if marked.empty:
-        st.caption("Nothing marked yet: open a case (galleries or suggested cases below) and mark it for review.")
-    else:
-        st.dataframe(marked.drop(columns=["marked"]), hide_index=True)
-        stamp = data.stamp(run.path, files.WEIGHTS, files.MANIFEST, files.REVIEW)
-        try:
-            st.download_button("Download the marked cases with their flag scores (CSV)",
-                               data.export_csv(str(run.path), stamp), file_name=f"{files.safe_name(run.name)}-marked.csv",
-                               mime="text/csv")
-        except UserError as err:
-            st.error(md(err))
-        left, right = st.columns([3, 1], vertical_alignment="bottom")
-        gone = left.selectbox("Unmark", marked["image_id"].tolist(), key="unmark_select")
-        if right.button("Unmark", key="unmark_list"):
-            review_marks.unmark(run.path, gone)
-            st.rerun()
-    suggestions(run)
-
-
-def suggestions(run: reader.Run) -> None:
-    """The images with the highest flag score: candidates for a second look."""
-    st.subheader("Suggested cases (highest flag score)")
-    if summary_or_stop(run) is None:
-        return
-    scores = data.scored_cases(str(run.path), data.stamp(run.path, files.WEIGHTS, files.MANIFEST)).head(20)
-    table = pd.DataFrame({
-        "rank": scores["rank"], "image_id": scores["image_id"],
-        "given label": [run.class_label(c) for c in scores["label"]],
-        "other label": [run.class_label(c) if c >= 0 else "" for c in scores["other_label"]],
-        "p(given label)": scores["p_true_mean"].round(3), "mean weight": scores["weight_mean"].round(3),
-        "score": scores["score"].round(3)})
-    st.dataframe(table, hide_index=True)
-    st.caption("Score: mean of two percentile ranks, the image's LOW weight (gradient norm for runs without LOW) "
-               "and its loss, each averaged over all epochs and taken relative to its class "
-               "(docs/flagging.md).")
-    left, right = st.columns([3, 1], vertical_alignment="bottom")
-    pick = left.selectbox("Open a suggested case", scores["image_id"].tolist(), key="suggest_select")
-    right.button("Open", key="open-suggested", on_click=open_case, args=(pick,))

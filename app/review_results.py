@@ -16,6 +16,7 @@ from dermlow.rundir import files, reader
 
 from . import review_cases as cases
 from . import review_data as data
+from . import review_evidence as evidence
 from .review_text import md
 
 SCORES = {"acc": "Acc", "bacc": "BAcc", "mauc": "mAUC", "mf1": "mF1"}
@@ -170,6 +171,8 @@ def per_class_view(run: reader.Run) -> None:
             right.altair_chart(alt.Chart(roc).mark_line().encode(
                 x="false positive rate:Q", y="true positive rate:Q", color=alt.Color("class:N", sort=order),
             ).properties(height=360), width="stretch")
+        evidence.calibration_section(run, split, pred)
+        evidence.operating_points_section(run, split, pred)
     st.subheader("Training curves")
     training_curves(run)
 

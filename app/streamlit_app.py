@@ -21,6 +21,8 @@ from typing import NamedTuple
 import streamlit as st
 from dermlow._app import review_cases as cases
 from dermlow._app import review_data as data
+from dermlow._app import review_decisions as decisions
+from dermlow._app import review_evidence as evidence
 from dermlow._app import review_results as results
 from dermlow._app.review_text import md
 
@@ -46,7 +48,8 @@ VIEWS = [
     View("Weights over training", "LOW weights per epoch", results.weights_view),
     View("Lesion galleries", "lowest / highest weighted", cases.galleries_view),
     View("Case", "one image in detail", cases.case_view),
-    View("Review", "marked cases, flag scores", cases.review_view),
+    View("Review", "queue, decisions, agreement", decisions.review_view),
+    View("Duplicates", "near-identical images, leaks", evidence.duplicates_view),
 ]
 
 

@@ -177,12 +177,19 @@ def from_dict(values: dict[str, Any]) -> Config:
     return Config(**kwargs)
 
 
+# Settings added together with a new default behaviour: a run saved before they existed was
+# trained with the old behaviour, which these values keep (resume, evaluate, bench reruns).
+LEGACY = {("loss", "balanced_ce"): {"reduction": "mean"}, ("weighting", "spl"): {"rescale": True},
+          ("weighting", "is"): {"equal_steps": False}, ("data", None): {"max_per_class": 0}}
+
+
 def upgrade(saved: dict[str, Any]) -> dict[str, Any]:
     """A saved config.yaml made readable by today's sections.
 
     Run folders written before typed option sections held every option of every loss and
     weighting in each section (and spl / is options under `weighting.options`); the options the
-    chosen entry does not have are dropped. A saved file is otherwise read as it is.
+    chosen entry does not have are dropped. A setting of `LEGACY` that the file lacks gets the
+    value of the behaviour the run was trained with. A saved file is otherwise read as it is.
     """
     values = copy.deepcopy(saved) if isinstance(saved, dict) else {}
     for key, registry in CHOICES.items():
@@ -192,6 +199,9 @@ def upgrade(saved: dict[str, Any]) -> dict[str, Any]:
         section = {**section, **(section.pop("options", None) or {})}
         valid = settings.field_names(registry.entry(section["name"]).options)
         values[key] = {"name": section["name"], **{k: v for k, v in section.items() if k in valid}}
+        values[key] = {**LEGACY.get((key, section["name"]), {}), **values[key]}
+    if isinstance(values.get("data"), dict):
+        values["data"] = {**LEGACY[("data", None)], **values["data"]}
     return values
 
 

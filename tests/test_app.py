@@ -13,7 +13,7 @@ from run_factory import make_hostile_run, make_run
 from streamlit.testing.v1 import AppTest
 
 from dermlow import metrics
-from dermlow.rundir import files, reader
+from dermlow.rundir import files, reader, review_store
 
 APP = str(Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py")
 VIEWS = ["Runs", "Per-class", "Weights over training", "Lesion galleries", "Case", "Review"]
@@ -146,7 +146,7 @@ def test_galleries_hold_the_expected_images_in_order(root, monkeypatch):
     assert "NV — Melanocytic nevus" in at.subheader[0].value
 
 
-def test_open_a_case_then_mark_and_unmark_it(root, monkeypatch):
+def test_open_a_case_then_decide_on_it(root, monkeypatch):
     run_dir = root / "flipped"
     at = show(app(run_dir, monkeypatch), "Lesion galleries")
     target = _gallery_ids(at, "highest")[0]
@@ -154,18 +154,15 @@ def test_open_a_case_then_mark_and_unmark_it(root, monkeypatch):
     assert at.sidebar.radio(key="view").value == "Case"
     assert at.selectbox(key="case_select").value == target
     assert_clean(at, "case")
-    at.selectbox(key=f"reason-{target}").set_value("possible label error")
-    at.text_area(key=f"note-{target}").input("pigment network looks like a nevus").run()
-    at.button(key="mark").click().run()
-    saved = pd.read_csv(run_dir / files.REVIEW, keep_default_na=False)
-    assert saved[["image_id", "reason", "note", "marked"]].values.tolist() == [
-        [target, "possible label error", "pigment network looks like a nevus", True]]
+    at.sidebar.text_input(key="reviewer_widget").input("Dr Ada").run()
+    at.text_input(key=f"note-{target}").input("pigment network looks like a nevus").run()
+    at.button(key="decide-exclude").click().run()
+    saved = review_store.read_history(run_dir, "isic2018")
+    assert saved[["image_id", "reviewer", "decision", "reason", "note"]].values.tolist() == [
+        [target, "Dr Ada", "exclude", "image quality", "pigment network looks like a nevus"]]
     show(at, "Review")
     assert_clean(at, "review")
-    assert at.dataframe[0].value["image_id"].tolist() == [target]
-    at.button(key="unmark_list").click().run()
-    assert not pd.read_csv(run_dir / files.REVIEW)["marked"].any()
-    (run_dir / files.REVIEW).unlink()
+    (run_dir / review_store.DB_NAME).unlink()
 
 
 def test_a_folder_that_is_not_a_run(tmp_path, monkeypatch):

@@ -141,3 +141,30 @@ def test_a_hostile_run_makes_the_page_fetch_nothing(tmp_path):
                 browser.close()
     assert listener.paths == []  # the browser made no request to the listener
     assert f"![x]({base}/leak.png) [click]({base}/link)" in shown  # the id is shown, as text
+
+
+def test_a_decision_clicked_in_chromium_is_stored(served, tmp_path):
+    from dermlow.rundir import flag_scores, reader, review_store
+
+    sync_api = require("playwright.sync_api", "the browser tests drive Chromium with Playwright (pip install playwright)")
+    run_dir = tmp_path / "runs" / "demo"
+    first = flag_scores.flag_scores(reader.weight_summary(run_dir), weight_from="weight_mean").iloc[0]["image_id"]
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 720})
+            page.goto(served, wait_until="domcontentloaded")
+            page.get_by_text("Review", exact=True).click(timeout=60_000)
+            name = page.get_by_role("textbox", name="Your name")
+            name.fill("Dr Ada")
+            name.press("Enter")
+            button = page.get_by_role("button", name="Confirm label")
+            page.wait_for_function("""() => [...document.querySelectorAll('button')].some(
+                b => b.innerText.includes('Confirm label') && !b.disabled)""", timeout=30_000)
+            button.click()
+            page.get_by_text(f"Saved: confirm for {first}").wait_for(timeout=30_000)
+            page.screenshot(path=str(tmp_path / "review.png"))
+        finally:
+            browser.close()
+    got = review_store.read_history(run_dir, "isic2018")
+    assert list(zip(got["image_id"], got["reviewer"], got["decision"], strict=True)) == [(first, "Dr Ada", "confirm")]

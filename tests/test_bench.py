@@ -26,7 +26,8 @@ def test_lams_must_be_positive_numbers(text):
 def test_numbers_and_methods_parse_in_order_without_duplicates():
     assert bench_grid.parse_numbers("1, 0.5,0.1,1", "--lams") == [1.0, 0.5, 0.1]
     assert bench_grid.parse_methods("none,low,balanced_ce") == ["none", "low", "balanced_ce"]
-    with pytest.raises(UserError, match="Valid methods: none, low, spl, is, balanced_ce, focal"):
+    with pytest.raises(UserError, match="Valid methods: none, low, spl, is, mentornet, mwnet, balanced_ce, focal, "
+                       "low_balanced_ce, low_focal"):
         bench_grid.parse_methods("none,lowest")
 
 
@@ -245,6 +246,13 @@ def test_runs_saved_before_typed_option_sections_are_the_same_setup():
     old = cfg.to_dict()  # as config.yaml was written before: every option of every entry, spl's under `options`
     old["weighting"] = {"name": "spl", "lam": 1.0, "grad_scale": "per_sample", "global_batch": False, "options": {}}
     old["loss"] = {"name": "ce", "gamma": 2.0, "alpha": None, "effective_number": False, "beta": 0.999}
-    assert bench_grid.config_differences(old, cfg.to_dict()) == []
+    # old SPL runs rescaled the selected samples to mean 1 (config.LEGACY); the default is now the
+    # paper's binary weights, so such a run is another setup and the grid must not reuse it
+    assert bench_grid.config_differences(old, cfg.to_dict()) == ["weighting.rescale"]
     old["weighting"]["options"] = {"growth": 2.0}
-    assert bench_grid.config_differences(old, cfg.to_dict()) == ["weighting.growth"]
+    assert bench_grid.config_differences(old, cfg.to_dict()) == ["weighting.growth", "weighting.rescale"]
+    new = bench_grid.point_config(bench_grid.base_layers(BenchSpec(dataset="digits")), GridPoint("none", None, 0.03, 0))
+    old_none = new.to_dict()
+    old_none["weighting"] = {"name": "none", "lam": 1.0, "grad_scale": "per_sample", "global_batch": False, "options": {}}
+    old_none["loss"] = {"name": "ce", "gamma": 2.0, "alpha": None, "effective_number": False, "beta": 0.999}
+    assert bench_grid.config_differences(old_none, new.to_dict()) == []  # unchanged methods are the same setup

@@ -39,7 +39,8 @@ def test_colour_constancy_exponent_is_six_in_every_shipped_config():
 
 def test_round_trip_through_saved_dict():
     cfg = config.resolve(config.parse_overrides(["weighting.name=is", "weighting.presample=4", "optim.milestones=[3,6]"]))
-    assert cfg.weighting.presample == 4 and cfg.to_dict()["weighting"] == {"name": "is", "presample": 4, "smoothing": 0.1}
+    assert cfg.weighting.presample == 4 and cfg.to_dict()["weighting"] == {"name": "is", "presample": 4, "smoothing": 0.1,
+                                                                           "equal_steps": True}
     again = config.from_dict(cfg.to_dict())
     assert again == cfg
 
@@ -81,7 +82,8 @@ def test_a_choice_section_holds_the_chosen_entrys_typed_options():
                                                  "weighting.growth=2"]))
     assert (cfg.loss.name, cfg.loss.gamma, cfg.loss.alpha) == ("focal", 1.0, None)
     assert isinstance(cfg.loss.gamma, float) and cfg.weighting.options.growth == 2.0
-    assert cfg.to_dict()["weighting"] == {"name": "spl", "start_quantile": 0.5, "growth": 2.0, "full_at": 0.5}
+    assert cfg.to_dict()["weighting"] == {"name": "spl", "start_quantile": 0.5, "growth": 2.0, "full_at": 0.5,
+                                          "rescale": False}
 
 
 def test_a_new_name_in_a_later_layer_drops_the_earlier_entrys_options(tmp_path):
@@ -94,9 +96,9 @@ def test_a_new_name_in_a_later_layer_drops_the_earlier_entrys_options(tmp_path):
 
 @pytest.mark.parametrize(("pairs", "message"), [
     (["weighting.name=spl", "weighting.lam=1"], r"weighting 'spl' has no option 'lam' \(weighting.lam\). "
-     "Its options: start_quantile, growth, full_at."),
+     "Its options: start_quantile, growth, full_at, rescale."),
     (["loss.gamma=2"], "loss 'ce' has no option 'gamma'"),
-    (["weighting.name=mentor"], "unknown weighting 'mentor'. Valid weightings: none, low, spl, is"),
+    (["weighting.name=mentor"], "unknown weighting 'mentor'. Valid weightings: none, low, spl, is, mentornet, mwnet"),
     (["data.dataset=svhn"], "unknown dataset 'svhn'. Valid datasets: isic2017, isic2018, ham10000, generic, cifar10"),
     (["weighting.options={presample: 4}"], "weighting 'low' has no option 'options'"),
 ])
@@ -142,7 +144,9 @@ def test_saved_configs_from_before_typed_option_sections_are_read():
                          "options": {"growth": 2.0}}}
     cfg = config.resolve(config.upgrade(old))
     assert cfg.to_dict()["loss"] == {"name": "ce"}
-    assert cfg.to_dict()["weighting"] == {"name": "spl", "start_quantile": 0.5, "growth": 2.0, "full_at": 0.5}
+    # spl options, and rescale=True: a run saved before `rescale` existed was trained with rescaled weights
+    assert cfg.to_dict()["weighting"] == {"name": "spl", "start_quantile": 0.5, "growth": 2.0, "full_at": 0.5,
+                                          "rescale": True}
     with pytest.raises(UserError, match="loss 'ce' has no option 'alpha'"):  # a user's own YAML is not silently cleaned
         config.resolve(old)
 

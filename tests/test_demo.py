@@ -68,7 +68,7 @@ def test_2017_layout_official_proportions_and_decoys(tmp_path):
         assert raw.startswith(b"image_id,melanoma,seborrheic_keratosis\r\n")
     decoys = sorted((root / "ISIC-2017_Training_Data").glob("*_superpixels.png"))
     assert len(decoys) == 2
-    manifest, _, _ = load_manifest(root, dataset="isic2017")
+    manifest, _, _ = load_manifest(root, dataset="isic2017", test="official")
     sizes = manifest["split"].value_counts().to_dict()
     assert sizes == {"train": 219, "val": 16, "test": 65}  # 300 * (2000, 150, 600) / 2750; the largest takes the rounding rest
     train = manifest[manifest["split"] == "train"]["label_name"].value_counts()
@@ -92,7 +92,7 @@ def test_refuses_non_empty_folder_and_bad_options(tmp_path, demo2018):
         make_demo(tmp_path / "x", year=2017, n_images=39)
     for year, n in ((2017, 40), (2018, 56)):  # the smallest sets still have 8 training images per class
         manifest, _, _ = load_manifest(make_demo(tmp_path / f"min{year}", year=year, n_images=n), dataset=f"isic{year}",
-                                       check_images=False)
+                                       check_images=False, test="official" if year == 2017 else "split")
         official_train = manifest[manifest["split"] == "train"] if year == 2017 else manifest
         assert len(manifest) == n and official_train["label"].value_counts().min() >= 8
 

@@ -16,7 +16,7 @@ PACKAGE = ROOT / "dermlow"
 LAYERS = [
     ("dermlow.errors", "dermlow.distributed", "dermlow.metrics", "dermlow.registry", "dermlow.settings",
      "dermlow.resources"),
-    ("dermlow.data", "dermlow.method", "dermlow.models"),
+    ("dermlow.data", "dermlow.method", "dermlow.models", "dermlow.evidence"),
     ("dermlow.config",),
     ("dermlow.rundir",),
     ("dermlow.training",),

@@ -264,13 +264,14 @@ def test_case_variants_and_single_lesion_classes_are_warned_about(tmp_path):
 
 
 def test_the_apps_review_download_escapes_formula_cells(tmp_path):
-    import sys
+    from dermlow._app import review_data
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "app"))
-    import review_data
+    from dermlow.rundir import review_store
 
     run = make_run(tmp_path, "run", epochs=2)
     target = reader.weight_summary(run)["image_id"].iloc[0]
-    review_marks.mark(run, target, 0, "hard case", "=1+2 check")
-    raw = pd.read_csv(io.BytesIO(review_data.export_csv(str(run), ("x",))), dtype=str, keep_default_na=False)
-    assert raw["review_note"].tolist() == ["'=1+2 check"]
+    with review_store.open_store(run, "isic2018") as store:
+        store.add("isic2018", [review_store.Decision(target, "Dr Ada", "unsure", note="=1+2 check")])
+    history = review_store.read_history(run, "isic2018")
+    raw = pd.read_csv(io.BytesIO(review_data.history_csv(history)), dtype=str, keep_default_na=False)
+    assert raw["note"].tolist() == ["'=1+2 check"]

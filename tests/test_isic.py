@@ -81,7 +81,7 @@ def test_fixture_checksums():
 def test_isic2017_official_counts(tmp_path):
     for f in FIXTURES.glob("ISIC-2017_*.csv"):
         shutil.copy(f, tmp_path)
-    manifest, spec, skipped = load_manifest(tmp_path, dataset="isic2017", check_images=False)
+    manifest, spec, skipped = load_manifest(tmp_path, dataset="isic2017", check_images=False, test="official")
     assert spec is ISIC2017 and skipped == []
     counts = manifest.groupby(["split", "label_name"]).size()
     assert {s: counts[s].to_dict() for s in COUNTS_2017} == COUNTS_2017
@@ -94,7 +94,7 @@ def test_isic2017_official_counts(tmp_path):
 def test_isic2018_official_test_and_lesions(tmp_path):
     ham_as_2018(tmp_path)
     shutil.copy(FIXTURES / "ISIC2018_Task3_Test_GroundTruth.csv", tmp_path)
-    manifest, spec, _ = load_manifest(tmp_path, dataset="isic2018", check_images=False)
+    manifest, spec, _ = load_manifest(tmp_path, dataset="isic2018", check_images=False, test="official")
     assert spec.codes == ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
     test = manifest[manifest["split"] == "test"]
     assert test["label_name"].value_counts().to_dict() == TEST_2018
@@ -293,7 +293,7 @@ def test_submission_frames():
 def test_describe_table(tmp_path):
     for f in FIXTURES.glob("ISIC-2017_*.csv"):
         shutil.copy(f, tmp_path)
-    manifest, spec, _ = load_manifest(tmp_path, dataset="isic2017", check_images=False)
-    text = describe(manifest, spec)
+    manifest, spec, _ = load_manifest(tmp_path, dataset="isic2017", check_images=False, test="official")
+    text = describe(manifest, spec, test="official")
     assert re.search(r"MEL\s+Melanoma\s+374\s+30\s+117\s+521", text)
     assert re.search(r"total\s+2000\s+150\s+600\s+2750", text) and "lesions: unknown" in text

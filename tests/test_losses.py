@@ -66,12 +66,17 @@ def test_balanced_ce_golden_values():
     counts = [5, 1, 2]
     inv = 1.0 / np.array(counts, dtype=np.float64)
     a = inv * 3 / inv.sum()
-    expected = a[TARGET] * _golden_ce()
-    got = balanced_ce(*_inputs(), class_counts=counts)
+    expected = a[TARGET] * _golden_ce()  # reduction "mean": the plain batch mean of a_y l
+    got = balanced_ce(*_inputs(), class_counts=counts, reduction="mean")
     np.testing.assert_allclose(got.numpy(), expected, atol=1e-4)
     np.testing.assert_allclose(
-        make_loss("balanced_ce", class_counts=counts).per_sample(*_inputs()).numpy(), expected, atol=1e-4
-    )
+        make_loss("balanced_ce", class_counts=counts, reduction="mean").per_sample(*_inputs()).numpy(), expected,
+        atol=1e-4)
+    # default "weighted_mean": factors M a_y / sum a_y, so the batch mean is sum a l / sum a
+    weighted = expected * len(TARGET) / a[TARGET].sum()
+    np.testing.assert_allclose(balanced_ce(*_inputs(), class_counts=counts).numpy(), weighted, atol=1e-4)
+    np.testing.assert_allclose(make_loss("balanced_ce", class_counts=counts).per_sample(*_inputs()).numpy(),
+                               weighted, atol=1e-4)
 
 
 def test_balanced_ce_with_equal_counts_is_ce():

@@ -280,8 +280,13 @@ def test_spl_weights_and_schedule():
     w, loss = out["weights"], out["per_sample_loss"]
     n_in = int((w > 0).sum())
     assert 28 <= n_in <= 36, "the first threshold is the median of the first batch"
-    assert set(w.unique().tolist()) <= {0.0, 64 / n_in} and w.mean().item() == pytest.approx(1.0)
+    assert set(w.unique().tolist()) == {0.0, 1.0}  # binary v, training loss (1/M) sum v l: eq. 10
+    assert out["loss"].item() == pytest.approx(loss[w > 0].sum().item() / 64)
     assert torch.all(loss[w > 0] < loss[w == 0].min()), "SPL keeps the easy samples"
+    rescaled = make_weighting("spl", **options, rescale=True)  # the old normalisation, kept as an option
+    rescaled.start_epoch(1, 10)
+    w2 = _step(rescaled, model, x, y)["weights"]
+    assert set(w2.unique().tolist()) == {0.0, 64 / n_in} and w2.mean().item() == pytest.approx(1.0)
     thr0 = obj.threshold()
     torch.testing.assert_close(thr0, torch.quantile(loss, 0.5))  # epoch 1 uses threshold0 itself
     obj.start_epoch(3, 10)
@@ -302,7 +307,10 @@ def test_spl_weights_and_schedule():
 
     nobody = SelfPaced(SplOptions(), Loss(ce, ce_logit_grad_sq_norm))
     nobody.load_state_dict({"threshold0": -1.0, "epoch": 1, "num_epochs": 10})
-    torch.testing.assert_close(_step(nobody, model, x, y)["weights"], torch.ones(64))
+    torch.testing.assert_close(_step(nobody, model, x, y)["weights"], torch.zeros(64))  # eq. 10: no step
+    nobody = SelfPaced(SplOptions(rescale=True), Loss(ce, ce_logit_grad_sq_norm))
+    nobody.load_state_dict({"threshold0": -1.0, "epoch": 1, "num_epochs": 10})
+    torch.testing.assert_close(_step(nobody, model, x, y)["weights"], torch.ones(64))  # rescale falls back to 1
 
 
 @pytest.fixture

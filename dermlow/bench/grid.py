@@ -49,10 +49,18 @@ def datasets() -> list[str]:
 
 def methods() -> dict[str, tuple[str, str]]:
     """Method name -> (loss, weighting): every weighting with cross-entropy (`none` is plain CE),
-    then every other loss without a weighting. `low` is expanded over the lambdas of the grid."""
+    then every other loss without a weighting, then LOW with every other loss (`low_<loss>`, e.g.
+    `low_balanced_ce`: LOW's g is that loss's gradient). LOW methods are expanded over the lambdas."""
     out = {name: ("ce", name) for name in WEIGHTINGS.names()}
-    out |= {name: (name, "none") for name in LOSSES.names() if name != "ce" and name not in out}
+    others = [name for name in LOSSES.names() if name != "ce" and name not in out]
+    out |= {name: (name, "none") for name in others}
+    out |= {f"low_{name}": (name, "low") for name in others}
     return out
+
+
+def is_low(method: str) -> bool:
+    """Whether `method` weights with LOW (its runs are expanded over the grid's lambdas)."""
+    return methods()[method][1] == "low"
 
 
 # settings that may differ between the saved run and this invocation without changing the experiment
@@ -63,7 +71,7 @@ RESULTS = "results.csv"
 
 @dataclass(frozen=True)
 class GridPoint:
-    """One run of the grid. `lam` is None for every method but LOW."""
+    """One run of the grid. `lam` is None for every method but the LOW ones."""
 
     method: str
     lam: float | None
@@ -183,7 +191,7 @@ def make_grid(methods: list[str], lams: list[float], lrs: list[float], seeds: li
     for seed in seeds:
         for lr in lrs:
             for method in methods:
-                for lam in (lams if method == "low" else [None]):
+                for lam in (lams if is_low(method) else [None]):
                     points.append(GridPoint(method, lam, lr, seed))
     return points
 
@@ -324,6 +332,7 @@ def run_row(point: GridPoint, run_dir: Path) -> dict[str, Any]:
         "final_test_err": 1 - last["test_acc"], "final_test_berr": 1 - last["test_bacc"],
         "final_pred_majority_frac": last["pred_majority_frac"],
         "collapsed": is_collapsed(metrics, val_labels), "run_dir": str(run_dir),
+        "optimizer_steps": int(metrics["optimizer_steps"].sum()) if "optimizer_steps" in metrics else np.nan,
     }
 
 

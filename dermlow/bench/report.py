@@ -25,6 +25,7 @@ from typing import Any
 
 import pandas as pd
 
+from dermlow.bench.noise_report import flip_ap_markdown, flip_ap_table
 from dermlow.rundir import files
 
 log = logging.getLogger(__name__)
@@ -55,10 +56,16 @@ def select_lrs(results: pd.DataFrame, *, rule: str = "final") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def best_lambda(selected: pd.DataFrame) -> pd.Series | None:
-    """LOW's setup with the lowest validation criterion at its selected lr (None without LOW runs)."""
-    low = selected[selected["method"] == "low"]
+def best_lambda(selected: pd.DataFrame, method: str = "low") -> pd.Series | None:
+    """The setup of LOW method `method` (`low`, `low_balanced_ce`, ...) with the lowest validation
+    criterion at its selected lr (None without its runs)."""
+    low = selected[selected["method"] == method]
     return None if low.empty else low.loc[low["val"].idxmin()]
+
+
+def low_methods(selected: pd.DataFrame) -> list[str]:
+    """The methods of the grid that have a lambda (LOW with each loss), in order of appearance."""
+    return list(dict.fromkeys(selected.loc[selected["lam"].notna(), "method"]))
 
 
 def chosen_runs(results: pd.DataFrame, selected: pd.DataFrame) -> pd.DataFrame:
@@ -142,11 +149,12 @@ def selection_section(results: pd.DataFrame, rule: str, level: str = "##") -> li
     """Markdown lines: selected setups, LOW's lambda and paired differences under one epoch rule."""
     selected = select_lrs(results, rule=rule)
     paired = paired_differences(results, selected, rule=rule)
-    best = best_lambda(selected)
     parts = [f"{level} Test error at the lr chosen on validation, errors {RULE_TEXT[rule]} (`--select {rule}`)", "",
              selected_table(selected), ""]
-    if best is not None:
-        parts += [f"LOW's lambda chosen on validation: **{best['lam']:g}** (lr {best['lr']:g}): test error "
+    for method in low_methods(selected):
+        best = best_lambda(selected, method)
+        who = "LOW's" if method == "low" else f"`{method}`'s"
+        parts += [f"{who} lambda chosen on validation: **{best['lam']:g}** (lr {best['lr']:g}): test error "
                   f"{_pm(best['test_mean'], best['test_std'])} %.", ""]
     if not paired.empty:
         parts += [f"Paired differences to plain CE (`{BASELINE}`), per seed, each at its own chosen lr; negative = "
@@ -161,7 +169,7 @@ def summary_markdown(results: pd.DataFrame, grid: dict[str, Any]) -> str:
     other = "best" if rule == "final" else "final"
     n_coll, n_runs = int(results["collapsed"].sum()), len(results)
     lams = (f"LOW lambdas {', '.join(f'{x:g}' for x in grid['lams'])} (scale: weighting.grad_scale of the "
-            "config, per_sample unless overridden); ") if "low" in grid["methods"] else ""
+            "config, per_sample unless overridden); ") if results["lam"].notna().any() else ""
     parts = [
         f"# {grid['dataset']} / {grid['model']}: benchmark summary", "",
         f"Config `{grid['config']}`; methods {', '.join(grid['methods'])}; {lams}"
@@ -179,6 +187,7 @@ def summary_markdown(results: pd.DataFrame, grid: dict[str, Any]) -> str:
     ]
     if (results["method"] == "low").any():
         parts += [f"![LOW class weights]({WEIGHT_PLOT})", ""]
+    parts += flip_ap_markdown(flip_ap_table(chosen_runs(results, select_lrs(results, rule=rule))))
     return "\n".join(parts)
 
 
@@ -209,8 +218,9 @@ def plot_test_error(results: pd.DataFrame, selected: pd.DataFrame, path: Path) -
 
     best = best_lambda(selected)
     curves = error_curves(chosen_runs(results, selected))
-    left = [s for s in selected["setup"] if not s.startswith("low") or (best is not None and s == best["setup"])]
-    right = [s for s in selected["setup"] if s.startswith("low") or s == BASELINE]
+    bests = {best_lambda(selected, m)["setup"] for m in low_methods(selected)}
+    left = [s for s, lam in zip(selected["setup"], selected["lam"], strict=True) if pd.isna(lam) or s in bests]
+    right = [s for s, m in zip(selected["setup"], selected["method"], strict=True) if m == "low" or s == BASELINE]
     panels = [(left, "methods (LOW at its chosen lambda)")] + ([(right, "LOW by lambda")] if best is not None else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
     for ax, (setups, title) in zip(axes[0], panels, strict=True):

@@ -34,6 +34,9 @@ def add_bench(subparsers) -> None:
     p.add_argument("--select", choices=("final", "best"), default="final",
                    help="epoch whose validation error selects lr and lambda, and whose test error is reported: "
                    "final (last epoch, default) or best (best validation epoch, as best.pt)")
+    p.add_argument("--max-per-class", type=int, metavar="N_C",
+                   help="imbalanced sets: class c keeps min(n_c, round(N_C / 2^k_c)) training images (default 6000 "
+                   "for mnist-imbalanced, the paper's N_C; each class's own count for digits/cifar; 0 = own count)")
     p.add_argument("--data-dir", default="data/bench", help="folder with the MNIST / CIFAR files (default data/bench)")
     p.add_argument("--out", default="runs/bench", help="folder for the grid's run folders (default runs/bench)")
     p.add_argument("--download", action="store_true", help="fetch MNIST / CIFAR from their official hosts if missing")
@@ -59,13 +62,16 @@ def _bench(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    overrides = parse_overrides(args.set)
+    if args.max_per_class is not None:
+        overrides.setdefault("data", {})["max_per_class"] = args.max_per_class
     spec = grid.BenchSpec(
         dataset=args.dataset, model=args.model, methods=grid.parse_methods(args.methods),
         lams=grid.parse_numbers(args.lams, "--lams"), seeds=list(range(args.seeds)),
         lrs=grid.parse_numbers(args.lrs, "--lrs") if args.lrs else None, epochs=args.epochs,
         data_dir=args.data_dir, out=args.out, download=args.download, device=args.device,
         num_workers=args.workers, config=str(args.config) if args.config else None,
-        overrides=parse_overrides(args.set), select=args.select,
+        overrides=overrides, select=args.select,
     )
     results = grid.run_grid(spec)
     group = spec.group_dir

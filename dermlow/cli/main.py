@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 from dermlow.cli.bench import BENCH_HELP, add_bench
+from dermlow.cli.evidence import add_check_options, add_evaluate_options, add_explain, duplicates_section
+from dermlow.cli.review import add_review
 from dermlow.errors import UserError
 
 log = logging.getLogger("dermlow")
@@ -58,7 +60,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     commands = [("train", _add_train, TRAIN_HELP), ("evaluate", _add_evaluate, None), ("data", _add_data, DATA_HELP),
-                ("flag", _add_flag, None), ("app", _add_app, None), ("bench", add_bench, BENCH_HELP)]
+                ("flag", _add_flag, None), ("app", _add_app, None), ("bench", add_bench, BENCH_HELP),
+                ("review", add_review, None), ("explain", add_explain, None)]
     for name, add, help_ in commands:
         if help_ is None or command is None or command == name:
             add(sub)
@@ -175,21 +178,14 @@ def _final_table(run_dir: Path) -> str:
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="recompute metrics of a run from its best checkpoint",
                        description="Recompute Acc, BAcc, mAUC, mF1, the per-class table and the confusion "
-                       "matrix of a run's best (or last) checkpoint.")
+                       "matrix of a run's best (or last) checkpoint, with calibration (ECE, Brier, NLL; temperature "
+                       "scaling with --calibrate) and operating points (thresholds chosen on val, reported on test).")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--split", default="test", help="val | test (default test)")
     p.add_argument("--tta", action="store_true", help="average the 8 flip/rotation variants of each image")
     p.add_argument("--checkpoint", default="best", help="best | last")
     p.add_argument("--device", default="auto")
-    p.set_defaults(func=_evaluate)
-
-
-def _evaluate(args: argparse.Namespace) -> int:
-    from dermlow.training.evaluate import evaluate_run
-
-    result = evaluate_run(args.run_dir, split=args.split, tta=args.tta, checkpoint=args.checkpoint, device=args.device)
-    print(result.text())
-    return 0
+    add_evaluate_options(p)  # --calibrate, --positive, ...; sets func (dermlow.cli.evidence.evaluate_command)
 
 
 def _add_data(sub) -> None:
@@ -215,12 +211,16 @@ def _add_data(sub) -> None:
     check.add_argument("--image-dir", help="generic data sets: image folder")
     check.add_argument("--test-fraction", type=float, default=0.2)
     check.add_argument("--val-fraction", type=float, default=0.1)
+    check.add_argument("--test-set", choices=("split", "official"),
+                       help="test set: held out of the training images (split) or the official one (default: the "
+                       "year's config, configs/isic<year>.yaml; split without --year)")
     check.add_argument("--splits-file", type=Path, help="reuse an image_id,split CSV instead of splitting")
     check.add_argument("--skip-bad-images", action="store_true",
                        help="report unreadable images and go on instead of stopping")
     check.add_argument("--max-image-pixels", type=int, default=100_000_000, metavar="N",
                        help="refuse images with more pixels than this, before decoding them (default 100 MP)")
     check.add_argument("--save-splits", type=Path, help="write the image_id,split table to this CSV")
+    add_check_options(check)  # near-duplicates: --group-duplicates, --no-duplicates, --cache-dir, --save-duplicates
     check.set_defaults(func=_data_check)
     fetch = dsub.add_parser("fetch", help="download and unpack the official archives (resumable)")
     fetch.add_argument("--year", type=int, choices=sorted(FILES), required=True)
@@ -247,12 +247,16 @@ def _data_check(args: argparse.Namespace) -> int:
     dataset = args.dataset or challenge_years().get(args.year)
     if dataset is None:
         raise UserError("say which data set: --year YEAR or --dataset NAME.")
+    test = args.test_set or (_year_test(args.year) if args.year else "split")
     data = DataConfig(dataset=dataset, data_dir=str(args.data_dir), split=args.split, labels_csv=args.labels_csv,
                       image_dir=args.image_dir, test_fraction=args.test_fraction, val_fraction=args.val_fraction,
                       splits_file=str(args.splits_file) if args.splits_file else None,
-                      skip_bad_images=args.skip_bad_images, max_image_pixels=args.max_image_pixels)
+                      skip_bad_images=args.skip_bad_images, max_image_pixels=args.max_image_pixels,
+                      test=test, group_duplicates=args.group_duplicates, cache_dir=args.cache_dir,
+                      duplicates=False)  # duplicates_section reports them
     run_data = read_data(data, seed=args.seed)
-    print(describe(run_data.manifest, DatasetSpec(dataset, tuple(run_data.codes), tuple(run_data.names))))
+    print(describe(run_data.manifest, DatasetSpec(dataset, tuple(run_data.codes), tuple(run_data.names)), test=test)
+          + duplicates_section(args, run_data.manifest))
     for warning in class_warnings(run_data.manifest, run_data.codes):
         print(f"dermlow: warning: {warning}", file=sys.stderr)
     if run_data.skipped:
@@ -262,6 +266,13 @@ def _data_check(args: argparse.Namespace) -> int:
         save_splits(run_data.manifest, args.save_splits)
         print(f"splits written to {args.save_splits}")
     return 0
+
+
+def _year_test(year: int) -> str:
+    """data.test of the shipped config of an ISIC year (official for 2017, split for 2018)."""
+    from dermlow import config
+
+    return config.resolve(config.read_yaml(config.year_config(year))).data.test
 
 
 def _data_fetch(args: argparse.Namespace) -> int:
@@ -300,13 +311,14 @@ def _add_app(sub) -> None:
     p.add_argument("path", nargs="?", type=Path, default=Path("runs"), help="RUN_DIR or RUNS_DIR (default runs/)")
     p.add_argument("--port", type=int, default=8501)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--review-db", type=Path, help="one review database for all runs (default: each RUN/review.sqlite)")
     p.set_defaults(func=_app)
 
 
 def _app(args: argparse.Namespace) -> int:
     from dermlow.cli.serve import serve
 
-    return serve(args.path, host=args.host, port=args.port)
+    return serve(args.path, host=args.host, port=args.port, review_db=args.review_db)
 
 
 def _setup_logging(verbose: bool) -> None:

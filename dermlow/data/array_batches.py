@@ -99,11 +99,12 @@ class ArrayBatches:
     `epoch_rows` order, made on `device`. Iterable like a DataLoader, with `.dataset` and len()."""
 
     def __init__(self, dataset: ArrayDataset, *, batch_size: int, shuffle: bool, seed: int, epoch: int,
-                 drop_last: bool = False, rank: int = 0, world: int = 1, device: torch.device | str | None = None):
+                 drop_last: bool = False, rank: int = 0, world: int = 1, device: torch.device | str | None = None,
+                 passes: int = 1):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.dataset, self.batch_size, self.shuffle, self.seed, self.epoch = dataset, batch_size, shuffle, seed, epoch
-        self.drop_last, self.rank, self.world = drop_last, rank, world
+        self.drop_last, self.rank, self.world, self.passes = drop_last, rank, world, passes
         self.device = torch.device(device) if device is not None else dataset.images.device
         self._images: torch.Tensor | None = None
 
@@ -112,14 +113,14 @@ class ArrayBatches:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        rows = -(-len(self.dataset) // self.world)
+        rows = -(-len(self.dataset) * self.passes // self.world)
         return rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
         if self._images is None:  # once per loader: the whole uint8 array on the device
             self._images = self.dataset.images.to(self.device)
         rows = torch.tensor(epoch_rows(len(self.dataset), shuffle=self.shuffle, seed=self.seed, epoch=self.epoch,
-                                       rank=self.rank, world=self.world), dtype=torch.int64)
+                                       rank=self.rank, world=self.world, passes=self.passes), dtype=torch.int64)
         augment = self.dataset.augment is not None
         for step in range(len(self)):
             chunk = rows[step * self.batch_size:(step + 1) * self.batch_size]

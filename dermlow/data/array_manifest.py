@@ -19,7 +19,7 @@ import pandas as pd
 from torch.utils.data import Dataset
 
 from dermlow.data.array_batches import ArrayDataset, PadCropFlip
-from dermlow.data.arrays import NAMES, load_benchmark
+from dermlow.data.arrays import NAMES, BenchData, load_benchmark
 from dermlow.data.sources import DATASETS, MANIFEST_COLUMNS, DataConfig, DataSource, RunData
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ class ArraySet(DataSource):
     def read(self, data: DataConfig, *, seed: int) -> RunData:
         """Manifest of a benchmark: imbalanced training set (if asked), a stratified validation part
         carved from it with the run's seed, and the official test set."""
-        bench = _load(self.name, str(data.data_dir), seed, data.download)
+        bench = bench_data(self.name, data, seed=seed, download=data.download)
         train_rows = np.arange(len(bench.train_y))
         val_mask = _stratified_mask(bench.train_y, data.val_fraction, seed=seed)
         parts = [
@@ -54,20 +54,26 @@ class ArraySet(DataSource):
 
     def build_datasets(self, data: DataConfig, manifest: pd.DataFrame, *, seed: int, mean=None,
                        std=None) -> dict[str, Dataset]:
-        """ArrayDatasets per split, normalised with the training set's own channel statistics; CIFAR's
-        training split is augmented a batch at a time (pad 4, random crop, flip)."""
-        bench = _load(self.name, str(data.data_dir), seed, False)
+        """ArrayDatasets per split, normalised with the training set's own channel statistics.
+
+        28x28 images (MNIST) are padded with black (0) to 32x32, LeNet-5's input size, here:
+        before the statistics and the normalisation, as LeCun et al. did, so the border is black
+        and not the normalised mean. PNG exports for the app keep the original size.
+        """
+        bench = bench_data(self.name, data, seed=seed)
         arrays = {"train": bench.train_x, "test": bench.test_x}
+        if bench.train_x.shape[1:3] == (28, 28):
+            arrays = {name: pad_images(x, 32) for name, x in arrays.items()}
         train_source = manifest[manifest["split"] == "train"]
         pixels = _gather(arrays, train_source).reshape(-1, bench.in_chans).astype(np.float64) / 255.0
         mean, std = pixels.mean(axis=0), pixels.std(axis=0)
         augment = PadCropFlip(pad=4) if self.name.startswith("cifar") else None
         out = {}
-        for split in ("train", "val", "test"):
+        for split in ("train", "val", "test", "meta"):  # meta: Meta-Weight-Net's clean set
             rows = manifest[manifest["split"] == split]
             if len(rows):
                 out[split] = ArrayDataset(_gather(arrays, rows), rows["label"].to_numpy(), rows["index"].to_numpy(),
-                                          augment=augment if split == "train" else None, mean=mean, std=std)
+                                          augment=augment if split in ("train", "meta") else None, mean=mean, std=std)
         return out
 
 
@@ -78,10 +84,37 @@ for _name in NAMES:
                  help="benchmark, imbalanced" if _imbalanced else "benchmark")
 
 
+def bench_data(name: str, data: DataConfig, *, seed: int, download: bool = False) -> BenchData:
+    """The arrays of benchmark `name` (data.max_per_class resolved: 6000 for mnist-imbalanced)."""
+    n_c = resolve_max_per_class(name, data.max_per_class)
+    return _load(name, str(data.data_dir), seed, download, n_c)
+
+
+PAPER_MAX_PER_CLASS = {"mnist": 6000}  # the paper's N_C for imbalanced MNIST (Section 4.1.1)
+
+
+def resolve_max_per_class(name: str, value: int | None) -> int | None:
+    """The N_C an imbalanced benchmark uses: `value` (0 = each class's own count), or the
+    benchmark's default when None (6000 for mnist-imbalanced, own counts otherwise)."""
+    if value is None:
+        return PAPER_MAX_PER_CLASS.get(name.removesuffix("-imbalanced"))
+    return None if value == 0 else int(value)
+
+
+def pad_images(images: np.ndarray, size: int) -> np.ndarray:
+    """Zero-pad (black) uint8 images NHW or NHWC, centred, to size x size (LeNet-5's 28 -> 32)."""
+    h, w = images.shape[1:3]
+    if h > size or w > size:
+        raise ValueError(f"images are {h}x{w}, larger than the padded size {size}")
+    top, left = (size - h) // 2, (size - w) // 2
+    pad = [(0, 0), (top, size - h - top), (left, size - w - left)] + [(0, 0)] * (images.ndim - 3)
+    return np.pad(images, pad, mode="constant", constant_values=0)
+
+
 @functools.lru_cache(maxsize=1)
-def _load(name: str, root: str, seed: int, download: bool):
+def _load(name: str, root: str, seed: int, download: bool, max_per_class: int | None) -> BenchData:
     """The benchmark arrays, read once per process (prepare and build_datasets both need them)."""
-    return load_benchmark(name, root, seed=seed, download=download)
+    return load_benchmark(name, root, seed=seed, download=download, max_per_class=max_per_class)
 
 
 def _rows(array: str, rows: np.ndarray, labels: np.ndarray, split: str) -> pd.DataFrame:

@@ -4,9 +4,11 @@ Nothing is downloaded unless asked (`download=True`, the CLI's `--download`), an
 the official hosts. scikit-learn's bundled 8x8 digits stand in for MNIST offline.
 
 Imbalanced variants follow Section 4.1.1 of the paper: class c keeps a random subset of at most
-N_c / 2^k_c of its training samples, with the exponents k a random permutation of 0..9 drawn anew
-per seed. The paper reports test error on the standard test sets, so only the training set is
-made imbalanced; the test set stays as published.
+N_C / 2^k_c of its training samples, with the exponents k a random permutation of 0..9 drawn anew
+per seed. N_C is the paper's common 6000 for MNIST (array_manifest.PAPER_MAX_PER_CLASS; its example
+[47, 23, 3000, 12, 1500, 94, 750, 6000, 375, 188] is reproduced exactly) and each class's own
+count for the other sets. The paper reports test error on the standard test sets, so only the
+training set is made imbalanced; the test set stays as published.
 """
 
 from __future__ import annotations
@@ -361,8 +363,9 @@ def load_benchmark(name: str, root: str | Path, *, seed: int, download: bool = F
                    max_per_class: int | None = None) -> BenchData:
     """Load a benchmark by name; `<name>-imbalanced` subsamples the training set only (the paper).
 
-    `seed` drives the digits split and the imbalance; `max_per_class` selects the paper-example
-    caps (see imbalance_caps). Files live in `root` (see load_mnist / load_cifar).
+    `seed` drives the digits split and the imbalance; `max_per_class` is N_C of the caps (None:
+    each class's own count; see imbalance_caps, and array_manifest.resolve_max_per_class for the per-benchmark
+    defaults a run applies). Files live in `root` (see load_mnist / load_cifar).
     """
     base = name.removesuffix("-imbalanced")
     if name not in NAMES:

@@ -25,11 +25,12 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import Dataset
 
+from dermlow.data.duplicates import run_duplicates, split_groups
 from dermlow.data.image_check import MAX_IMAGE_PIXELS
 from dermlow.data.image_check import check_images as check_images_of
 from dermlow.data.label_files import Part, index_images
 from dermlow.data.sources import DATASETS, MANIFEST_COLUMNS, DataConfig, DatasetSpec, DataSource, RunData
-from dermlow.data.splits import assign_splits, read_splits
+from dermlow.data.splits import assign_splits, choose_test, read_splits
 from dermlow.errors import ROWS_NOTE, UserError, format_rows
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,10 @@ class ImageFolderSet(DataSource):
             self.reader, data.data_dir, split=data.split, test_fraction=data.test_fraction,
             val_fraction=data.val_fraction, seed=seed, skip_bad_images=data.skip_bad_images,
             labels_csv=data.labels_csv, image_dir=data.image_dir, splits_file=data.splits_file,
-            max_image_pixels=data.max_image_pixels)
-        return RunData(manifest, list(spec.codes), list(spec.names), 3, skipped)
+            max_image_pixels=data.max_image_pixels, test=data.test, group_duplicates=data.group_duplicates,
+            cache_dir=data.cache_dir)
+        pairs = run_duplicates(manifest, cache_dir=data.cache_dir) if data.duplicates else None
+        return RunData(manifest, list(spec.codes), list(spec.names), 3, skipped, pairs)
 
     def build_datasets(self, data: DataConfig, manifest: pd.DataFrame, *, seed: int, mean, std) -> dict[str, Dataset]:
         # imported here, not at the top: albumentations takes a second, and `dermlow --help` needs none of it
@@ -60,11 +63,11 @@ class ImageFolderSet(DataSource):
         if cache is not None:
             cache.build(manifest, workers=max(data.num_workers, 1), progress=True)
         out = {}
-        for split in ("train", "val", "test"):
+        for split in ("train", "val", "test", "meta"):  # meta: Meta-Weight-Net's clean set, augmented as training
             rows = manifest[manifest["split"] == split]
             if len(rows) == 0:
                 continue
-            make = train_transform if split == "train" else eval_transform
+            make = train_transform if split in ("train", "meta") else eval_transform
             # uint8 out of the workers; transforms.to_input normalises on the device (docs/benchmarks.md)
             transform = make(crop_size=data.crop_size, mean=mean, std=std, normalise=False)
             out[split] = ManifestDataset(rows.reset_index(drop=True), transform=transform, image_size=data.image_size,
@@ -95,13 +98,16 @@ def build_manifest(reader: Reader, data_dir: str | Path, *, split: str = "lesion
                    val_fraction: float = 0.1, seed: int = 0, skip_bad_images: bool = False,
                    check_images: bool = True, labels_csv: str | Path | None = None,
                    image_dir: str | Path | None = None, splits_file: str | Path | None = None,
-                   max_image_pixels: int = MAX_IMAGE_PIXELS) -> tuple[pd.DataFrame, DatasetSpec, list[str]]:
+                   max_image_pixels: int = MAX_IMAGE_PIXELS, test: str = "split", group_duplicates: bool = False,
+                   cache_dir: str | Path | None = None) -> tuple[pd.DataFrame, DatasetSpec, list[str]]:
     """Read and validate a data set with `reader` into (manifest, spec, skipped bad images as "path: reason").
 
     split: "lesion" (grouped by lesion, stratified by class) or "random" (the paper's image-level
-    split; leaks lesions). Official
-    validation/test sets are used where present; otherwise test_fraction of the images and then
-    val_fraction of the remaining training images are held out. splits_file overrides all that.
+    split; leaks lesions). test (data.test): "split" holds out test_fraction of the training images,
+    "official" reads the official test set (see splits.choose_test). An official validation set is
+    used where present, else val_fraction of the remaining training images. splits_file overrides
+    all that. group_duplicates: near-duplicate images (data.duplicates) are kept in one split with
+    their lesions (hashes cached under cache_dir).
     """
     root = Path(data_dir).expanduser().resolve()
     if not root.is_dir():
@@ -109,6 +115,7 @@ def build_manifest(reader: Reader, data_dir: str | Path, *, split: str = "lesion
                         f"{root}` (or --year 2017), or write a synthetic set with `dermlow data demo --out {root}`.")
     opt = [Path(p).expanduser().resolve() if p else None for p in (labels_csv, image_dir)]
     parts, spec = reader(root, *opt)
+    parts = choose_test(parts, test, root=root, dataset=spec.name)
     table = _combine(parts)
     if check_images:  # every image decodes cleanly, and none is above the pixel limit (data.image_check)
         table, skipped = check_images_of(table, skip_bad_images, max_pixels=max_image_pixels)
@@ -119,8 +126,9 @@ def build_manifest(reader: Reader, data_dir: str | Path, *, split: str = "lesion
     if splits_file:
         table["split"] = read_splits(Path(splits_file), table["image_id"]).to_numpy()
     else:
+        groups = split_groups(table, split, cache_dir=cache_dir) if group_duplicates else None
         table["split"] = assign_splits(table, method=split, test_fraction=test_fraction,
-                                       val_fraction=val_fraction, seed=seed).to_numpy()
+                                       val_fraction=val_fraction, seed=seed, groups=groups).to_numpy()
     manifest = table.sort_values("image_id", kind="stable").reset_index(drop=True)
     manifest["index"] = np.arange(len(manifest))
     manifest["label_name"] = [spec.codes[i] for i in manifest["label"]]

@@ -75,26 +75,31 @@ class EpochSampler(Sampler):
     the epoch of the next pass (the DataLoader draws a fresh iterator from it every pass).
 
     With `world` > 1 (DistributedDataParallel) it yields rank `rank`'s share of that same order,
-    padded by wrapping so that every process takes the same number of steps.
+    padded by wrapping so that every process takes the same number of steps. With `passes` = k
+    (shuffled only) an epoch is k independent orders one after the other, the first being the
+    order of a one-pass epoch: importance sampling draws its k-times larger candidate batches from
+    it, so it takes the same number of optimizer steps per epoch as every other method.
     """
 
     def __init__(self, n: int, *, shuffle: bool, seed: int, epoch: int, keys: bool = True,
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, passes: int = 1):
+        if passes < 1 or (passes > 1 and not shuffle):
+            raise ValueError(f"passes must be >= 1 (and > 1 only when shuffling), got {passes}")
         self.n, self.shuffle, self.seed, self.epoch, self.keys = n, shuffle, seed, epoch, keys
-        self.rank, self.world = rank, world
+        self.rank, self.world, self.passes = rank, world, passes
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[SampleKey | int]:
         rows = epoch_rows(self.n, shuffle=self.shuffle, seed=self.seed, epoch=self.epoch, rank=self.rank,
-                          world=self.world)
+                          world=self.world, passes=self.passes)
         if not self.keys:
             return iter(rows)
         return (SampleKey(r, self.seed, self.epoch) for r in rows)
 
     def __len__(self) -> int:
-        return -(-self.n // self.world)
+        return -(-self.n * self.passes // self.world)
 
 
 class EpochLoader(DataLoader):
@@ -132,7 +137,8 @@ def collate_as_stored(batch: list[tuple]) -> list:
 
 def make_loader(dataset: Dataset | ArrayDataset, *, batch_size: int, shuffle: bool, seed: int, epoch: int,
                 num_workers: int, pin_memory: bool = False, drop_last: bool = False, rank: int = 0,
-                world: int = 1, device: torch.device | str | None = None) -> EpochLoader | ArrayBatches:
+                world: int = 1, device: torch.device | str | None = None,
+                passes: int = 1) -> EpochLoader | ArrayBatches:
     """A loader whose order and augmentation are a pure function of (seed, epoch), starting at `epoch`.
 
     Make one per run and call `set_epoch` before each pass: the `num_workers` worker processes
@@ -141,16 +147,17 @@ def make_loader(dataset: Dataset | ArrayDataset, *, batch_size: int, shuffle: bo
     `collate_as_stored`; any other map-style dataset gets plain row numbers (its order is still seeded). The loader's own generator is seeded too, so creating
     and iterating it never consumes the caller's global torch RNG. An ArrayDataset gets
     `ArrayBatches` instead: batches made on `device` in this process (num_workers is not used).
+    `passes`: see EpochSampler (k seeded orders per epoch, for importance sampling's candidate batches).
     """
     if isinstance(dataset, ArrayDataset):
         return ArrayBatches(dataset, batch_size=batch_size, shuffle=shuffle, seed=seed, epoch=epoch,
-                            drop_last=drop_last, rank=rank, world=world, device=device)
+                            drop_last=drop_last, rank=rank, world=world, device=device, passes=passes)
     keys = bool(getattr(dataset, "accepts_sample_keys", False))
     return EpochLoader(
         dataset,
         batch_size=batch_size,
         sampler=EpochSampler(len(dataset), shuffle=shuffle, seed=seed, epoch=epoch, keys=keys, rank=rank,
-                             world=world),
+                             world=world, passes=passes),
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
         collate_fn=collate_as_stored if keys else None,

@@ -36,14 +36,22 @@ def batch_seed(seed: int, epoch: int, rank: int, step: int) -> int:
     return mix(BATCH, seed, epoch, rank, step)
 
 
-def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """Order of the n training samples in an epoch: a pure function of (seed, epoch)."""
-    generator = torch.Generator().manual_seed(mix(PERMUTATION, seed, epoch))
+def epoch_permutation(n: int, seed: int, epoch: int, pass_: int = 0) -> torch.Tensor:
+    """Order of the n training samples in an epoch: a pure function of (seed, epoch); `pass_` > 0
+    gives the further, independent orders of an epoch that passes over the data several times."""
+    words = (PERMUTATION, seed, epoch) if pass_ == 0 else (PERMUTATION, seed, epoch, pass_)
+    generator = torch.Generator().manual_seed(mix(*words))
     return torch.randperm(n, generator=generator)
 
 
-def epoch_rows(n: int, *, shuffle: bool, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[int]:
+def epoch_rows(n: int, *, shuffle: bool, seed: int, epoch: int, rank: int = 0, world: int = 1,
+               passes: int = 1) -> list[int]:
     """Rows of process `rank` in an epoch: `epoch_permutation` order (row order if not shuffled),
-    dealt out over `world` processes and padded by wrapping so every process takes as many steps."""
-    rows = epoch_permutation(n, seed, epoch).tolist() if shuffle else list(range(n))
+    dealt out over `world` processes and padded by wrapping so every process takes as many steps.
+    `passes` = k > 1 (shuffled only): k independent orders one after the other, the first being
+    the order of a one-pass epoch."""
+    if passes < 1 or (passes > 1 and not shuffle):
+        raise ValueError(f"passes must be >= 1 (and > 1 only when shuffling), got {passes}")
+    rows = ([r for k in range(passes) for r in epoch_permutation(n, seed, epoch, k).tolist()] if shuffle
+            else list(range(n)))
     return shard(rows, rank, world)

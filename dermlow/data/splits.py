@@ -13,18 +13,44 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
 
 from dermlow.data.shared_files import current_umask, escape_cells, formula_like, unescape_cells
-from dermlow.data.sources import SPLIT_METHODS, DatasetSpec
+from dermlow.data.sources import SPLIT_METHODS, TEST_SOURCES, DatasetSpec
 from dermlow.errors import UserError, format_rows
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 METHODS = SPLIT_METHODS
+P = TypeVar("P")
+
+
+def choose_test(parts: list[P], test: str, *, root: Path, dataset: str) -> list[P]:
+    """Keep or drop the official test part according to `test` (data.test), saying which is used.
+
+    `parts` are a reader's label files, each with `split` ("train" | "val" | "test"), `csv`
+    and `table`. "split": the official test ground truth is not read (the test set is carved from the
+    training images later); "official": it must be there, and it is the test set.
+    """
+    if test not in TEST_SOURCES:
+        raise UserError(f"data.test must be split or official, got '{test}'.")
+    official = [p for p in parts if p.split == "test"]
+    if test == "official":
+        if not official:
+            raise UserError(f"{root}: data.test is 'official' but {dataset} has no official test ground truth there "
+                            "(ISIC 2018: ISIC2018_Task3_Test_GroundTruth.csv with ISIC2018_Task3_Test_Input/; "
+                            "ISIC 2017: ISIC-2017_Test_v2_Part3_GroundTruth.csv). Put it there, or use "
+                            "data.test: split (a lesion-grouped share of the training images).")
+        log.info("test set: the official %s (%d images; no lesion ids, so leaks of a lesion between training "
+                 "and test cannot be checked)", official[0].csv.name, len(official[0].table))
+        return parts
+    unused = f" (the official {official[0].csv.name} is not used; data.test: official uses it)" if official else ""
+    log.info("test set: held out of the training images (data.test: split)%s", unused)
+    return [p for p in parts if p.split != "test"]
 
 
 def held_out(labels: np.ndarray, groups: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -64,13 +90,15 @@ def shared_lesion_images(split: pd.Series, lesion: pd.Series) -> int:
 
 
 def assign_splits(table: pd.DataFrame, *, method: str = "lesion", test_fraction: float = 0.2,
-                  val_fraction: float = 0.1, seed: int = 0) -> pd.Series:
+                  val_fraction: float = 0.1, seed: int = 0, groups: pd.Series | None = None) -> pd.Series:
     """Split of every row of `table` (columns image_id, label, lesion_id, split), same index.
 
     `split` holds each row's official split ("train" for a pool still to divide). Where no row is
     officially "test", `test_fraction` of the pool becomes test; where none is "val",
     `val_fraction` of what remains in training becomes val (so 0.2 / 0.1 gives 72/8/20 %).
     method "lesion" keeps each lesion in one split; "random" splits images (the paper's split).
+    `groups` (same index as `table`), when given, replaces the lesion / image grouping: each group
+    lands in one split (dermlow.data.duplicates.duplicate_groups joins near-duplicates to lesions).
     """
     if method not in METHODS:
         raise UserError(f"unknown split method '{method}': choose one of {', '.join(METHODS)}")
@@ -80,6 +108,7 @@ def assign_splits(table: pd.DataFrame, *, method: str = "lesion", test_fraction:
     t = table.sort_values("image_id", kind="stable")
     split = t["split"].copy()
     lesion = t["lesion_id"].where(t["lesion_id"] != "", t["image_id"]) if method == "lesion" else t["image_id"]
+    lesion = groups.loc[t.index].astype(str) if groups is not None else lesion
     carved = False
     for name, fraction, stream in (("test", test_fraction, 1), ("val", val_fraction, 2)):
         pool = (split == "train").to_numpy()
@@ -94,6 +123,39 @@ def assign_splits(table: pd.DataFrame, *, method: str = "lesion", test_fraction:
     if method == "random" and carved:
         _warn_leakage(split, t["lesion_id"])
     return split.reindex(table.index)
+
+
+META_SPLIT = "meta"
+
+
+def carve_meta(manifest: pd.DataFrame, per_class: int, *, seed: int) -> pd.DataFrame:
+    """Move `per_class` seeded training images of every class to split "meta" (a clean meta set).
+
+    A class gives at most half of its training images (floor(n / 2)), so it keeps training
+    images of its own; a class with a single training image gives none (logged). Validation and
+    test are never touched. Rows are chosen in image_id order, so the choice does not depend on
+    the order of the rows. After deliberate label flips (`original_label` present) classes are
+    the true ones and the chosen images get their true label back: the meta set is clean.
+    """
+    out = manifest.copy()
+    train = out[out["split"] == "train"].sort_values("image_id", kind="stable")
+    truth = "original_label" if "original_label" in out.columns else "label"
+    rng = np.random.default_rng([seed, 3571])
+    chosen, short = [], []
+    for label, rows in train.groupby(truth, sort=True):
+        take = min(per_class, len(rows) // 2)
+        if take < per_class:
+            short.append(f"{label}: {take}")
+        chosen.extend(rows.index[rng.choice(len(rows), size=take, replace=False)] if take else [])
+    out.loc[chosen, "split"] = META_SPLIT
+    if truth != "label":
+        names = dict(zip(out["label"], out["label_name"], strict=False))  # label and label_name agree row by row
+        out.loc[chosen, "label"] = out.loc[chosen, "original_label"]
+        out.loc[chosen, "flipped"] = False
+        out.loc[chosen, "label_name"] = out.loc[chosen, "label"].map(names)
+    log.info("meta set: %d training images (%d per class asked) moved to split 'meta'%s", len(chosen), per_class,
+             f"; classes with fewer (label: images): {', '.join(short)}" if short else "")
+    return out
 
 
 def _warn_leakage(split: pd.Series, lesion: pd.Series) -> None:
@@ -151,8 +213,12 @@ def read_splits(path: Path, image_ids: pd.Series) -> pd.Series:
     return pd.Series(given[image_ids.to_numpy()].to_numpy(), index=image_ids.index)
 
 
-def describe(manifest: pd.DataFrame, spec: DatasetSpec) -> str:
-    """Data check report: images per class and split (like the paper's Table 1), lesions, leakage."""
+def describe(manifest: pd.DataFrame, spec: DatasetSpec, *, test: str = "split") -> str:
+    """Data check report: images per class and split (like the paper's Table 1), lesions, leakage.
+
+    `test` (data.test) says where the test set came from; an official test set has no lesion ids,
+    so the report says that its leaks cannot be checked rather than counting none.
+    """
     splits = [s for s in SPLITS if (manifest["split"] == s).any()]
     counts = pd.crosstab(manifest["label"], manifest["split"]).reindex(
         index=range(len(spec.codes)), columns=splits, fill_value=0)
@@ -168,8 +234,15 @@ def describe(manifest: pd.DataFrame, spec: DatasetSpec) -> str:
     n_lesions = lesion[lesion != ""].nunique()
     lines.append(f"lesions: {n_lesions}" if n_lesions else "lesions: unknown (no lesion ids)")
     lines.append("split sizes: " + ", ".join(f"{s} {v} ({100 * v / len(manifest):.1f}%)" for s, v in total.items()))
+    n_test = int((manifest["split"] == "test").sum())
+    if test == "official":
+        lines.append(f"test set: the official test set ({n_test} images), which has no lesion ids: whether one of "
+                     "its lesions also has images in training cannot be checked")
+    elif n_test:
+        lines.append(f"test set: {n_test} images held out of the training images (data.test: split)")
     if n_lesions:
-        lines.append(f"images whose lesion also has images in another split: "
+        where = " (between training and validation only)" if test == "official" else ""
+        lines.append(f"images whose lesion also has images in another split{where}: "
                      f"{shared_lesion_images(manifest['split'], lesion)}")
     return "\n".join(lines)
 

@@ -102,6 +102,9 @@ def class_weights(
     return weights.float()
 
 
+REDUCTIONS = ("weighted_mean", "mean")
+
+
 def balanced_ce(
     logits: Tensor,
     target: Tensor,
@@ -109,20 +112,39 @@ def balanced_ce(
     class_counts: Tensor | Sequence[int],
     effective_number: bool = False,
     beta: float = 0.999,
+    reduction: str = "weighted_mean",
 ) -> Tensor:
-    """Class-balanced cross-entropy per sample: ``l_j = -a_{y_j} log softmax(z_j)[y_j]``.
+    """Class-balanced cross-entropy per sample, scaled so that the batch mean is the chosen reduction.
 
-    ``a`` is :func:`class_weights` of the *training* class counts (mean 1 over classes), so with
-    equal counts this is exactly :func:`ce`.
+    ``a`` is :func:`class_weights` of the *training* class counts (mean 1 over classes) and
+    ``c_j = -log softmax(z_j)[y_j]``:
+
+    * ``weighted_mean`` (default): ``l_j = a_{y_j} c_j * M / sum_k a_{y_k}``, so that
+      ``mean_j l_j = sum_j a_{y_j} c_j / sum_j a_{y_j}``, PyTorch's
+      ``nn.CrossEntropyLoss(weight=a)``: the per-sample factors average 1 over every batch, and
+      the step is as large as plain CE's under the same learning rate.
+    * ``mean``: ``l_j = a_{y_j} c_j`` (the plain batch mean of class-weighted losses; the factors
+      average 1 over *classes*, so about sum_c pi_c a_c over images: 0.22 on ISIC 2018, whose
+      steps are then about 4.6x smaller than CE's).
+
+    The batch normaliser is a constant (it depends on the labels only), so the gradient of
+    ``l_j`` with respect to its own logits, and LOW's ``g_j``, are those of the loss actually
+    optimised. With equal counts both reductions are exactly :func:`ce`.
     """
     z = _check_inputs(logits, target)
     weights = class_weights(class_counts, effective_number=effective_number, beta=beta)
-    return _weighted_ce(z, target, weights)
+    return _weighted_ce(z, target, weights, reduction)
 
 
-def _weighted_ce(z: Tensor, target: Tensor, weights: Tensor) -> Tensor:
+def _weighted_ce(z: Tensor, target: Tensor, weights: Tensor, reduction: str) -> Tensor:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
     a = _per_class(weights, z.shape[1], "class weights", z)
-    return F.cross_entropy(z, target, weight=a, reduction="none")
+    loss = F.cross_entropy(z, target, weight=a, reduction="none")
+    if reduction == "mean":
+        return loss
+    a_y = a[target]
+    return loss * (a_y.numel() / a_y.sum())  # a > 0, so the sum is > 0 for any non-empty batch
 
 
 def focal(
@@ -196,9 +218,12 @@ class BalancedCEOptions:
 
     effective_number: bool = False
     beta: float = 0.999  # with effective_number
+    reduction: str = "weighted_mean"  # weighted_mean (sum a l / sum a, PyTorch's) | mean (the old mean of a l)
 
     def __post_init__(self) -> None:
         require(finite(self.beta) and 0 <= self.beta < 1, f"loss.beta must be in [0, 1), got {self.beta}.")
+        require(self.reduction in REDUCTIONS, f"loss.reduction must be weighted_mean (sum of a_y l over the batch "
+                f"divided by the sum of a_y, as PyTorch) or mean (the plain mean of a_y l), got '{self.reduction}'.")
 
 
 @LOSSES.register("balanced_ce", label="bCE", help="class-balanced cross-entropy", options=BalancedCEOptions)
@@ -209,7 +234,7 @@ def _make_balanced_ce(options: BalancedCEOptions, class_counts: Sequence[int] | 
 
     def balanced(logits: Tensor, target: Tensor) -> Tensor:
         z = _check_inputs(logits, target)
-        return _weighted_ce(z, target, cached.on(z.device, z.dtype))
+        return _weighted_ce(z, target, cached.on(z.device, z.dtype), options.reduction)
 
     return Loss.with_autograd_g(balanced)
 

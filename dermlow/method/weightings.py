@@ -51,6 +51,7 @@ class Weighting:
     """
 
     batch_multiplier: int = 1  # images the loader yields per step, in units of the batch size
+    loader_passes: int = 1  # seeded passes over the training set per epoch (equal steps: = batch_multiplier)
     meta_split: ClassVar[str | None] = None  # split whose batches arrive as `meta_batches`
     flag_source: ClassVar[str] = "g_mean"  # weight-log column the flag score ranks this method's runs by
     warns_on_zero_weights: ClassVar[bool] = False  # many zero weights mean a bad setting (LOW's lambda)
@@ -147,6 +148,7 @@ class SplOptions:
     start_quantile: float = 0.5
     growth: float = 1.3
     full_at: float = 0.5
+    rescale: bool = False  # false: (1/M) sum v l, the paper's eq. 10; true: selected samples rescaled to mean 1
 
     def __post_init__(self) -> None:
         require(finite(self.start_quantile) and 0.0 < self.start_quantile <= 1.0,
@@ -166,8 +168,11 @@ class SelfPaced(Weighting):
     is ``threshold0 * growth ** (e - 1)`` (Kumar et al. relax 1/K by mu = 1.3 per step), and after
     epoch ``ceil(full_at * num_epochs)`` it is infinite: every sample is in for the rest of training
     (``full_at = 0`` is plain training; the default 0.5 gives the curriculum the first half).
-    Weights ``v_j = [l_j <= threshold]`` are rescaled to batch mean 1; a batch where no sample
-    passes falls back to all ones (``torch.where``, no host sync).
+    Weights are binary, ``v_j = [l_j <= threshold]``, and the training loss is ``(1/M) sum_j v_j l_j``
+    (eq. 10 of the LOW paper; Kumar et al.): selecting half the batch halves the step. With
+    ``rescale`` the selected samples are instead rescaled to batch mean 1 (each weight M / #selected,
+    dermlow's behaviour before this option) and a batch where no sample passes falls back to all
+    ones (``torch.where``, no host sync either way).
     """
 
     def __init__(self, options: SplOptions, loss: Loss, *, seed: int = 0) -> None:
@@ -196,6 +201,8 @@ class SelfPaced(Weighting):
         thr = self.threshold()
         assert thr is not None
         v = (per_sample_loss <= thr).to(per_sample_loss.dtype)
+        if not self.options.rescale:
+            return v
         n_in = v.sum()
         scaled = v * (v.numel() / n_in.clamp_min(1.0))
         return torch.where(n_in > 0, scaled, torch.ones_like(v))
@@ -216,6 +223,7 @@ class IsOptions:
 
     presample: int = 3
     smoothing: float = 0.1
+    equal_steps: bool = True  # false: one pass per epoch, i.e. 1/presample of the other methods' steps
 
     def __post_init__(self) -> None:
         require(isinstance(self.presample, int) and not isinstance(self.presample, bool) and self.presample >= 1,
@@ -228,7 +236,11 @@ class IsOptions:
 class ImportanceSampling(Weighting):
     """``is``: importance sampling after Katharopoulos & Fleuret (2018), scored by the logit gradient.
 
-    The loader yields ``B = presample * b`` images. A no-grad scoring pass over all B gives
+    The loader yields ``B = presample * b`` images per step, drawn from ``presample`` seeded passes
+    over the training set, so an epoch has N / b steps like every other method (``equal_steps``;
+    without it an epoch is one pass and IS takes 1/presample of their steps, dermlow's behaviour
+    before the option). Each image is thus scored about presample times an epoch; the weight log
+    keeps one row per image with the mean of its records. A no-grad scoring pass over all B gives
     ``g_i``; sample ``b`` indices with replacement with ``p_i ∝ sqrt(g_i) + smoothing * mean(sqrt g)
     + 1e-12`` (so no p is 0); forward the chosen ones with grad; the unbiased loss is
     ``(1/b) sum_k l_{s_k} / (B p_{s_k})``. Returned per-image weights are ``n_i / (b p_i)``
@@ -246,6 +258,7 @@ class ImportanceSampling(Weighting):
     def __init__(self, options: IsOptions, loss: Loss, *, seed: int = 0) -> None:
         super().__init__(options, loss, seed=seed)
         self.batch_multiplier = options.presample
+        self.loader_passes = options.presample if options.equal_steps else 1
         self._generator: torch.Generator | None = None
         self._generator_device: torch.device | None = None
         self._pending_state: dict[str, Any] | None = None

@@ -20,6 +20,7 @@ class ModelConfig:
         "--weights", "local pretrained weights (timm/torchvision state dict or .safetensors)"))
     channels_last: bool = True  # CUDA only
     compile: bool = False  # torch.compile (CUDA only)
+    saliency_layer: str | None = None  # Grad-CAM target module, e.g. "layer4"; default per architecture
 
     def __post_init__(self) -> None:
         require(bool(self.name.strip()), "model.name cannot be empty: name a timm model such as densenet161.")

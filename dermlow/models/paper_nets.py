@@ -38,6 +38,8 @@ class LeNet5(nn.Module):
     Every input is brought to 32x32 first: 28x28 (MNIST) is zero-padded by 2 pixels on each
     side, as LeCun et al. did; 32x32 passes unchanged; any other size (e.g. the 8x8 scikit-learn
     digits) is resized bilinearly, so a 5x5 kernel still sees a sizeable part of the digit.
+    Zero is black only before normalisation, so dermlow's benchmark datasets pad MNIST to 32x32
+    with black before normalising (array_manifest.build_datasets) and this padding is not used.
     """
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1) -> None:

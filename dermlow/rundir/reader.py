@@ -312,12 +312,15 @@ def _attach_manifest(summary: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFr
     return out[first + [c for c in out.columns if c not in first]]
 
 
-def load_predictions(run_dir: str | Path, split: str = "test") -> pd.DataFrame:
+def load_predictions(run_dir: str | Path, split: str = "test", *, calibrated: bool = False) -> pd.DataFrame:
     """predictions.csv (split "test") or predictions_val.csv ("val") joined with the manifest:
     image_id, index, label (true, from the manifest), then one probability column per class code.
+    `calibrated` reads the temperature-scaled copies instead (predictions_calibrated.csv, ...).
     Empty when the run has not written predictions yet."""
     run_dir = Path(run_dir)
     names = {"test": files.PREDICTIONS, "val": files.PREDICTIONS_VAL}
+    if calibrated:
+        names = {"test": files.PREDICTIONS_CALIBRATED, "val": files.PREDICTIONS_VAL_CALIBRATED}
     if split not in names:
         raise ValueError(f"split must be one of {sorted(names)}, got {split!r}")
     codes, _ = _read_classes(run_dir)
@@ -352,3 +355,26 @@ def ranked_by_weight(summary: pd.DataFrame, n: int, *, label: int | None = None,
     key = -rows["weight_mean"] if highest else rows["weight_mean"]
     order = np.lexsort((rows["index"].to_numpy(), key.to_numpy()))
     return rows.iloc[order[:n]].reset_index(drop=True)
+
+
+DUPLICATE_COLUMNS = ["image_id_a", "image_id_b", "transform", "phash_bits", "dhash_bits", "split_a", "split_b",
+                     "label_name_a", "label_name_b", "cross_split"]
+
+
+def load_duplicates(run_dir: str | Path) -> pd.DataFrame | None:
+    """duplicates.csv (near-duplicate pairs found at the run's start), None when the run has none."""
+    file = Path(run_dir) / files.DUPLICATES
+    if not file.is_file():
+        return None
+    try:
+        frame = pd.read_csv(file, dtype=str, keep_default_na=False)
+    except (OSError, ValueError, pd.errors.ParserError) as err:
+        raise UserError(f"{file} cannot be read as CSV ({err}).") from None
+    missing = [c for c in DUPLICATE_COLUMNS if c not in frame.columns]
+    if missing:
+        raise UserError(f"{file} lacks the column(s) {', '.join(missing)}; rewrite it with `dermlow data check "
+                        f"--save-duplicates`.")
+    for col in ("phash_bits", "dhash_bits"):
+        frame[col] = pd.to_numeric(frame[col], errors="coerce")
+    frame["cross_split"] = frame["cross_split"].str.lower().isin(["true", "1"])
+    return frame

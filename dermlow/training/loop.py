@@ -16,9 +16,11 @@ from tqdm.auto import tqdm
 
 from dermlow import distributed as dist
 from dermlow.data.transforms import to_input, tta_variants
+from dermlow.evidence.calibration import calibration_metrics
 from dermlow.method.guards import collapse_warnings, weight_stats
 from dermlow.metrics import classification_metrics
 from dermlow.training.divergence import FiniteGuard, LossNotFinite, check_outputs, diverged
+from dermlow.training.records import merge_repeats
 from dermlow.training.session import Session, start_session
 
 log = logging.getLogger(__name__)
@@ -50,8 +52,10 @@ def fit(session: Session) -> Path:
         row = {"epoch": epoch, "lr": lr, "seconds": round(time.perf_counter() - t0, 3)}
         row |= _train_summary(records) | weight_stats(records["weight"])
         for split, (_, labels, probs) in evals.items():
-            row |= {f"{split}_{k}": v for k, v in classification_metrics(labels, probs).items()}
+            row |= {f"{split}_{k}": v for k, v in (classification_metrics(labels, probs)
+                                                   | calibration_metrics(labels, probs)).items()}
         row["pred_majority_frac"] = _majority_fraction(evals["val"][2])
+        row["optimizer_steps"] = int(records["optimizer_steps"])  # this epoch's (equal for every method)
         s.record_epoch(epoch, row, records, evals)
         for message in collapse_warnings(row, records, evals["val"][1], epoch=epoch, previous_share=previous,
                                          low=s.weighting.warns_on_zero_weights):
@@ -73,7 +77,7 @@ def train_one_epoch(s: Session, loader: Iterable, *, epoch: int = 1, desc: str =
     """
     s.model.train()
     chunks: dict[str, list[torch.Tensor]] = {k: [] for k in (*RECORDS, "zero_share")}
-    total = len(loader.dataset) if hasattr(loader, "dataset") else None
+    total = len(loader.sampler) if hasattr(loader, "sampler") else None  # importance sampling: several passes
     bar = tqdm(total=total, desc=desc, unit="img", leave=False, disable=None if dist.is_main() else True)
     meta = s.meta_batches(epoch)  # None unless the weighting learns from a meta set
     guard = FiniteGuard(s.device)
@@ -118,9 +122,11 @@ def _keep(chunks: dict[str, list[torch.Tensor]], out: dict[str, torch.Tensor], l
 
 def _gather_records(chunks: dict[str, list[torch.Tensor]]) -> dict[str, np.ndarray]:
     """The epoch's records on the host, gathered from every process, named as in the weight log."""
-    records = dist.gather_arrays({name: torch.cat(chunks[key]).cpu().numpy() for key, name in RECORDS.items()})
+    records = dist.gather_arrays(merge_repeats({name: torch.cat(chunks[key]).cpu().numpy()
+                                                for key, name in RECORDS.items()}))
     steps = torch.stack(chunks["zero_share"]).cpu().numpy() if chunks["zero_share"] else np.zeros(0)
     records["step_zero_frac"] = np.concatenate(dist.gather_objects(steps))
+    records["optimizer_steps"] = np.array(len(chunks["zero_share"]))  # one per batch (every process: as many)
     return records
 
 

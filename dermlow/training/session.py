@@ -25,16 +25,19 @@ from torch.utils.data import Dataset
 from dermlow import config as config_mod
 from dermlow import distributed as dist
 from dermlow.config import Config
+from dermlow.data.balanced import balanced_loader
 from dermlow.data.isic import submission_frame
 from dermlow.data.loading import make_loader
 from dermlow.data.prepare import build_datasets, prepare
 from dermlow.data.sources import DatasetSpec, RunData
+from dermlow.data.splits import META_SPLIT
 from dermlow.data.transforms import normalisation_from_timm, to_input
 from dermlow.errors import UserError
 from dermlow.method.losses import make_loss
-from dermlow.method.weightings import Weighting, make_weighting
+from dermlow.method.weightings import WEIGHTINGS, Weighting, make_weighting
 from dermlow.models.factory import create_model, load_checkpoint
-from dermlow.rundir import files
+from dermlow.rundir import files, review_apply
+from dermlow.rundir.calibrated import calibrate_run
 from dermlow.rundir.integrity import check_for_resume, remove_stale_temporaries
 from dermlow.rundir.lock import RunClaim, claim_run_dir
 from dermlow.rundir.reader import read_manifest
@@ -73,18 +76,20 @@ class Session:
 
     def autocast(self) -> AbstractContextManager:
         """Mixed precision on CUDA (when enabled); plain float32 elsewhere."""
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return autocast_for(self.device, self.amp_dtype)
 
     def train_loader(self, epoch: int) -> Iterable:
-        """This process's share of the epoch's seeded order, in batches of its share of the batch."""
+        """This process's share of the epoch's seeded order, in batches of its share of the batch.
+
+        A weighting that draws from k-times larger candidate batches (importance sampling) gets k
+        passes over the data, so every method takes the same number of optimizer steps per epoch.
+        """
         if "train" not in self.loaders:
             batch = self.cfg.optim.batch_size // dist.world() * self.weighting.batch_multiplier
             self.loaders["train"] = make_loader(
                 self.datasets["train"], batch_size=batch, shuffle=True, seed=self.cfg.run.seed, epoch=epoch,
                 num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda", rank=dist.rank(),
-                world=dist.world(), device=self.device)
+                world=dist.world(), device=self.device, passes=self.weighting.loader_passes)
         self.loaders["train"].set_epoch(epoch)
         return self.loaders["train"]
 
@@ -107,15 +112,12 @@ class Session:
                             f"run does not have (its splits: {', '.join(self.datasets)}).")
 
         def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            rounds = 0
-            while True:  # a fresh seeded order per pass over the meta set
-                loader = make_loader(self.datasets[split], batch_size=self.cfg.optim.batch_size // dist.world(),
-                                     shuffle=True, seed=self.cfg.run.seed + 7919, epoch=epoch * 1000 + rounds,
-                                     num_workers=0, rank=dist.rank(), world=dist.world())
-                for images, labels, _ in loader:
-                    yield (to_input(images, self.device, self.normalisation, channels_last=self.channels_last),
-                           labels.to(self.device, non_blocking=True))
-                rounds += 1
+            # class-balanced (every class of the meta set equally often), seeded by (seed, epoch, rank)
+            loader = balanced_loader(self.datasets[split], self.cfg.optim.batch_size // dist.world(),
+                                     seed=self.cfg.run.seed, epoch=epoch, rank=dist.rank())
+            for images, labels, _ in loader:
+                yield (to_input(images, self.device, self.normalisation, channels_last=self.channels_last),
+                       labels.to(self.device, non_blocking=True))
 
         return batches()
 
@@ -172,6 +174,7 @@ class Session:
         self.loaders.clear()  # stops their worker processes
         if not dist.is_main():
             return
+        calibrate_run(self.run_dir)  # temperature scaling on the best epoch's validation predictions
         files.write_text(self.run_dir / files.DONE, f"best epoch {self.best_epoch} val bacc {self.best_bacc:.4f}\n")
 
 
@@ -197,7 +200,9 @@ def start_session(cfg: Config, *, resume: str | Path | None = None) -> Session:
         if files.is_run_dir(run_dir):
             raise UserError(f"{run_dir} already holds a run. Continue it with --resume {run_dir}, "
                             f"or pick another name with --set run.name=NAME.")
-        data = prepare(cfg.data, seed=cfg.run.seed)
+        data = prepare(cfg.data, seed=cfg.run.seed, meta_per_class=_meta_per_class(cfg))
+        if cfg.data.review:  # reviewed labels: applied after the split and any flips (docs/review.md)
+            data.manifest = review_apply.apply_configured(cfg, data.manifest, data.codes)
         parts = _build(cfg, data, device)
         claim = claim_run_dir(run_dir, resume=False)  # one writer per folder (docs/security.md)
         _write_run_start(run_dir, cfg, data)
@@ -227,6 +232,11 @@ def _released_on_error(claim: RunClaim | None, step, *args):
         if claim is not None:
             claim.release()
         raise
+def _meta_per_class(cfg: Config) -> int:
+    """Images per class the weighting wants carved from training as its meta split (0: none)."""
+    if WEIGHTINGS.get(cfg.weighting.name).meta_split != META_SPLIT:
+        return 0
+    return int(cfg.weighting.options.meta_per_class)
 
 
 def _build(cfg: Config, data: RunData, device: torch.device) -> tuple:
@@ -257,9 +267,7 @@ def _assemble(cfg: Config, run_dir: Path, data: RunData, device: torch.device, n
     else:
         dist.barrier()
         datasets = build_datasets(cfg.data, data.manifest, seed=cfg.run.seed, mean=mean, std=std)
-    amp_dtype = None
-    if device.type == "cuda" and cfg.run.amp:
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    amp_dtype = precision(device, amp=cfg.run.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     model = net
     if dist.active():
@@ -268,6 +276,19 @@ def _assemble(cfg: Config, run_dir: Path, data: RunData, device: torch.device, n
         model = torch.compile(model)
     return Session(cfg, run_dir, data, datasets, model, net, weighting, optimizer, scheduler, scaler, device,
                    amp_dtype, (mean, std))
+
+
+def precision(device: torch.device, *, amp: bool) -> torch.dtype | None:
+    """The autocast dtype of a run (`run.amp`): bf16 on CUDA where supported, else fp16; None
+    (float32) when amp is off or on CPU. Training and `dermlow evaluate` both use it."""
+    if device.type != "cuda" or not amp:
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast_for(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:
+    """An autocast context for `dtype` on `device` (a no-op context for None)."""
+    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 def pick_device(name: str) -> torch.device:
@@ -288,6 +309,8 @@ def _write_run_start(run_dir: Path, cfg: Config, data: RunData) -> None:
                                                      "in_chans": data.in_chans})
     if data.skipped:
         files.write_text(run_dir / files.SKIPPED, "\n".join(data.skipped) + "\n")
+    if data.duplicates is not None:
+        files.write_csv(run_dir / files.DUPLICATES, data.duplicates)
     files.write_yaml(run_dir / files.CONFIG, cfg.to_dict())  # last: marks a complete run start
 
 
