@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +83,12 @@ def oracle(noisy: Path, image_ids: list[str], out: Path) -> pd.DataFrame:
     return m.assign(wrong=wrong)
 
 
+def decided_in(db: Path) -> pd.DataFrame:
+    """The decisions recorded in a review database (image_id, decision), read only."""
+    with closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+        return pd.read_sql_query("SELECT image_id, decision FROM decisions ORDER BY id", conn)
+
+
 def test_bacc(run: Path, epoch: str = "best") -> float:
     """Test balanced accuracy at the epoch with the best validation balanced accuracy (`best`, what
     dermlow reports) or at the last epoch (`last`)."""
@@ -106,25 +114,27 @@ def one_seed(name: str, seed: int, ks: list[int], out: Path) -> list[dict]:
     rows = []
     for k in ks:
         n = int(round(k / 100 * len(train_rows)))
-        ranked = folder / f"top{k}.csv"
-        dermlow("review", "export", str(noisy), "--format", "csv", "--top", str(n), "--out", str(ranked), log=log)
-        picks = {"top": pd.read_csv(ranked, dtype={"image_id": str})["image_id"].tolist(),
-                 "random": np.random.default_rng([seed, k]).choice(train_rows["image_id"], n, replace=False).tolist()}
         row = {"dataset": name, "seed": seed, "K %": k, "reviewed": n, "flipped": flipped_total,
                "clean": test_bacc(clean), "noisy": test_bacc(noisy),
                "clean last": test_bacc(clean, "last"), "noisy last": test_bacc(noisy, "last")}
-        for how, ids in picks.items():
+        for how in ("top", "random"):
             db = folder / f"{how}{k}.sqlite"
-            if not db.exists():
-                decided = oracle(noisy, ids, folder / f"oracle_{how}{k}.csv")
+            if not db.exists():  # the reviewer decides once; reruns read what was decided
+                if how == "top":
+                    ranked = folder / f"top{k}.csv"
+                    dermlow("review", "export", str(noisy), "--format", "csv", "--top", str(n), "--out", str(ranked),
+                            log=log)
+                    ids = pd.read_csv(ranked, dtype={"image_id": str})["image_id"].tolist()
+                else:
+                    ids = np.random.default_rng([seed, k]).choice(train_rows["image_id"], n, replace=False).tolist()
+                oracle(noisy, ids, folder / f"oracle_{how}{k}.csv")
                 dermlow("review", "import", str(noisy), str(folder / f"oracle_{how}{k}.csv"), "--reviewer", "oracle",
                         "--review-db", str(db), log=log)
-            else:
-                decided = oracle(noisy, ids, folder / f"oracle_{how}{k}.csv")
+            decided = decided_in(db)
             run = train(setup, folder, f"review-{how}{k}", seed, ["--flip-labels", str(FLIP), "--review", str(db)], log)
-            found = int(decided["wrong"].sum())
-            row |= {f"{how} precision": found / n, f"{how} recall": found / flipped_total, how: test_bacc(run),
-                    f"{how} last": test_bacc(run, "last")}
+            found = int((decided["decision"] == "relabel").sum())  # the oracle relabels exactly the flips
+            row |= {f"{how} precision": found / len(decided), f"{how} recall": found / flipped_total,
+                    how: test_bacc(run), f"{how} last": test_bacc(run, "last")}
         rows.append(row)
     return rows
 
