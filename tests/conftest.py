@@ -13,7 +13,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download weights
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+TORCH_THREADS = min(2, os.cpu_count() or 1)  # the stored same-seed references were made with 2 threads
+torch.set_num_threads(TORCH_THREADS)
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    """Every test starts with TORCH_THREADS intra-op threads, whatever an earlier test or fixture set:
+    the float sums of a training step, and so the same-seed references, depend on the thread count."""
+    torch.set_num_threads(TORCH_THREADS)
+    yield
+    torch.set_num_threads(TORCH_THREADS)
 
 
 def _check_checkout_is_installed() -> None:

@@ -107,7 +107,9 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(demo_dir, tmp_path):
     cfg_file = tmp_path / "killed.yaml"
     cfg = tiny_config(demo_dir, tmp_path, "run.name=killed", "optim.epochs=3")
     cfg_file.write_text(yaml.safe_dump(cfg.to_dict()))
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "HF_HUB_OFFLINE": "1"}
+    # The same intra-op thread count as this process: float sums, and so the numbers, depend on it.
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "HF_HUB_OFFLINE": "1",
+           "OMP_NUM_THREADS": str(torch.get_num_threads())}
     cmd = [sys.executable, "-m", "dermlow", "train", "--config", str(cfg_file)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = tmp_path / "killed" / files.CHECKPOINT

@@ -321,8 +321,21 @@ def _app(args: argparse.Namespace) -> int:
     return serve(args.path, host=args.host, port=args.port, review_db=args.review_db)
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """A StreamHandler that writes to whatever `sys.stderr` is when a record arrives, not the stream
+    it was made with: a caller that swaps stderr (pytest, a notebook) then closes it breaks nothing."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _setup_logging(verbose: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _CurrentStderr()
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s" if verbose else "%(message)s"))
     root = logging.getLogger("dermlow")
     root.handlers[:] = [handler]
