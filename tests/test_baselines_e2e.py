@@ -23,8 +23,12 @@ def noisy_grid(tmp_path_factory):
     spec = BenchSpec(dataset="digits-imbalanced", model="lenet5", methods=METHODS, lams=[1.0], seeds=[0],
                      lrs=[0.03], epochs=2, data_dir=str(tmp / "data"), out=str(tmp / "runs"), device="cpu",
                      num_workers=0, overrides={"data": {"flip_labels": 0.2, "flip_val": True}})
-    torch.set_num_threads(1)
-    return spec, bench_grid.run_grid(spec)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # thousands of tiny ops; restored, as later tests compare numbers at 2 threads
+    try:
+        return spec, bench_grid.run_grid(spec)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def run_dir(spec, method):
