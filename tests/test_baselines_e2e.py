@@ -108,3 +108,18 @@ def test_dermlow_train_weighting_mwnet(tmp_path, capsys):
     assert (manifest["split"] == "meta").sum() > 0
     weights = pd.read_parquet(run / files.WEIGHTS)
     assert weights["weight"].mean() == pytest.approx(1.0, abs=0.05)  # normalised to batch mean 1
+
+
+def test_a_diverging_run_stops_with_a_warning_instead_of_crashing(tmp_path):
+    from dermlow import config
+    from dermlow.training.loop import train
+
+    cfg = config.resolve(config.read_yaml(Path(__file__).resolve().parent.parent / "configs/bench/lenet5-digits.yaml"),
+                         {"optim": {"epochs": 4, "lr": 1e6}, "run": {"out": str(tmp_path), "name": "nan", "device": "cpu"},
+                          "data": {"data_dir": str(tmp_path / "data")}, "weighting": {"name": "none"}})
+    run = train(cfg)
+    metrics = pd.read_csv(run / files.METRICS)
+    assert (run / files.DONE).is_file() and len(metrics) < 4  # stopped at the first non-finite epoch
+    assert not np.isfinite(metrics["train_loss"].iloc[-1])
+    assert "training diverged" in (run / files.WARNINGS).read_text()
+    assert bench_grid.is_collapsed(metrics, np.array([0, 1]))
