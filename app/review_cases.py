@@ -1,14 +1,18 @@
-"""Views of single training images: lesion galleries, the case view, and the review list."""
+"""Views of single training images: lesion galleries and the case view (review_decisions: the review)."""
 
 from __future__ import annotations
 
 import altair as alt
 import pandas as pd
-import review_data as data
 import streamlit as st
 
 from dermlow.errors import UserError
-from dermlow.rundir import files, reader, review_marks
+from dermlow.rundir import files, reader
+
+from . import review_data as data
+from . import review_decisions as decisions
+from . import review_evidence as evidence
+from .review_text import md
 
 TILE = 180  # thumbnail size in pixels
 PER_ROW = 6
@@ -36,7 +40,7 @@ def summary_or_stop(run: reader.Run) -> pd.DataFrame | None:
     try:
         summary = data.weight_summary(str(run.path), data.stamp(run.path, files.WEIGHTS, files.MANIFEST))
     except UserError as err:
-        st.error(str(err))
+        st.error(md(err))
         return None
     if summary.empty:
         st.info("No epoch logged yet: the galleries appear after the first completed epoch.")
@@ -54,10 +58,10 @@ def tile(run: reader.Run, row: pd.Series, section: str) -> None:
     """One gallery tile: image, true and predicted label, mean weight, and an Open button."""
     img, problem = data.load_image(run, row["path"], TILE)
     st.image(img, width="stretch")
-    st.markdown(f"**{row['image_id']}**  \ntrue **{run.codes[int(row['label'])]}** · "
-                f"pred {prediction_text(run, row)}  \nmean weight **{row['weight_mean']:.2f}**")
+    st.markdown(f"**{md(row['image_id'])}**  \ntrue **{md(run.codes[int(row['label'])])}** · "
+                f"pred {md(prediction_text(run, row))}  \nmean weight **{row['weight_mean']:.2f}**")
     if problem:
-        st.caption(f":red[{problem}]")
+        st.caption(f":red[{md(problem)}]")
     st.button("Open", key=f"open-{section}-{row['image_id']}", on_click=open_case, args=(row["image_id"],))
 
 
@@ -88,7 +92,7 @@ def galleries_view(run: reader.Run) -> None:
     label, n = gallery_options_ui(run)
     where = "all classes" if label is None else run.class_label(label)
     for highest, section in ((False, "lowest"), (True, "highest")):
-        st.subheader(f"{n} {section}-weighted images — {where}")
+        st.subheader(f"{n} {section}-weighted images — {md(where)}")
         gallery(run, reader.ranked_by_weight(summary, n, label=label, highest=highest), section)
 
 
@@ -124,40 +128,22 @@ def trajectory_charts(run: reader.Run, index: int) -> None:
 
 def facts(run: reader.Run, row: pd.Series, scores: pd.DataFrame) -> None:
     score = scores.loc[scores["index"] == row["index"]]
-    lines = [f"**Given label:** {run.class_label(int(row['label']))}",
-             f"**Predicted (last epoch):** {run.class_label(int(row['predicted_last']))}"
+    lines = [f"**Given label:** {md(run.class_label(int(row['label'])))}",
+             f"**Predicted (last epoch):** {md(run.class_label(int(row['predicted_last'])))}"
              + ("" if pd.isna(row["pred_prob_last"]) else f", probability {row['pred_prob_last']:.2f}"),
              f"**p(given label):** mean {row['p_true_mean']:.2f}, last {row['p_true_last']:.2f}",
              f"**Mean weight:** {row['weight_mean']:.2f} (weight > 1 in {row['weight_above1']:.0%} of epochs)",
              f"**Misclassified in** {row['misclassified']:.0%} of {int(row['epochs'])} epochs"]
     if row["other_label"] >= 0:
         prob = "" if pd.isna(row["other_prob"]) else f", mean probability {row['other_prob']:.2f}"
-        lines.append(f"**Most likely other label:** {run.class_label(int(row['other_label']))}{prob}")
+        lines.append(f"**Most likely other label:** {md(run.class_label(int(row['other_label'])))}{prob}")
     if not score.empty:
         lines.append(f"**Flag score:** {score['score'].iloc[0]:.3f} (rank {int(score['rank'].iloc[0])} "
                      f"of {len(scores)})")
     if "flipped" in row and bool(row["flipped"]):
         lines.append(f":orange[Label flipped on purpose for this study; original: "
-                     f"{run.class_label(int(row['original_label']))}]")
+                     f"{md(run.class_label(int(row['original_label'])))}]")
     st.markdown("  \n".join(lines))
-
-
-def review_ui(run: reader.Run, row: pd.Series) -> None:
-    """Mark / unmark this image for review with a reason and a note (review marks, kept in review.csv)."""
-    current = data.read_review(str(run.path))
-    mine = current[current["image_id"] == row["image_id"]]
-    is_marked = bool(len(mine) and mine["marked"].iloc[0])
-    st.markdown("**Review mark:** " + (f":red[marked — {mine['reason'].iloc[0]}]" if is_marked else "none"))
-    reason = st.selectbox("Reason", review_marks.REASONS, key=f"reason-{row['image_id']}",
-                          index=review_marks.REASONS.index(mine["reason"].iloc[0]) if len(mine) else 0)
-    note = st.text_area("Note", value=mine["note"].iloc[0] if len(mine) else "", key=f"note-{row['image_id']}")
-    left, right = st.columns(2)
-    if left.button("Mark for review", key="mark", type="primary"):
-        review_marks.mark(run.path, row["image_id"], int(row["index"]), reason, note)
-        st.rerun()
-    if right.button("Unmark", key="unmark", disabled=not is_marked):
-        review_marks.unmark(run.path, row["image_id"])
-        st.rerun()
 
 
 def siblings(run: reader.Run, row: pd.Series) -> None:
@@ -166,7 +152,7 @@ def siblings(run: reader.Run, row: pd.Series) -> None:
         st.caption("No lesion id recorded for this image.")
         return
     sib = run.manifest[(run.manifest["lesion_id"] == lesion) & (run.manifest["image_id"] != row["image_id"])]
-    st.subheader(f"Other images of lesion {lesion}")
+    st.subheader(f"Other images of lesion {md(lesion)}")
     if sib.empty:
         st.caption("None: this is the lesion's only image.")
         return
@@ -174,9 +160,9 @@ def siblings(run: reader.Run, row: pd.Series) -> None:
     for col, (_, s) in zip(cols, sib.head(PER_ROW).iterrows(), strict=False):
         img, problem = data.load_image(run, s["path"], TILE)
         col.image(img, width="stretch")
-        col.markdown(f"**{s['image_id']}**  \n{s['split']} · {run.codes[int(s['label'])]}")
+        col.markdown(f"**{md(s['image_id'])}**  \n{md(s['split'])} · {md(run.codes[int(s['label'])])}")
         if problem:
-            col.caption(f":red[{problem}]")
+            col.caption(f":red[{md(problem)}]")
 
 
 def case_view(run: reader.Run) -> None:
@@ -187,62 +173,17 @@ def case_view(run: reader.Run) -> None:
     image_id = case_selector_ui(summary)
     row = summary.loc[summary["image_id"] == image_id].iloc[0]
     scores = data.scored_cases(str(run.path), data.stamp(run.path, files.WEIGHTS, files.MANIFEST))
-    left, right = st.columns([3, 2])
+    left, middle, right = st.columns([3, 3, 3])
     with left:
         img, problem = data.load_image(run, row["path"])
         if problem:
-            st.error(problem)
-        st.image(img, caption=f"{image_id} — {row['path']}", width="stretch")
+            st.error(md(problem))
+        st.image(img, caption=md(f"{image_id} — {row['path']}"), width="stretch")
+    with middle:
+        evidence.saliency_panel(run, image_id)
     with right:
         facts(run, row, scores)
-        review_ui(run, row)
+        decisions.decision_ui(run, row, data.review_history(run), decisions.reviewer_ui())
     st.subheader("Across the epochs")
     trajectory_charts(run, int(row["index"]))
     siblings(run, row)
-
-
-# ---------------------------------------------------------------- review list
-
-def review_view(run: reader.Run) -> None:
-    st.header("Review")
-    current = data.read_review(str(run.path))
-    marked = current[current["marked"]]
-    st.subheader(f"Marked cases ({len(marked)})")
-    if marked.empty:
-        st.caption("Nothing marked yet: open a case (galleries or suggested cases below) and mark it for review.")
-    else:
-        st.dataframe(marked.drop(columns=["marked"]), hide_index=True)
-        stamp = data.stamp(run.path, files.WEIGHTS, files.MANIFEST, files.REVIEW)
-        try:
-            st.download_button("Download the marked cases with their flag scores (CSV)",
-                               data.export_csv(str(run.path), stamp), file_name=f"{run.name}-marked.csv",
-                               mime="text/csv")
-        except UserError as err:
-            st.error(str(err))
-        left, right = st.columns([3, 1], vertical_alignment="bottom")
-        gone = left.selectbox("Unmark", marked["image_id"].tolist(), key="unmark_select")
-        if right.button("Unmark", key="unmark_list"):
-            review_marks.unmark(run.path, gone)
-            st.rerun()
-    suggestions(run)
-
-
-def suggestions(run: reader.Run) -> None:
-    """The images with the highest flag score: candidates for a second look."""
-    st.subheader("Suggested cases (highest flag score)")
-    if summary_or_stop(run) is None:
-        return
-    scores = data.scored_cases(str(run.path), data.stamp(run.path, files.WEIGHTS, files.MANIFEST)).head(20)
-    table = pd.DataFrame({
-        "rank": scores["rank"], "image_id": scores["image_id"],
-        "given label": [run.class_label(c) for c in scores["label"]],
-        "other label": [run.class_label(c) if c >= 0 else "" for c in scores["other_label"]],
-        "p(given label)": scores["p_true_mean"].round(3), "mean weight": scores["weight_mean"].round(3),
-        "score": scores["score"].round(3)})
-    st.dataframe(table, hide_index=True)
-    st.caption("Score: mean of two percentile ranks, the image's LOW weight (gradient norm for runs without LOW) "
-               "and its loss, each averaged over all epochs and taken relative to its class "
-               "(docs/flagging.md).")
-    left, right = st.columns([3, 1], vertical_alignment="bottom")
-    pick = left.selectbox("Open a suggested case", scores["image_id"].tolist(), key="suggest_select")
-    right.button("Open", key="open-suggested", on_click=open_case, args=(pick,))

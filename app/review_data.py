@@ -7,6 +7,9 @@ unchanged files are read once. Errors a user can fix arrive as dermlow.errors.Us
 
 from __future__ import annotations
 
+import argparse
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +17,7 @@ import pandas as pd
 import streamlit as st
 from PIL import Image, ImageDraw
 
-from dermlow.rundir import files, flag_scores, reader, review_marks
+from dermlow.rundir import files, flag_scores, reader, review_rules, review_store
 
 TRAJECTORY_COLUMNS = ["epoch", "index", "weight", "loss", "g", "p_true", "predicted"]
 
@@ -92,15 +95,39 @@ def predictions(run_dir: str, split: str, stamp: tuple) -> pd.DataFrame:
     return reader.load_predictions(run_dir, split)
 
 
-@st.cache_data(show_spinner=False)
-def export_csv(run_dir: str, stamp: tuple) -> bytes:
-    """The cases marked for review, with their flag scores, as CSV (the same function as `dermlow flag`)."""
-    return flag_scores.export_flags(run_dir, reviewed_only=True).to_csv(index=False).encode("utf-8")
+REVIEW_DB_ENV = "DERMLOW_REVIEW_DB"
 
 
-def read_review(run_dir: str) -> pd.DataFrame:
-    """The run's review marks (review.csv), read fresh each time (it is small and the app itself changes it)."""
-    return review_marks.read_review(run_dir)
+def review_db() -> str | None:
+    """`--review-db PATH` after `--` on the streamlit command line, else $DERMLOW_REVIEW_DB, else
+    None (each run's own RUN/review.sqlite)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--review-db")
+    known, _ = parser.parse_known_args(sys.argv[1:])
+    return known.review_db or os.environ.get(REVIEW_DB_ENV) or None
+
+
+def review_rule() -> str:
+    """How several reviewers' decisions resolve in the app (docs/review.md): $DERMLOW_REVIEW_RULE
+    when it names a rule, else majority."""
+    rule = os.environ.get("DERMLOW_REVIEW_RULE", "majority")
+    return rule if rule in review_rules.RULES else "majority"
+
+
+def review_history(run: reader.Run) -> pd.DataFrame:
+    """Every decision about the run's data set, read fresh on each rerun (colleagues add decisions)."""
+    return review_store.read_history(run.path, review_store.dataset_key(run.config), review_db())
+
+
+def record(run_dir: str, dataset: str, decision: review_store.Decision) -> None:
+    """Record one checked decision in the run's review database."""
+    with review_store.open_store(run_dir, dataset, review_db()) as store:
+        store.add(dataset, [decision])
+
+
+def history_csv(history: pd.DataFrame) -> bytes:
+    """The decision history as CSV, formula cells escaped."""
+    return files.escape_cells(history).to_csv(index=False).encode("utf-8")
 
 
 def placeholder(size: int, text: str) -> Image.Image:

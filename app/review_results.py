@@ -5,8 +5,6 @@ from __future__ import annotations
 import altair as alt
 import numpy as np
 import pandas as pd
-import review_cases as cases
-import review_data as data
 import streamlit as st
 from sklearn.metrics import roc_curve
 
@@ -15,6 +13,11 @@ from dermlow.errors import UserError
 from dermlow.method.losses import LOSSES
 from dermlow.method.weightings import WEIGHTINGS
 from dermlow.rundir import files, reader
+
+from . import review_cases as cases
+from . import review_data as data
+from . import review_evidence as evidence
+from .review_text import md
 
 SCORES = {"acc": "Acc", "bacc": "BAcc", "mauc": "mAUC", "mf1": "mF1"}
 CURVES = {
@@ -91,7 +94,7 @@ def runs_view(run_dirs: list[str]) -> None:
         except UserError as err:
             problems.append(str(err))
     for p in problems:
-        st.error(p)
+        st.error(md(p))
     if not loaded:
         return
     rows = run_rows(loaded)
@@ -168,6 +171,8 @@ def per_class_view(run: reader.Run) -> None:
             right.altair_chart(alt.Chart(roc).mark_line().encode(
                 x="false positive rate:Q", y="true positive rate:Q", color=alt.Color("class:N", sort=order),
             ).properties(height=360), width="stretch")
+        evidence.calibration_section(run, split, pred)
+        evidence.operating_points_section(run, split, pred)
     st.subheader("Training curves")
     training_curves(run)
 

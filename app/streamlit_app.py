@@ -1,9 +1,12 @@
 """dermlow review app: where a dermoscopy model struggles, and which images deserve a second look.
 
 Start it with `dermlow app RUNS_DIR` (or `streamlit run app/streamlit_app.py -- --runs RUNS_DIR`).
-It reads run folders only, through dermlow.rundir (reader, flag scores, review marks), and works on runs that are still
-training. Layout follows the streamlit demo-self-driving app: main() -> run_the_app(), which
-reads as named steps; small *_ui() functions return the user's choices.
+It reads run folders only, through dermlow.rundir (reader, flag scores, review marks), and works on
+runs that are still training. Layout follows the streamlit demo-self-driving app: main() ->
+run_the_app(), which reads as named steps; small *_ui() functions return the user's choices.
+
+This folder is installed as the package `dermlow._app` (pyproject.toml), which is how this script
+imports its sibling view modules, from a wheel, an editable install or `streamlit run` alike.
 """
 
 from __future__ import annotations
@@ -11,28 +14,43 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling view modules, also under AppTest
+import streamlit as st
+from dermlow._app import review_cases as cases
+from dermlow._app import review_data as data
+from dermlow._app import review_decisions as decisions
+from dermlow._app import review_evidence as evidence
+from dermlow._app import review_results as results
+from dermlow._app.review_text import md
 
-import review_cases as cases  # noqa: E402
-import review_data as data  # noqa: E402
-import review_results as results  # noqa: E402
-import streamlit as st  # noqa: E402
-
-from dermlow.errors import UserError  # noqa: E402
-from dermlow.rundir import files  # noqa: E402
-from dermlow.rundir.reader import Run  # noqa: E402
+from dermlow.errors import UserError
+from dermlow.rundir import files
+from dermlow.rundir.reader import Run
 
 RUNS_ENV = "DERMLOW_RUNS"
-VIEWS = {
-    "Runs": "compare runs",
-    "Per-class": "metrics per class",
-    "Weights over training": "LOW weights per epoch",
-    "Lesion galleries": "lowest / highest weighted",
-    "Case": "one image in detail",
-    "Review": "marked cases, flag scores",
-}
+
+
+class View(NamedTuple):
+    """A page of the app: its sidebar label and caption, and the function that draws it."""
+
+    label: str
+    caption: str
+    show: Callable  # (Run) -> None; for the comparison view (list of run folders) -> None
+    compares_runs: bool = False
+
+
+VIEWS = [
+    View("Runs", "compare runs", results.runs_view, compares_runs=True),
+    View("Per-class", "metrics per class", results.per_class_view),
+    View("Weights over training", "LOW weights per epoch", results.weights_view),
+    View("Lesion galleries", "lowest / highest weighted", cases.galleries_view),
+    View("Case", "one image in detail", cases.case_view),
+    View("Review", "queue, decisions, agreement", decisions.review_view),
+    View("Duplicates", "near-identical images, leaks", evidence.duplicates_view),
+]
 
 
 def default_runs_path() -> str:
@@ -50,12 +68,14 @@ def main() -> None:
 
 def run_the_app() -> None:
     root = runs_folder_ui()
+    if root is None:
+        return
     run_dirs = find_runs_or_explain(root)
     if not run_dirs:
         return
     view = view_selector_ui()
-    if view == "Runs":
-        results.runs_view(runs_selector_ui(run_dirs))
+    if view.compares_runs:
+        view.show(runs_selector_ui(run_dirs))
         return
     run = load_run_or_explain(run_selector_ui(run_dirs))
     if run is None:
@@ -64,23 +84,41 @@ def run_the_app() -> None:
     show_view(view, run)
 
 
-def runs_folder_ui() -> str:
+def runs_folder_ui() -> str | None:
+    """The folder to show: the one the app was started on, or a folder below it (never elsewhere:
+    whoever reaches the page must not browse the server's disk)."""
     st.sidebar.title("dermlow review")
-    return st.sidebar.text_input("Runs folder", value=default_runs_path(), key="root",
-                                 help="A run folder (runs/<name>) or a folder holding several runs.")
+    start = default_runs_path()
+    typed = st.sidebar.text_input("Runs folder", value=start, key="root",
+                                  help="A run folder (runs/<name>) or a folder holding several runs, inside "
+                                  "the folder the app was started on.")
+    folder = inside(start, typed)
+    if folder is None:
+        st.error(md(f"{typed} is not inside {start}, the folder this app was started on: it shows only that "
+                    "folder and the runs below it. Start `dermlow app` on another folder to see other runs."))
+    return folder
+
+
+def inside(start: str, typed: str) -> str | None:
+    """`typed` (relative paths are taken from `start`) when it resolves inside `start`, else None."""
+    base = Path(start).expanduser().resolve()
+    given = Path(start) / typed.strip()  # an absolute `typed` stays as it is
+    return str(given) if given.resolve().is_relative_to(base) else None
 
 
 def find_runs_or_explain(root: str) -> list[str]:
     try:
         return data.find_runs(root)
     except UserError as err:
-        st.error(str(err))
+        st.error(md(err))
         return []
 
 
-def view_selector_ui() -> str:
-    st.session_state.setdefault("view", "Runs")
-    return st.sidebar.radio("View", list(VIEWS), key="view", captions=list(VIEWS.values()))
+def view_selector_ui() -> View:
+    st.session_state.setdefault("view", VIEWS[0].label)
+    labels = [v.label for v in VIEWS]
+    label = st.sidebar.radio("View", labels, key="view", captions=[v.caption for v in VIEWS])
+    return VIEWS[labels.index(label)]
 
 
 def _short(run_dir: str) -> str:
@@ -107,14 +145,14 @@ def load_run_or_explain(run_dir: str) -> Run | None:
     try:
         return data.load_run(run_dir, data.stamp(run_dir))
     except UserError as err:
-        st.error(str(err))
+        st.error(md(err))
         return None
 
 
 def run_status_ui(run: Run) -> None:
     planned = run.epochs_planned or "?"
     state = "finished" if run.done else "still training" if run.epochs_done else "no epoch completed yet"
-    st.sidebar.caption(f"**{run.name}** — epoch {run.epochs_done} of {planned}, {state}.")
+    st.sidebar.caption(f"**{md(run.name)}** — epoch {run.epochs_done} of {planned}, {state}.")
     if not run.done:
         st.sidebar.button("Reload", help="Show the epochs written since the page was opened.")
     warnings = run.path / files.WARNINGS
@@ -123,14 +161,12 @@ def run_status_ui(run: Run) -> None:
             st.text(warnings.read_text(errors="replace")[-3000:])
 
 
-def show_view(view: str, run: Run) -> None:
+def show_view(view: View, run: Run) -> None:
     """Render one view; a problem with the run's files is shown as a message, not a crash."""
-    pages = {"Per-class": results.per_class_view, "Weights over training": results.weights_view,
-             "Lesion galleries": cases.galleries_view, "Case": cases.case_view, "Review": cases.review_view}
     try:
-        pages[view](run)
+        view.show(run)
     except UserError as err:
-        st.error(str(err))
+        st.error(md(err))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,12 @@
 """Data-loading throughput of one training epoch, with and without the preprocessing cache.
 
 Generates synthetic dermoscopy-like JPEGs of ISIC 2018 size (600x450) into a temporary folder,
-then times full passes of the training DataLoader (decode + Shades of Gray + resize + random
-crop + flips + normalise, or cache read + crop + flips + normalise) and the cache build.
+then times full passes of the training loader (decode + Shades of Gray + resize + random
+crop + flips [+ normalise], or cache read + crop + flips [+ normalise]) and the cache build.
+
+Each setting runs twice, interleaved epoch by epoch: as `dermlow train` does now (one loader for
+the whole run, workers started once and kept) and as it did before (a new loader, so new
+workers, every epoch). Both count the worker start-up.
 
     NO_ALBUMENTATIONS_UPDATE=1 .venv/bin/python benchmarks/data_pipeline.py
 """
@@ -57,10 +61,9 @@ def write_images(folder: Path, n: int, width: int, height: int, seed: int = 0) -
     return pd.DataFrame(rows)
 
 
-def time_epoch(dataset: ManifestDataset, *, epoch: int, workers: int, batch_size: int) -> tuple[float, float]:
-    """(seconds to the first batch, seconds for the whole pass) of one epoch of the training loader,
-    worker start-up included, as `dermlow train` creates a loader per epoch."""
-    loader = make_loader(dataset, batch_size=batch_size, shuffle=True, seed=0, epoch=epoch, num_workers=workers)
+def time_epoch(loader) -> tuple[float, float]:
+    """(seconds to the first batch, seconds for the whole pass) of one epoch of `loader`; a loader
+    that has not run yet starts its workers inside this time."""
     start = time.perf_counter()
     first = None
     for _batch in loader:
@@ -68,19 +71,25 @@ def time_epoch(dataset: ManifestDataset, *, epoch: int, workers: int, batch_size
     return first, time.perf_counter() - start
 
 
-def measure(settings: dict[str, ManifestDataset], args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    """Per setting, medians over args.epochs passes of: epoch images/s, steady-state images/s (after
-    the first batch) and milliseconds to the first batch. Settings are interleaved epoch by epoch,
-    so a burst of load from other processes hits all of them alike."""
-    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in settings}
+def measure(settings: dict[str, ManifestDataset], args: argparse.Namespace) -> dict[tuple[str, str], dict]:
+    """Per (setting, loader mode): images/s over the whole run (all epochs, worker start-up
+    included), median steady-state images/s (after each epoch's first batch), median and first-epoch
+    milliseconds to the first batch. Settings and modes are interleaved epoch by epoch, so a burst
+    of load from other processes hits all of them alike."""
+    kw = {"batch_size": args.batch_size, "shuffle": True, "seed": 0, "num_workers": args.workers}
+    kept = {name: make_loader(dataset, epoch=1, **kw) for name, dataset in settings.items()}
+    runs: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for epoch in range(1, args.epochs + 1):
         for name, dataset in settings.items():
-            runs[name].append(time_epoch(dataset, epoch=epoch, workers=args.workers, batch_size=args.batch_size))
+            kept[name].set_epoch(epoch)
+            runs.setdefault((name, "kept"), []).append(time_epoch(kept[name]))
+            runs.setdefault((name, "new"), []).append(time_epoch(make_loader(dataset, epoch=epoch, **kw)))
     n = args.images
-    return {name: {"epoch": float(np.median([n / total for _, total in r])),
-                   "steady": float(np.median([(n - args.batch_size) / (total - first) for first, total in r])),
-                   "first_ms": float(np.median([first * 1e3 for first, _ in r]))}
-            for name, r in runs.items()}
+    return {key: {"run": n * len(r) / sum(total for _, total in r),
+                  "steady": float(np.median([(n - args.batch_size) / (total - first) for first, total in r])),
+                  "first_ms": float(np.median([first * 1e3 for first, _ in r])),
+                  "start_ms": r[0][0] * 1e3}
+            for key, r in runs.items()}
 
 
 def main() -> None:
@@ -109,24 +118,27 @@ def main() -> None:
         build_s = time.perf_counter() - start
         cache_mb = sum(p.stat().st_size for p in cache.root.glob("*.npy")) / 1e6
         norm = {"crop_size": args.crop_size, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
-        settings = {
-            "no cache: decode + Shades of Gray + resize + crop/flip/normalise (float32)":
-                ManifestDataset(manifest, transform=train_transform(**norm), image_size=args.image_size),
-            "cache: read .npy + crop/flip/normalise (float32)":
-                ManifestDataset(manifest, transform=train_transform(**norm), image_size=args.image_size, cache=cache),
-            "cache, uint8 out (`normalise=False`; normalise_batch on the device, not timed)":
-                ManifestDataset(manifest, transform=train_transform(**norm, normalise=False),
-                                image_size=args.image_size, cache=cache),
+        f32, u8 = train_transform(**norm), train_transform(**norm, normalise=False)
+        settings = {  # uint8: the loader moves uint8 crops; normalise_batch runs on the device (not timed)
+            "no cache, float32": ManifestDataset(manifest, transform=f32, image_size=args.image_size),
+            "no cache, uint8": ManifestDataset(manifest, transform=u8, image_size=args.image_size),
+            "cache, float32": ManifestDataset(manifest, transform=f32, image_size=args.image_size, cache=cache),
+            "cache, uint8": ManifestDataset(manifest, transform=u8, image_size=args.image_size, cache=cache),
         }
         results = measure(settings, args)
-    base = next(iter(results.values()))
     print(f"\n{args.images} images {args.width}x{args.height}, num_workers={args.workers}, batch {args.batch_size}, "
-          f"image_size {args.image_size}, crop {args.crop_size}; medians of {args.epochs} epochs\n")
-    print("| setting | epoch img/s | vs no cache | steady img/s | vs no cache | first batch ms |")
-    print("|---|---|---|---|---|---|")
-    for name, r in results.items():
-        print(f"| {name} | {r['epoch']:.0f} | {r['epoch'] / base['epoch']:.1f}x | {r['steady']:.0f} | "
-              f"{r['steady'] / base['steady']:.1f}x | {r['first_ms']:.0f} |")
+          f"image_size {args.image_size}, crop {args.crop_size}; {args.epochs} epochs per setting and loader\n")
+    print(f"| setting | loader | run img/s ({args.epochs} epochs, start-up incl.) | vs no cache float32 | "
+          "vs no cache uint8 | steady img/s | vs no cache float32 | first batch ms (median) | "
+          "first batch ms (epoch 1) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for mode, label in (("kept", "one per run, workers kept"), ("new", "new every epoch")):
+        base, base_u8 = results[("no cache, float32", mode)], results[("no cache, uint8", mode)]
+        for name in settings:
+            r = results[(name, mode)]
+            print(f"| {name} | {label} | {r['run']:.0f} | {r['run'] / base['run']:.2f}x | "
+                  f"{r['run'] / base_u8['run']:.2f}x | {r['steady']:.0f} | {r['steady'] / base['steady']:.2f}x | "
+                  f"{r['first_ms']:.0f} | {r['start_ms']:.0f} |")
     print(f"\ncache build ({args.workers} threads): {build_s:.2f} s for {args.images} images "
           f"({args.images / build_s:.0f} img/s), {cache_mb:.0f} MB on disk")
     print(f"load average after: {os.getloadavg()[0]:.2f}")

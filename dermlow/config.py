@@ -1,7 +1,7 @@
 """Typed run configuration: code defaults < YAML file < command-line flags < --set.
 
 The configuration is composed of sections, each a dataclass owned by the package that uses it:
-`data:` (`dermlow.data.sources.DataConfig`), `model:` (`dermlow.models.factory.ModelConfig`),
+`data:` (`dermlow.data.sources.DataConfig`), `model:` (`dermlow.models.config.ModelConfig`),
 `optim:` and `run:` (here), and two sections that choose a registry entry by `name` and hold that
 entry's own options: `loss:` (`dermlow.method.losses.LOSSES`) and `weighting:`
 (`dermlow.method.weightings.WEIGHTINGS`), e.g. ``weighting: {name: low, lam: 0.5}``. Each value is
@@ -27,11 +27,10 @@ from dermlow.data.sources import DataConfig
 from dermlow.errors import UserError
 from dermlow.method.losses import LOSSES
 from dermlow.method.weightings import WEIGHTINGS
-from dermlow.models.factory import ModelConfig
+from dermlow.models.config import ModelConfig
 from dermlow.registry import Registry
+from dermlow.resources import config_dir
 from dermlow.settings import finite, flag, require
-
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 @dataclass
@@ -59,7 +58,8 @@ class OptimConfig:
         require(all(m >= 1 for m in steps) and all(a < b for a, b in zip(steps, steps[1:], strict=False)),
                 f"optim.milestones must be increasing epoch numbers >= 1, like [75, 112], got {steps}.")
         require(finite(self.lr_gamma) and self.lr_gamma > 0,
-                f"optim.lr_gamma must be a finite number > 0 (the factor applied at each milestone), got {self.lr_gamma}.")
+                f"optim.lr_gamma must be a finite number > 0 (the factor applied at each milestone), "
+                f"got {self.lr_gamma}.")
 
 
 def _one_path_component(name: str) -> bool:
@@ -71,7 +71,8 @@ def _one_path_component(name: str) -> bool:
 class RunConfig:
     """The `run:` section: where the run folder goes, seed, device."""
 
-    name: str | None = field(default=None, metadata=flag("--name", "run folder name (default: derived from the setup)"))
+    name: str | None = field(default=None, metadata=flag(
+        "--name", "run folder name (default: derived from the setup)"))
     out: str = field(default="runs", metadata=flag("--out", "folder that holds run folders (default runs/)"))
     seed: int = field(default=0, metadata=flag("--seed", "seed of the initial weights, data order and splits"))
     device: str = field(default="auto", metadata=flag("--device", "auto | cpu | cuda"))
@@ -212,7 +213,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise UserError(f"config file {path} is not valid YAML: {err}") from None
+        raise UserError(f"config file {path} is not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of sections (data:, model:, ...).")
     return data
@@ -249,7 +250,7 @@ def resolve(*layers: dict[str, Any]) -> Config:
 
 def years() -> list[int]:
     """The ISIC challenge years `--year` offers: data sets that declare one and ship configs/isic<year>.yaml."""
-    return sorted(y for y in challenge_years() if (CONFIG_DIR / f"isic{y}.yaml").is_file())
+    return sorted(y for y in challenge_years() if (config_dir() / f"isic{y}.yaml").is_file())
 
 
 def year_config(year: int) -> Path:
@@ -258,7 +259,7 @@ def year_config(year: int) -> Path:
     if year not in valid:
         listed = " or ".join(str(y) for y in valid)
         raise UserError(f"--year must be {listed}, got {year}.")
-    return CONFIG_DIR / f"isic{year}.yaml"
+    return config_dir() / f"isic{year}.yaml"
 
 
 def run_name(cfg: Config) -> str:

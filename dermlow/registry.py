@@ -88,7 +88,8 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except (KeyError, TypeError):
-            raise UserError(f"unknown {self.kind} '{name}'. Valid {self.plural}: {', '.join(self._entries)}.") from None
+            valid = ", ".join(self._entries)
+            raise UserError(f"unknown {self.kind} '{name}'. Valid {self.plural}: {valid}.") from None
 
     def get(self, name: str) -> T:
         """The registered class or factory called `name` (UserError listing the valid names)."""

@@ -67,7 +67,8 @@ def build(cls: type[T], values: Mapping[str, Any], where: str) -> T:
 
 
 def _args(hint: Any) -> tuple[Any, ...]:
-    return typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else ()
+    union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+    return typing.get_args(hint) if union else ()
 
 
 def coerce(name: str, hint: Any, value: Any) -> Any:

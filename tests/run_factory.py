@@ -275,3 +275,32 @@ def _write_weights(run_dir: Path, rows: pd.DataFrame, extra: bool) -> None:
     with pq.ParquetWriter(path, schema, compression="zstd") as writer:
         for _, group in rows.groupby("epoch"):
             writer.write_table(pa.Table.from_pandas(group, schema=schema, preserve_index=False))
+
+
+def make_hostile_run(root: str | Path, name: str, *, text: str, epochs: int = 4, **kwargs) -> tuple[Path, str]:
+    """A factory run whose strings were edited by hand, as an untrusted run folder can be: the
+    training image with the highest mean weight gets image id `text`, class 1 gets code and name
+    `text` + " code" / " name", the run name and that image's lesion id become `text` too.
+    Returns (run folder, the image id)."""
+    import pyarrow.parquet as pq
+
+    from dermlow.rundir import reader
+
+    run_dir = make_run(root, name, epochs=epochs, **{"extra_columns": True, **kwargs})
+    summary = reader.weight_summary(run_dir)
+    old = reader.ranked_by_weight(summary, 1, highest=True)["image_id"].iloc[0]
+    manifest = reader.read_manifest(run_dir)
+    hit = manifest["image_id"] == old
+    manifest.loc[hit, "image_id"], manifest.loc[hit, "lesion_id"] = text, text
+    files.write_csv(run_dir / files.MANIFEST, manifest)
+    table = pq.read_table(run_dir / files.WEIGHTS).to_pandas()
+    table.loc[table["image_id"] == old, "image_id"] = text
+    for epoch, group in table.groupby("epoch"):  # rewritten with one row group per epoch, as training does
+        files.append_weight_rows(run_dir / files.WEIGHTS, group, keep_epochs_below=int(epoch))
+    classes = {"codes": list(CODES), "names": list(NAMES)}
+    classes["codes"][1], classes["names"][1] = text + " code", text + " name"
+    files.write_json(run_dir / files.CLASSES, classes)
+    config = reader.load_run(run_dir).config
+    config["run"]["name"] = text
+    files.write_yaml(run_dir / files.CONFIG, config)
+    return run_dir, text

@@ -239,3 +239,20 @@ def test_settings_added_to_dermlow_later_do_not_invalidate_old_runs():
     assert bench_grid.config_differences(saved, wanted) == ["optim.lr_gamma"]
     saved["run"]["device"] = "cuda"  # volatile settings never count
     assert bench_grid.config_differences(saved, wanted) == ["optim.lr_gamma"]
+
+
+def test_runs_saved_before_typed_option_sections_are_the_same_setup():
+    cfg = bench_grid.point_config(bench_grid.base_layers(BenchSpec(dataset="digits")), GridPoint("spl", None, 0.03, 0))
+    old = cfg.to_dict()  # as config.yaml was written before: every option of every entry, spl's under `options`
+    old["weighting"] = {"name": "spl", "lam": 1.0, "grad_scale": "per_sample", "global_batch": False, "options": {}}
+    old["loss"] = {"name": "ce", "gamma": 2.0, "alpha": None, "effective_number": False, "beta": 0.999}
+    # old SPL runs rescaled the selected samples to mean 1 (config.LEGACY); the default is now the
+    # paper's binary weights, so such a run is another setup and the grid must not reuse it
+    assert bench_grid.config_differences(old, cfg.to_dict()) == ["weighting.rescale"]
+    old["weighting"]["options"] = {"growth": 2.0}
+    assert bench_grid.config_differences(old, cfg.to_dict()) == ["weighting.growth", "weighting.rescale"]
+    new = bench_grid.point_config(bench_grid.base_layers(BenchSpec(dataset="digits")), GridPoint("none", None, 0.03, 0))
+    old_none = new.to_dict()
+    old_none["weighting"] = {"name": "none", "lam": 1.0, "grad_scale": "per_sample", "global_batch": False, "options": {}}
+    old_none["loss"] = {"name": "ce", "gamma": 2.0, "alpha": None, "effective_number": False, "beta": 0.999}
+    assert bench_grid.config_differences(old_none, new.to_dict()) == []  # unchanged methods are the same setup

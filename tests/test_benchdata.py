@@ -289,3 +289,31 @@ def test_bad_cifar_pickles_are_user_errors(tmp_path):
 def test_missing_cifar_mentions_archive_and_download(tmp_path):
     with pytest.raises(UserError, match=r"cifar-100-python.tar.gz.*--download"):
         load_benchmark("cifar100-imbalanced", tmp_path, seed=0)
+
+
+def test_a_cifar_run_trains_on_batch_augmented_images(tmp_path):
+    """The CIFAR path end to end: official files -> manifest -> PadCropFlip batches -> a run folder."""
+    import pandas as pd
+    import torch
+
+    from dermlow import config
+    from dermlow.data.array_batches import PadCropFlip
+    from dermlow.data.seeding import batch_seed, epoch_rows
+    from dermlow.training.loop import train
+    from dermlow.training.session import start_session
+
+    fake_cifar(tmp_path / "data", 10)
+    flags = [f"data.data_dir={tmp_path / 'data'}", "data.dataset=cifar10", "data.val_fraction=0.2",
+             "model.name=lenet5", "model.pretrained=false", "optim.epochs=2", "optim.batch_size=8",
+             "optim.milestones=[2]", f"run.out={tmp_path / 'runs'}", "run.device=cpu", "data.cache_dir=null"]
+    cfg = config.resolve(config.Config().to_dict(), config.parse_overrides(flags))
+    session = start_session(cfg)
+    train_set = session.datasets["train"]
+    assert isinstance(train_set.augment, PadCropFlip) and session.datasets["val"].augment is None
+    rows = torch.tensor(epoch_rows(len(train_set), shuffle=True, seed=0, epoch=1)[:8])
+    first = next(iter(session.train_loader(1)))[0]
+    seeded = torch.Generator().manual_seed(batch_seed(0, 1, 0, 0))
+    assert torch.equal(first, train_set.batch(rows, generator=seeded)[0])
+    assert not torch.equal(first, train_set.batch(rows)[0])  # augmented
+    run = train(config.resolve(cfg.to_dict(), config.parse_overrides(["run.name=cifar"])))
+    assert pd.read_csv(run / "metrics.csv")["epoch"].tolist() == [1, 2]

@@ -84,6 +84,17 @@ def test_train_help_comes_from_the_registries_and_the_config_fields(capsys):
         assert flag in out, flag
 
 
+def test_top_level_help_and_app_do_not_import_torch():
+    """Only train, data and bench list the registries (torch): `dermlow --help` and `dermlow app` start fast."""
+    code = ("import sys; from dermlow.cli.main import build_parser; build_parser(sys.argv[1:]); "
+            "print('torch' in sys.modules)")
+    for argv in (["--help"], ["app", "runs"], ["-v", "flag", "x"]):
+        out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True).stdout
+        assert out.strip() == "False", argv
+    out = subprocess.run([sys.executable, "-c", code, "-v", "train"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"  # the command given gets its full options
+
+
 def test_missing_data_dir(capsys, tmp_path):
     code, err = run_cli(capsys, "train", "--year", "2018", "--data-dir", str(tmp_path / "nowhere"),
                         "--out", str(tmp_path / "runs"))

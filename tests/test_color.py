@@ -35,6 +35,30 @@ def test_flat_cast_image_golden():
     assert (out == 155).all()
 
 
+def _two_pixels() -> np.ndarray:
+    """Red 255 and 51 (mean 153), green and blue 153 in both pixels: a neutral image for grey world
+    (p = 1) but not for any larger p, which weighs the bright red pixel more."""
+    image = np.empty((1, 2, 3), np.uint8)
+    image[0, :, 0] = (255, 51)
+    image[0, :, 1:] = 153
+    return image
+
+
+def test_default_exponent_is_six_golden():
+    # By hand, on [0, 1] values: e_R = ((1^6 + 0.2^6) / 2)^(1/6) = 0.890908, e_G = e_B = 0.6;
+    # ||e|| = sqrt(0.890908^2 + 2 * 0.36) = 1.230332; gain_c = ||e|| / (sqrt(3) e_c):
+    # gain_R = 0.797313, gain_G = gain_B = 1.183888.
+    # Red 255 -> 203.3 -> 203, 51 -> 40.7 -> 41; green and blue 153 -> 181.1 -> 181.
+    image = _two_pixels()
+    expected = np.array([[[203, 181, 181], [41, 181, 181]]], np.uint8)
+    np.testing.assert_array_equal(shades_of_gray(image), expected)
+    np.testing.assert_array_equal(A.Compose([ShadesOfGray()])(image=image)["image"], expected)
+    np.testing.assert_allclose(illuminant(image), np.array([0.890908, 0.6, 0.6]) / 1.230332, atol=2e-6)
+    # Grey world (p = 1) leaves this image alone; p = 2 and p = 12 land elsewhere: p matters here.
+    np.testing.assert_array_equal(shades_of_gray(image, 1), image)
+    assert shades_of_gray(image, 2)[0, 0, 0] == 227 and shades_of_gray(image, 12)[0, 0, 0] == 198
+
+
 @pytest.mark.parametrize("p", [1, 2, 6, 12])
 def test_matches_direct_formula(p):
     image = _texture(1)

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from dermlow import config
@@ -24,6 +26,15 @@ def test_year_configs_hold_the_paper_setup():
         assert cfg.optim.milestones == [75, 112] and cfg.optim.lr_gamma == 0.1
         assert cfg.optim.nesterov and cfg.optim.momentum == 0.9
         assert (cfg.loss.name, cfg.weighting.name, cfg.weighting.grad_scale) == ("ce", "low", "per_sample")
+
+
+def test_colour_constancy_exponent_is_six_in_every_shipped_config():
+    """Shades of Gray with p = 6 (Barata et al. 2015) for real runs and for `make demo`, whose
+    config leaves the exponent to the code default: both the default and each file must say 6."""
+    assert config.resolve().data.color_p == 6.0
+    demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"  # what `make demo` trains with
+    for path in (demo, config.year_config(2017), config.year_config(2018)):
+        assert config.resolve(config.read_yaml(path)).data.color_p == 6.0, path.name
 
 
 def test_round_trip_through_saved_dict():

@@ -9,17 +9,9 @@ import pytest
 import torch
 
 import dermlow.data.loading as data_mod
-from dermlow.data.loading import (
-    ArrayDataset,
-    ImageCache,
-    ManifestDataset,
-    SampleKey,
-    cifar_train_transform,
-    epoch_permutation,
-    make_loader,
-    read_image,
-)
-from dermlow.data.transforms import eval_transform, preprocess, train_transform
+from dermlow.data.loading import ImageCache, ManifestDataset, SampleKey, make_loader, read_image
+from dermlow.data.seeding import epoch_permutation
+from dermlow.data.transforms import eval_transform, normalise_batch, preprocess, to_input, train_transform
 from dermlow.errors import UserError
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -194,11 +186,14 @@ def test_loader_order_and_augmentation_depend_only_on_seed_and_epoch(manifest):
     kw = dict(batch_size=4, shuffle=True, seed=7)
     e1 = _batches(make_loader(ds, epoch=1, num_workers=0, **kw))
     _assert_same(e1, _batches(make_loader(ds, epoch=1, num_workers=0, **kw)))
-    _assert_same(e1, _batches(make_loader(ds, epoch=1, num_workers=2, **kw)))
+    e2 = _batches(make_loader(ds, epoch=2, num_workers=0, **kw))
+    persistent = make_loader(ds, epoch=1, num_workers=2, **kw)  # one loader, its workers kept, 2 epochs
+    _assert_same(e1, _batches(persistent))
+    persistent.set_epoch(2)
+    _assert_same(e2, _batches(persistent))
     assert torch.equal(torch.get_rng_state(), state)  # the caller's global RNG is untouched
     order1 = torch.cat([i for _, _, i in e1]).tolist()
     assert sorted(order1) == sorted(manifest["index"])
-    e2 = _batches(make_loader(ds, epoch=2, num_workers=0, **kw))
     assert torch.cat([i for _, _, i in e2]).tolist() != order1
     unshuffled = _batches(make_loader(ds, epoch=1, num_workers=0, batch_size=4, shuffle=False, seed=7))
     assert torch.cat([i for _, _, i in unshuffled]).tolist() == manifest["index"].tolist()
@@ -219,44 +214,44 @@ def test_augmentation_varies_by_epoch_and_flips_independently(manifest):
     assert torch.equal(ds[0][0], ds[0][0])  # plain row keys are deterministic too
 
 
-def test_array_dataset_contract():
-    rng = np.random.default_rng(0)
-    gray = rng.integers(0, 256, (6, 8, 8), dtype=np.uint8)
-    ds = ArrayDataset(gray, labels=[0, 1, 2, 0, 1, 2], indices=[5, 4, 3, 2, 1, 0], mean=[0.5], std=[0.5])
-    x, y, i = ds[1]
-    assert x.dtype == torch.float32 and x.shape == (1, 8, 8) and (y, i) == (1, 4)
-    torch.testing.assert_close(x[0], torch.from_numpy(gray[1] / 255.0 * 2 - 1).float())
-    color = rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
-    x, _, _ = ArrayDataset(color, [0] * 4, range(4))[2]
-    assert x.shape == (3, 8, 8)
-    torch.testing.assert_close(x, torch.from_numpy(color[2].transpose(2, 0, 1) / 255.0).float())
-    with pytest.raises(ValueError, match="uint8"):
-        ArrayDataset(color.astype(np.float32), [0] * 4, range(4))
-    with pytest.raises(ValueError, match="labels"):
-        ArrayDataset(color, [0] * 3, range(4))
+def test_uint8_batches_travel_as_nhwc_and_reach_the_model_unchanged(manifest):
+    ds = ManifestDataset(manifest, transform=train_transform(crop_size=24, mean=MEAN, std=STD, normalise=False),
+                         image_size=SIZE)
+    images, labels, index = next(iter(make_loader(ds, batch_size=4, shuffle=True, seed=1, epoch=1, num_workers=0)))
+    rows = epoch_permutation(len(ds), seed=1, epoch=1)[:4].tolist()
+    items = [ds[SampleKey(r, seed=1, epoch=1)] for r in rows]
+    expected = torch.stack([x for x, _, _ in items])
+    assert torch.equal(images, expected) and images.dtype == torch.uint8
+    assert images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous()
+    assert labels.tolist() == [y for _, y, _ in items] and index.tolist() == [i for _, _, i in items]
+    for channels_last in (False, True):
+        x = to_input(images, torch.device("cpu"), (MEAN, STD), channels_last=channels_last)
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        assert x.is_contiguous(memory_format=layout) and torch.equal(x, normalise_batch(expected, MEAN, STD))
 
 
-def test_cifar_transform_is_a_padded_crop_or_its_mirror():
-    image = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0))
-    padded = torch.nn.functional.pad(image, (4, 4, 4, 4))
-    candidates = [w for i in range(9) for j in range(9) for w in (padded[:, i:i + 8, j:j + 8],) for w in (w, w.flip(2))]
-    t = cifar_train_transform(pad=4)
-    outs = [t(image, generator=torch.Generator().manual_seed(s)) for s in range(30)]
-    for out in outs:
-        assert out.shape == image.shape and any(torch.equal(out, c) for c in candidates)
-    assert len({tuple(o.flatten().tolist()) for o in outs}) > 10
+class _WhoLoads(torch.utils.data.Dataset):
+    """Each item: the process that loaded it and the epoch of its key."""
+
+    accepts_sample_keys = True
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, key: SampleKey) -> tuple[int, int]:
+        return os.getpid(), key.epoch
 
 
-def test_array_dataset_loader_same_with_and_without_workers():
-    rng = np.random.default_rng(1)
-    images = rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8)
-    ds = ArrayDataset(images, rng.integers(0, 3, 12), range(12), transform=cifar_train_transform(2),
-                      mean=[0.4, 0.5, 0.6], std=[0.2, 0.2, 0.2])
-    kw = dict(batch_size=5, shuffle=True, seed=2, epoch=3)
-    a = _batches(make_loader(ds, num_workers=0, **kw))
-    _assert_same(a, _batches(make_loader(ds, num_workers=2, **kw)))
-    b = _batches(make_loader(ds, num_workers=0, batch_size=5, shuffle=True, seed=2, epoch=4))
-    assert not torch.equal(torch.cat([x for x, _, _ in a]), torch.cat([x for x, _, _ in b]))
+def test_loader_workers_persist_across_epochs():
+    loader = make_loader(_WhoLoads(), batch_size=2, shuffle=True, seed=0, epoch=1, num_workers=2)
+    pids, epochs = {}, {}
+    for epoch in (1, 2, 3):
+        loader.set_epoch(epoch)
+        batches = list(loader)
+        pids[epoch] = {int(p) for pid, _ in batches for p in pid}
+        epochs[epoch] = {int(e) for _, e in batches for e in e}
+    assert epochs == {1: {1}, 2: {2}, 3: {3}}
+    assert len(pids[1]) == 2 and pids[1] == pids[2] == pids[3] and os.getpid() not in pids[1]
 
 
 def test_loader_over_a_plain_dataset_gets_int_rows_in_seeded_order():

@@ -1,7 +1,6 @@
 """Synthetic demo data: official layout, Table 1 imbalance, determinism, reader round trip, learnable."""
 
 import hashlib
-import time
 from pathlib import Path
 
 import numpy as np
@@ -77,10 +76,9 @@ def test_2017_layout_official_proportions_and_decoys(tmp_path):
     assert not manifest["path"].str.contains("superpixels").any()
 
 
-def test_deterministic_and_fast(tmp_path, demo2018):
-    start = time.perf_counter()
+def test_deterministic(tmp_path, demo2018):
+    # Its speed is measured by benchmarks/demo_data.py (docs/benchmarks.md), not asserted here.
     again = make_demo(tmp_path / "a", year=2018, n_images=300, seed=0)
-    assert time.perf_counter() - start < 15  # about 1.5 s on one core
     assert digest(again) == digest(demo2018)
     assert digest(make_demo(tmp_path / "b", year=2018, n_images=300, seed=1)) != digest(demo2018)
 
@@ -100,11 +98,17 @@ def test_refuses_non_empty_folder_and_bad_options(tmp_path, demo2018):
 
 
 def test_learnable_but_not_trivial(demo2018):
-    """A linear model on 12x9 thumbnails beats chance (1/7) clearly but is far from perfect (0.62)."""
+    """A linear model on 12x9 thumbnails beats chance (1/7) clearly but is far from perfect.
+
+    Deterministic (fixed data, unshuffled 4-fold split, lbfgs): 0.6171 for seed 0, measured twice
+    (scikit-learn's balanced_accuracy_score). Other demo seeds give 0.646, 0.611, 0.572, 0.591
+    (seeds 1-4), a spread of 0.07 from the data alone; the margin of 0.02 around seed 0 is for
+    solver round-off across scikit-learn / BLAS versions, so a change to the generator that makes
+    the classes noticeably easier or harder fails here."""
     manifest, _, _ = load_manifest(demo2018, dataset="isic2018", check_images=False)
     x = np.stack([np.asarray(Image.open(p).resize((12, 9)), dtype=float).ravel() / 255 for p in manifest["path"]])
     y = manifest["label"].to_numpy()
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300, C=0.01, class_weight="balanced"))
     pred = cross_val_predict(model, x, y, cv=4)
     bacc = balanced_accuracy_score(y, pred)
-    assert 0.35 < bacc < 0.9, bacc
+    assert bacc == pytest.approx(0.617, abs=0.02)

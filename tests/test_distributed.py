@@ -101,7 +101,7 @@ def test_global_batch_low_solves_one_qp_over_all_processes(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     mp.start_processes(_global_batch_worker, args=(port, str(tmp_path)), nprocs=2, start_method="spawn")
-    parts = [torch.load(tmp_path / f"{r}.pt") for r in range(2)]
+    parts = [torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in range(2)]
     g = torch.tensor([0.1, 0.2, 3.0, 0.4, 0.0, 5.0, 0.3, 0.2])
     expected_global = low_weights(g, 0.2)
     torch.testing.assert_close(torch.cat([p["global"] for p in parts]), expected_global)

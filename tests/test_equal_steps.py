@@ -3,7 +3,8 @@
 import numpy as np
 import torch
 
-from dermlow.data.loading import EpochSampler, epoch_permutation, make_loader
+from dermlow.data.loading import EpochSampler, make_loader
+from dermlow.data.seeding import epoch_permutation
 from dermlow.training.records import merge_repeats
 
 

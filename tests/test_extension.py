@@ -124,7 +124,7 @@ def test_a_new_challenge_year_is_one_reader_and_one_yaml(demo_dir, tmp_path, mon
     for year in (2017, 2018):
         (configs / f"isic{year}.yaml").write_text(config.year_config(year).read_text())
     (configs / "isic2019.yaml").write_text("data:\n  dataset: isic2019\n  data_dir: data/isic2019\n")
-    monkeypatch.setattr(config, "CONFIG_DIR", configs)
+    monkeypatch.setattr(config, "config_dir", lambda: configs)
     register_reader("isic2019", label="ISIC 2019 (test)", year=2019)(
         lambda root, csv, images: (read_isic2018(root, csv, images)[0], ISIC2018))
     try:

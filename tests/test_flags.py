@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import require
 from run_factory import COUNTS, make_run
 
 from dermlow.bench import flag_eval
@@ -202,9 +203,9 @@ def test_copy_images_by_label_and_missing_images_warn(tmp_path, caplog):
     table = flag_scores.export_flags(run_dir, top=4)
     gone = reader.load_run(run_dir).image_path(table["path"].iloc[0])
     gone.unlink()
-    with caplog.at_level(logging.WARNING, logger="dermlow.rundir.flag_scores"):
+    with caplog.at_level(logging.WARNING, logger="dermlow.rundir.image_copy"):
         flag_scores.export_flags(run_dir, top=4, copy_images=tmp_path / "copies")
-    assert table["image_id"].iloc[0] in caplog.text
+    assert f"copied 3 image(s) into {tmp_path / 'copies'}; skipped 1: 1 missing (e.g. '{table['image_id'].iloc[0]}')" in caplog.text
     copied = sorted(p.relative_to(tmp_path / "copies").as_posix() for p in (tmp_path / "copies").rglob("*.*"))
     expected = sorted(f"{r.label}/{reader.load_run(run_dir).image_path(r.path).name}" for r in table.iloc[1:].itertuples())
     assert copied == expected
@@ -218,7 +219,7 @@ def test_export_before_the_first_epoch_is_a_user_error(tmp_path):
 
 
 def test_cleanlab_baseline_on_known_noise():
-    pytest.importorskip("cleanlab")
+    require("cleanlab", "the cleanlab baseline needs cleanlab (a dev dependency: pip install -e '.[dev]')")
     rng = np.random.default_rng(0)
     n, k = 400, 4
     true = rng.integers(0, k, n)

@@ -14,8 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "dermlow"
 # lower rank = lower layer; a module may import its own package, lower ranks, or (rank 0) its neighbours
 LAYERS = [
-    ("dermlow.errors", "dermlow.distributed", "dermlow.metrics", "dermlow.registry", "dermlow.settings"),
-    ("dermlow.data", "dermlow.method", "dermlow.models"),
+    ("dermlow.errors", "dermlow.distributed", "dermlow.metrics", "dermlow.registry", "dermlow.settings",
+     "dermlow.resources"),
+    ("dermlow.data", "dermlow.method", "dermlow.models", "dermlow.evidence"),
     ("dermlow.config",),
     ("dermlow.rundir",),
     ("dermlow.training",),

@@ -24,7 +24,8 @@ SETUPS = {  # spl and is with the options that keep their behaviour from before 
     "spl": ["weighting.name=spl", "weighting.rescale=true"],
     "is": ["weighting.name=is", "weighting.equal_steps=false"],
 }
-NEW_COLUMNS = ["optimizer_steps"]  # metrics.csv columns added since the reference was written
+NEW_COLUMNS = ["optimizer_steps", *(f"{s}_{m}" for s in ("val", "test") for m in ("ece", "brier", "nll"))]
+# metrics.csv columns added since the reference was written (equal steps; calibration)
 TINY = ["data.image_size=40", "data.crop_size=32", "data.num_workers=0", "model.name=mobilenetv3_small_050",
         "model.pretrained=false", "optim.batch_size=16", "optim.lr=0.02", "optim.milestones=[2]",
         "optim.epochs=2", "run.seed=0"]

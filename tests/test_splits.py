@@ -53,7 +53,15 @@ def test_random_split_warns_with_leak_count(ham_dir, caplog):
         m = load_ham(ham_dir, split="random")
     leaked = siblings_across(m["split"], m["lesion_id"], "test", "train")
     n_test = int((m["split"] == "test").sum())
-    assert 0.3 < leaked / n_test < 0.45  # about 39% on the real data (DESIGN.md)
+    # Expected share: a test image's k - 1 siblings each land in train with probability t (the
+    # train share, 0.72 here), so it has one there with probability 1 - (1 - t)^(k - 1); averaged
+    # over the 10015 HAM10000 images (7470 lesions) that is 0.358 (0.387 for the README's 80/20
+    # split: its "~39%"). Seeds 0-4 measured 0.352-0.372 (seed 0: 742 of 2003 = 0.370).
+    size = m.groupby("lesion_id")["image_id"].transform("size")
+    t = (m["split"] == "train").mean()
+    expected = (1 - (1 - t) ** (size - 1)).mean()
+    assert expected == pytest.approx(0.358, abs=0.001)
+    assert abs(leaked / n_test - expected) < 0.03, (leaked, n_test, expected)
     assert f"{leaked} of {n_test} test images" in caplog.text and "split='lesion'" in caplog.text
     share = pd.crosstab(m["label_name"], m["split"], normalize="index")["test"]
     assert ((share - 0.2).abs() < 0.01).all()

@@ -13,11 +13,13 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from dermlow import config
 from dermlow.data.demo import make_demo
 from dermlow.rundir import files
-from dermlow.training.loop import train
+from dermlow.training.loop import evaluate, train
 
 TINY = ["data.image_size=40", "data.crop_size=32", "data.num_workers=0", "model.name=mobilenetv3_small_050",
         "model.pretrained=false", "optim.batch_size=16", "optim.lr=0.02", "optim.milestones=[2]"]
@@ -57,7 +59,7 @@ def test_every_run_file_is_present_with_its_schema(low_run):
     saved = yaml.safe_load((low_run / files.CONFIG).read_text())
     assert saved["weighting"] == {"name": "low", "lam": 0.05, "grad_scale": "per_sample", "global_batch": False}
     assert saved["loss"] == {"name": "ce"}
-    ckpt = torch.load(low_run / files.CHECKPOINT, weights_only=False)
+    ckpt = torch.load(low_run / files.CHECKPOINT, weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["classes"]["codes"] == codes and "rng" in ckpt and "scheduler" in ckpt
 
 
@@ -114,7 +116,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(demo_dir, tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert torch.load(ckpt, weights_only=False)["epoch"] < 3, "the run finished before it could be killed"
+    assert torch.load(ckpt, weights_only=True)["epoch"] < 3, "the run finished before it could be killed"
     done = subprocess.run([*cmd[:4], "--resume", str(tmp_path / "killed")], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     a, b = (pd.read_csv(r / files.METRICS) for r in (full, tmp_path / "killed"))
@@ -142,6 +144,59 @@ def test_evaluate_recomputes_the_best_epoch_metrics(low_run, capsys):
     assert "confusion (rows = true, columns = predicted)" in out and "Melanoma" in out
 
 
+@pytest.mark.slow
+def test_persistent_loader_workers_reproduce_the_reference_run(demo_dir, tmp_path):
+    """2 epochs with 2 loader workers kept across epochs give the numbers that the code before
+    persistent workers wrote with num_workers=0 (tests/fixtures/same_seed, LOW lam 0.05)."""
+    fixtures = Path(__file__).parent / "fixtures" / "same_seed"
+    run = train(tiny_config(demo_dir, tmp_path, "run.name=workers", "weighting.lam=0.05", "data.num_workers=2"))
+    reference = pd.read_csv(fixtures / "low_metrics.csv")
+    metrics = pd.read_csv(run / files.METRICS)[list(reference.columns)]  # columns added since: not compared
+    pd.testing.assert_frame_equal(metrics, reference, rtol=0, atol=1e-6)
+    weights = pd.read_parquet(run / files.WEIGHTS)
+    pd.testing.assert_frame_equal(weights, pd.read_parquet(fixtures / "low_sample_weights.parquet"),
+                                  rtol=0, atol=1e-6)
+
+
+def _asymmetric_net() -> nn.Module:
+    """A tiny conv net with fixed random weights: its outputs change under flips and rotations."""
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 5))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(0.2 * torch.randn(p.shape, generator=g))  # small: softmax not saturated
+    return net
+
+
+def test_evaluate_with_tta_is_the_mean_softmax_over_the_eight_dihedral_views():
+    x = torch.randn(6, 3, 6, 6, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([0, 1, 2, 3, 4, 0])
+    index = torch.tensor([5, 3, 1, 0, 2, 4])  # evaluate returns rows in index order
+    loader = DataLoader(TensorDataset(x, y, index), batch_size=4)
+    net = _asymmetric_net()
+    cpu = torch.device("cpu")
+
+    def softmax(images: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return net(torch.from_numpy(np.ascontiguousarray(images))).softmax(dim=1).numpy()
+
+    # The dihedral group of the square by hand, in numpy: 4 rotations of the image and of its mirror.
+    images = x.numpy()
+    views = [np.rot90(m, k, axes=(2, 3)) for m in (images, images[..., ::-1]) for k in range(4)]
+    assert len({v.tobytes() for v in views}) == 8
+    order = np.argsort(index.numpy())
+    expected_tta = np.mean([softmax(v) for v in views], axis=0)[order]
+    expected_plain = softmax(images)[order]
+
+    idx, labels, plain = evaluate(net, loader, cpu)
+    _, _, tta = evaluate(net, loader, cpu, tta=True)
+    np.testing.assert_array_equal(idx, np.arange(6))
+    np.testing.assert_array_equal(labels, y.numpy()[order])
+    np.testing.assert_allclose(plain, expected_plain, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(tta, expected_tta, rtol=1e-5, atol=1e-6)
+    assert np.abs(tta - plain).max() > 0.05  # the net is not flip-symmetric, so the views matter
+
+
 def test_evaluate_uses_the_runs_precision_not_always_bf16(low_run, monkeypatch):
     from dermlow.training import evaluate as evaluate_mod
     from dermlow.training.session import precision
@@ -153,7 +208,7 @@ def test_evaluate_uses_the_runs_precision_not_always_bf16(low_run, monkeypatch):
     assert precision(cuda, amp=True) is torch.bfloat16 and precision(torch.device("cpu"), amp=True) is None
     asked = []
     monkeypatch.setattr(evaluate_mod, "precision", lambda device, *, amp: asked.append(amp))
-    ckpt = torch.load(low_run / files.BEST, weights_only=False)
+    ckpt = torch.load(low_run / files.BEST, weights_only=True)
     ckpt["config"]["run"]["amp"] = False  # a run trained in float32 is evaluated in float32
     torch.save(ckpt, low_run / "float32.pt")
     monkeypatch.setattr(files, "BEST", "float32.pt")

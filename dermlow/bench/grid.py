@@ -33,12 +33,11 @@ from dermlow.errors import UserError
 from dermlow.method.guards import COLLAPSE_SHARE, MAJORITY_MARGIN
 from dermlow.method.losses import LOSSES
 from dermlow.method.weightings import WEIGHTINGS
+from dermlow.resources import config_dir
 from dermlow.rundir import files
-from dermlow.training.loop import train
 
 log = logging.getLogger(__name__)
 
-BENCH_CONFIG_DIR = config.CONFIG_DIR / "bench"
 MODELS = ("lenet5", "densenet_bc_100", "wrn_28_2")
 DEFAULT_MODEL = {"digits": "lenet5", "mnist": "lenet5", "cifar": "wrn_28_2"}
 
@@ -176,9 +175,10 @@ def config_path(spec: BenchSpec) -> Path:
     """--config, or the shipped configs/bench/<model>-<family>.yaml."""
     if spec.config is not None:
         return Path(spec.config)
-    path = BENCH_CONFIG_DIR / f"{spec.model_name}-{spec.family}.yaml"
+    shipped_dir = config_dir() / "bench"
+    path = shipped_dir / f"{spec.model_name}-{spec.family}.yaml"
     if not path.is_file():
-        shipped = ", ".join(sorted(p.name for p in BENCH_CONFIG_DIR.glob("*.yaml")))
+        shipped = ", ".join(sorted(p.name for p in shipped_dir.glob("*.yaml")))
         raise UserError(f"no shipped setup for {spec.model_name} on {spec.dataset} ({path} does not exist). "
                         f"Pass --config FILE; shipped setups: {shipped}.")
     return path
@@ -268,7 +268,8 @@ def run_grid(spec: BenchSpec, *, train_fn: Callable[..., Path] | None = None) ->
 
     `train_fn(cfg, resume=None|run_dir)` defaults to `dermlow.training.loop.train` (tests count its calls).
     """
-    train_fn = train if train_fn is None else train_fn
+    if train_fn is None:
+        from dermlow.training.loop import train as train_fn  # here: `dermlow --help` needs no training code
     check_spec(spec)
     layers = base_layers(spec)
     lrs = spec.lrs or [config.resolve(*layers).optim.lr]

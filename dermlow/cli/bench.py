@@ -7,13 +7,15 @@ from pathlib import Path
 
 from dermlow.errors import UserError
 
+BENCH_HELP = "run the paper's benchmark grid (MNIST, imbalanced MNIST, CIFAR, digits)"
+
 
 def add_bench(subparsers) -> None:
     """Add `bench` to the `dermlow` subcommands (data sets and methods from the registries)."""
     from dermlow.bench.grid import datasets, methods
 
     p = subparsers.add_parser(
-        "bench", help="run the paper's benchmark grid (MNIST, imbalanced MNIST, CIFAR, digits)",
+        "bench", help=BENCH_HELP,
         description="Train every (method, lambda, learning rate, seed) of a grid with the same training loop as "
         "`dermlow train` (one run folder each, under OUT/<dataset>-<model>/), select each method's learning rate "
         "(and LOW's lambda) on validation, and write results.csv, summary.md and plots. Rerunning the same "

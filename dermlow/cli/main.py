@@ -12,7 +12,9 @@ import logging
 import sys
 from pathlib import Path
 
-from dermlow.cli.bench import add_bench
+from dermlow.cli.bench import BENCH_HELP, add_bench
+from dermlow.cli.evidence import add_check_options, add_evaluate_options, add_explain, duplicates_section
+from dermlow.cli.review import add_review
 from dermlow.errors import UserError
 
 log = logging.getLogger("dermlow")
@@ -22,8 +24,8 @@ EPILOG = "Run `dermlow COMMAND --help` for the options of each command."
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
-    parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     args.argv = argv
     _setup_logging(args.verbose)
@@ -32,16 +34,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args) or 0
-    except UserError as err:
+    except UserError as err:  # TrainingDiverged exits with 3
         print(f"dermlow: error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
     except KeyboardInterrupt:
         print("dermlow: interrupted. A training run continues with `dermlow train --resume RUN_DIR`.",
               file=sys.stderr)
         return 130
 
 
-def build_parser() -> argparse.ArgumentParser:
+TRAIN_HELP = "fine-tune a model with LOW (or a baseline) and record every sample weight"
+DATA_HELP = "get, make or check data sets"
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The `dermlow` parser. Given `argv`, only its command gets its full options: train, data and
+    bench list the registries (which import torch), so `dermlow --help` and `dermlow app` start fast."""
+    command = None if argv is None else next((a for a in argv if not a.startswith("-")), "")
     parser = argparse.ArgumentParser(
         prog="dermlow",
         description="Train dermoscopy classifiers with LOW (Learning Optimal sample Weights), "
@@ -50,12 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
-    _add_train(sub)
-    _add_evaluate(sub)
-    _add_data(sub)
-    _add_flag(sub)
-    _add_app(sub)
-    add_bench(sub)
+    commands = [("train", _add_train, TRAIN_HELP), ("evaluate", _add_evaluate, None), ("data", _add_data, DATA_HELP),
+                ("flag", _add_flag, None), ("app", _add_app, None), ("bench", add_bench, BENCH_HELP),
+                ("review", add_review, None), ("explain", add_explain, None)]
+    for name, add, help_ in commands:
+        if help_ is None or command is None or command == name:
+            add(sub)
+        else:  # listed in `dermlow --help`; its options are built when it is the command
+            sub.add_parser(name, help=help_)
     return parser
 
 
@@ -63,10 +74,11 @@ def _add_train(sub) -> None:
     from dermlow import config, settings
     from dermlow.data.prepare import DATASETS
 
-    p = sub.add_parser("train", help="fine-tune a model with LOW (or a baseline) and record every sample weight",
+    p = sub.add_parser("train", help=TRAIN_HELP,
                        description="Fine-tune a timm model on ISIC 2017/2018 with the paper's setup "
                        "(configs/isic<year>.yaml). Precedence: code defaults < --config YAML < flags < --set.")
-    p.add_argument("--year", type=int, choices=config.years(), help="ISIC challenge year: picks configs/isic<year>.yaml")
+    p.add_argument("--year", type=int, choices=config.years(),
+                   help="ISIC challenge year: picks configs/isic<year>.yaml")
     p.add_argument("--config", type=Path, help="a YAML config file (instead of, or after, the year's)")
     for section, cls in config.SECTIONS.items():
         more = {"dataset": {"flag": "--dataset", "help": DATASETS.help_text()}} if section == "data" else {}
@@ -166,21 +178,14 @@ def _final_table(run_dir: Path) -> str:
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="recompute metrics of a run from its best checkpoint",
                        description="Recompute Acc, BAcc, mAUC, mF1, the per-class table and the confusion "
-                       "matrix of a run's best (or last) checkpoint.")
+                       "matrix of a run's best (or last) checkpoint, with calibration (ECE, Brier, NLL; temperature "
+                       "scaling with --calibrate) and operating points (thresholds chosen on val, reported on test).")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--split", default="test", help="val | test (default test)")
     p.add_argument("--tta", action="store_true", help="average the 8 flip/rotation variants of each image")
     p.add_argument("--checkpoint", default="best", help="best | last")
     p.add_argument("--device", default="auto")
-    p.set_defaults(func=_evaluate)
-
-
-def _evaluate(args: argparse.Namespace) -> int:
-    from dermlow.training.evaluate import evaluate_run
-
-    result = evaluate_run(args.run_dir, split=args.split, tta=args.tta, checkpoint=args.checkpoint, device=args.device)
-    print(result.text())
-    return 0
+    add_evaluate_options(p)  # --calibrate, --positive, ...; sets func (dermlow.cli.evidence.evaluate_command)
 
 
 def _add_data(sub) -> None:
@@ -188,7 +193,7 @@ def _add_data(sub) -> None:
     from dermlow.data.fetch import FILES
     from dermlow.data.prepare import DATASETS
 
-    p = sub.add_parser("data", help="get, make or check data sets", description="Data set commands.")
+    p = sub.add_parser("data", help=DATA_HELP, description="Data set commands.")
     dsub = p.add_subparsers(title="data commands", metavar="ACTION")
     demo = dsub.add_parser("demo", help="write a small synthetic data set in the official ISIC layout")
     demo.add_argument("--out", type=Path, required=True)
@@ -212,11 +217,16 @@ def _add_data(sub) -> None:
     check.add_argument("--splits-file", type=Path, help="reuse an image_id,split CSV instead of splitting")
     check.add_argument("--skip-bad-images", action="store_true",
                        help="report unreadable images and go on instead of stopping")
+    check.add_argument("--max-image-pixels", type=int, default=100_000_000, metavar="N",
+                       help="refuse images with more pixels than this, before decoding them (default 100 MP)")
     check.add_argument("--save-splits", type=Path, help="write the image_id,split table to this CSV")
+    add_check_options(check)  # near-duplicates: --group-duplicates, --no-duplicates, --cache-dir, --save-duplicates
     check.set_defaults(func=_data_check)
     fetch = dsub.add_parser("fetch", help="download and unpack the official archives (resumable)")
     fetch.add_argument("--year", type=int, choices=sorted(FILES), required=True)
     fetch.add_argument("--out", type=Path, required=True)
+    fetch.add_argument("--max-unpack-ratio", type=float, default=20, metavar="X",
+                       help="refuse an archive that would unpack to more than X times its size (default 20)")
     fetch.set_defaults(func=_data_fetch)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
@@ -232,7 +242,7 @@ def _data_demo(args: argparse.Namespace) -> int:
 def _data_check(args: argparse.Namespace) -> int:
     from dermlow.data.prepare import challenge_years, read_data
     from dermlow.data.sources import DataConfig, DatasetSpec
-    from dermlow.data.splits import describe, save_splits
+    from dermlow.data.splits import class_warnings, describe, save_splits
 
     dataset = args.dataset or challenge_years().get(args.year)
     if dataset is None:
@@ -241,9 +251,14 @@ def _data_check(args: argparse.Namespace) -> int:
     data = DataConfig(dataset=dataset, data_dir=str(args.data_dir), split=args.split, labels_csv=args.labels_csv,
                       image_dir=args.image_dir, test_fraction=args.test_fraction, val_fraction=args.val_fraction,
                       splits_file=str(args.splits_file) if args.splits_file else None,
-                      skip_bad_images=args.skip_bad_images, test=test)
+                      skip_bad_images=args.skip_bad_images, max_image_pixels=args.max_image_pixels,
+                      test=test, group_duplicates=args.group_duplicates, cache_dir=args.cache_dir,
+                      duplicates=False)  # duplicates_section reports them
     run_data = read_data(data, seed=args.seed)
-    print(describe(run_data.manifest, DatasetSpec(dataset, tuple(run_data.codes), tuple(run_data.names)), test=test))
+    print(describe(run_data.manifest, DatasetSpec(dataset, tuple(run_data.codes), tuple(run_data.names)), test=test)
+          + duplicates_section(args, run_data.manifest))
+    for warning in class_warnings(run_data.manifest, run_data.codes):
+        print(f"dermlow: warning: {warning}", file=sys.stderr)
     if run_data.skipped:
         print(f"\n{len(run_data.skipped)} unreadable images would be left out:")
         print("\n".join(f"  {line}" for line in run_data.skipped))
@@ -263,7 +278,7 @@ def _year_test(year: int) -> str:
 def _data_fetch(args: argparse.Namespace) -> int:
     from dermlow.data.fetch import fetch
 
-    path = fetch(args.year, args.out)
+    path = fetch(args.year, args.out, max_unpack_ratio=args.max_unpack_ratio)
     print(f"ISIC {args.year} files are in {path}. Train with: dermlow train --year {args.year} --data-dir {path}")
     return 0
 
@@ -296,13 +311,14 @@ def _add_app(sub) -> None:
     p.add_argument("path", nargs="?", type=Path, default=Path("runs"), help="RUN_DIR or RUNS_DIR (default runs/)")
     p.add_argument("--port", type=int, default=8501)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--review-db", type=Path, help="one review database for all runs (default: each RUN/review.sqlite)")
     p.set_defaults(func=_app)
 
 
 def _app(args: argparse.Namespace) -> int:
     from dermlow.cli.serve import serve
 
-    return serve(args.path, host=args.host, port=args.port)
+    return serve(args.path, host=args.host, port=args.port, review_db=args.review_db)
 
 
 def _setup_logging(verbose: bool) -> None:

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import Dataset
 
+from dermlow.data.array_batches import ArrayDataset, PadCropFlip
 from dermlow.data.arrays import NAMES, BenchData, load_benchmark
-from dermlow.data.loading import ArrayDataset, CifarTrainTransform
 from dermlow.data.sources import DATASETS, MANIFEST_COLUMNS, DataConfig, DataSource, RunData
 
 log = logging.getLogger(__name__)
@@ -67,14 +67,13 @@ class ArraySet(DataSource):
         train_source = manifest[manifest["split"] == "train"]
         pixels = _gather(arrays, train_source).reshape(-1, bench.in_chans).astype(np.float64) / 255.0
         mean, std = pixels.mean(axis=0), pixels.std(axis=0)
-        augment = CifarTrainTransform(pad=4) if self.name.startswith("cifar") else None
+        augment = PadCropFlip(pad=4) if self.name.startswith("cifar") else None
         out = {}
-        for split in ("train", "val", "test", "meta"):  # meta: Meta-Weight-Net's clean set, augmented as training
+        for split in ("train", "val", "test", "meta"):  # meta: Meta-Weight-Net's clean set
             rows = manifest[manifest["split"] == split]
             if len(rows):
                 out[split] = ArrayDataset(_gather(arrays, rows), rows["label"].to_numpy(), rows["index"].to_numpy(),
-                                          transform=augment if split in ("train", "meta") else None, mean=mean,
-                                          std=std)
+                                          augment=augment if split in ("train", "meta") else None, mean=mean, std=std)
         return out
 
 

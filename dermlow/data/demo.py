@@ -225,3 +225,51 @@ def make_demo(out_dir: str | Path, *, year: int = 2018, n_images: int = 300, see
         f"{size[0]}x{size[1]} px) in the official file layout. Not real lesions: for trying dermlow only.\n")
     log.debug("wrote a synthetic ISIC %d set of %d images to %s", year, n_images, out)
     return out
+
+
+def _centre_crop(image: Image.Image, fraction: float) -> Image.Image:
+    """`image` without `fraction` of its width and height, split evenly between opposite sides."""
+    w, h = image.size
+    dx, dy = round(w * fraction / 2), round(h * fraction / 2)
+    return image.crop((dx, dy, w - dx, h - dy))
+
+
+PLANTED = {  # how a planted copy is made from its original, and the JPEG quality it is saved with
+    "re-encoded": (lambda im: im, 70),
+    "resized": (lambda im: im.resize((round(im.width * 0.7), round(im.height * 0.7)), Image.Resampling.LANCZOS), 90),
+    "flipped": (lambda im: im.transpose(Image.Transpose.FLIP_LEFT_RIGHT), 90),
+    "cropped": (lambda im: _centre_crop(im, 0.05), 90),
+}
+
+
+def plant_duplicates(root: str | Path, *, n_originals: int = 20, seed: int = 0,
+                     kinds: tuple[str, ...] = tuple(PLANTED)) -> pd.DataFrame:
+    """Add near-duplicate copies of `n_originals` images to a demo ISIC 2018 set written by make_demo:
+    one copy per kind of PLANTED (re-encoded at JPEG quality 70, resized to 0.7x, mirrored, 5 %
+    centre-cropped) under new image ids and new lesion ids (so, as in HAM10000, the lesion ids do not
+    group them), with the original's label. Returns (original, copy, kind) per copy: the known
+    answer of a duplicate search."""
+    root = Path(root)
+    inputs = root / "ISIC2018_Task3_Training_Input"
+    gt_file = root / "ISIC2018_Task3_Training_GroundTruth" / "ISIC2018_Task3_Training_GroundTruth.csv"
+    lesion_file = root / "ISIC2018_Task3_Training_LesionGroupings.csv"
+    if not (gt_file.is_file() and lesion_file.is_file()):
+        raise UserError(f"{root}: not a demo ISIC 2018 set (write one with `dermlow data demo --year 2018`).")
+    gt, lesions = pd.read_csv(gt_file), pd.read_csv(lesion_file)
+    rng = np.random.default_rng([seed, 2718])
+    originals = sorted(rng.choice(gt["image"].to_numpy(), size=n_originals, replace=False))
+    planted, gt_rows, lesion_rows = [], [], []
+    for n, original in enumerate(originals):
+        with Image.open(inputs / f"{original}.jpg") as im:
+            image = im.convert("RGB")
+        for k, kind in enumerate(kinds):
+            make, quality = PLANTED[kind]
+            copy_id = f"ISIC_9{n:03d}{k:03d}"
+            make(image).save(inputs / f"{copy_id}.jpg", quality=quality)
+            planted.append((original, copy_id, kind))
+            gt_rows.append(gt.loc[gt["image"] == original].assign(image=copy_id))
+            lesion_rows.append(lesions.loc[lesions["image"] == original].assign(
+                image=copy_id, lesion_id=f"HAM_9{n:03d}{k:03d}"))
+    pd.concat([gt, *gt_rows]).to_csv(gt_file, index=False, float_format="%.1f")
+    pd.concat([lesions, *lesion_rows]).to_csv(lesion_file, index=False)
+    return pd.DataFrame(planted, columns=["original", "copy", "kind"])

@@ -3,8 +3,8 @@
 Each file is downloaded to `<name>.part` and renamed when its size matches the server's
 Content-Length, so an interrupted download resumes with an HTTP Range request, on the next try
 or the next run. Files already complete are skipped. Zips are kept in `archives/` and unpacked
-into the output folder (the official layout that `dermlow.data.isic` reads), refusing any member
-whose path would land outside it; a `<zip>.unpacked` marker makes re-runs skip them.
+into the output folder (the official layout that `dermlow.data.isic` reads) by `data.unpack`,
+which validates every member before writing any; a `<zip>.unpacked` marker makes re-runs skip them.
 """
 
 from __future__ import annotations
@@ -12,16 +12,17 @@ from __future__ import annotations
 import http.client
 import logging
 import os
-import shutil
 import ssl
-import zipfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from urllib.error import HTTPError, URLError
 from urllib.request import Request, urlopen
 
 from tqdm import tqdm
 
+from dermlow.data.unpack import MAX_RATIO, safe_unpack
 from dermlow.errors import UserError
+
+__all__ = ["FILES", "download", "fetch", "remote_size", "safe_unpack"]
 
 log = logging.getLogger(__name__)
 
@@ -123,35 +124,10 @@ def download(url: str, dest: Path, *, progress: bool = True, retries: int = 3, t
     return dest
 
 
-def safe_unpack(archive: Path, out_dir: Path) -> list[Path]:
-    """Unpack a zip into out_dir, refusing members with absolute paths, '..' or drive letters."""
-    out_dir = out_dir.resolve()
-    written = []
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            for info in zf.infolist():
-                name = PurePosixPath(info.filename.replace("\\", "/"))
-                target = (out_dir / name).resolve()
-                if name.is_absolute() or ".." in name.parts or ":" in info.filename or not target.is_relative_to(out_dir):
-                    raise UserError(f"{archive}: member '{info.filename}' would be written outside {out_dir}; "
-                                    "refusing to unpack it. The archive is not an official one: delete it.")
-                if name.parts and name.parts[0] == "__MACOSX":
-                    continue
-                if info.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst, CHUNK)
-                written.append(target)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as e:
-        raise UserError(f"{archive}: is not a valid zip file ({e}). Delete it and run the same command again "
-                        "to download it anew.") from e
-    return written
-
-
-def fetch(year: int, out_dir: str | Path, *, base_url: str = BASE_URL, progress: bool = True) -> Path:
-    """Download (resuming, size-verified) and unpack the official ISIC `year` files into out_dir."""
+def fetch(year: int, out_dir: str | Path, *, base_url: str = BASE_URL, progress: bool = True,
+          max_unpack_ratio: float = MAX_RATIO) -> Path:
+    """Download (resuming, size-verified) and unpack the official ISIC `year` files into out_dir
+    (every archive member validated first, the unpacked size capped: data.unpack)."""
     if year not in FILES:
         raise UserError(f"no official files known for year {year}: choose one of {', '.join(map(str, FILES))}")
     out = Path(out_dir).expanduser().resolve()
@@ -169,7 +145,7 @@ def fetch(year: int, out_dir: str | Path, *, base_url: str = BASE_URL, progress:
             log.info("%s: already unpacked, skipped", name)
             continue
         log.info("unpacking %s", name)
-        written = safe_unpack(archive, out)
+        written = safe_unpack(archive, out, max_ratio=max_unpack_ratio)
         marker.write_text(f"{len(written)} files\n")
     log.debug("ISIC %d files are in %s", year, out)
     return out

@@ -10,7 +10,7 @@ Manifest: one row per image: `index` (0..N-1 in image_id order, the join key), `
 (absolute), `label` (class index in the spec's order), `label_name` (class code), `split`
 ("train" | "val" | "test"), `lesion_id` ("" when unknown).
 
-Image modes: every image that decodes is accepted. Greyscale, palette, RGBA, CMYK and 16-bit
+Image modes: every image that decodes cleanly (dermlow.data.image_check) is accepted. Greyscale, palette, RGBA, CMYK and 16-bit
 images are counted in one warning; the loader (`dermlow.data.loading.read_image`, OpenCV
 IMREAD_COLOR) converts them to 8-bit RGB (grey copied to 3 channels, alpha dropped, 16-bit scaled).
 """
@@ -18,22 +18,20 @@ IMREAD_COLOR) converts them to 8-bit RGB (grey copied to 3 channels, alpha dropp
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 from torch.utils.data import Dataset
 
-from dermlow.data.label_files import ROWS_NOTE, Part, index_images
-from dermlow.data.loading import ImageCache, ManifestDataset
+from dermlow.data.duplicates import run_duplicates, split_groups
+from dermlow.data.image_check import MAX_IMAGE_PIXELS
+from dermlow.data.image_check import check_images as check_images_of
+from dermlow.data.label_files import Part, index_images
 from dermlow.data.sources import DATASETS, MANIFEST_COLUMNS, DataConfig, DatasetSpec, DataSource, RunData
 from dermlow.data.splits import assign_splits, choose_test, read_splits
-from dermlow.data.transforms import eval_transform, train_transform
-from dermlow.errors import UserError, format_rows
+from dermlow.errors import ROWS_NOTE, UserError, format_rows
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +48,17 @@ class ImageFolderSet(DataSource):
         manifest, spec, skipped = build_manifest(
             self.reader, data.data_dir, split=data.split, test_fraction=data.test_fraction,
             val_fraction=data.val_fraction, seed=seed, skip_bad_images=data.skip_bad_images,
-            labels_csv=data.labels_csv, image_dir=data.image_dir, splits_file=data.splits_file, test=data.test)
-        return RunData(manifest, list(spec.codes), list(spec.names), 3, skipped)
+            labels_csv=data.labels_csv, image_dir=data.image_dir, splits_file=data.splits_file,
+            max_image_pixels=data.max_image_pixels, test=data.test, group_duplicates=data.group_duplicates,
+            cache_dir=data.cache_dir)
+        pairs = run_duplicates(manifest, cache_dir=data.cache_dir) if data.duplicates else None
+        return RunData(manifest, list(spec.codes), list(spec.names), 3, skipped, pairs)
 
     def build_datasets(self, data: DataConfig, manifest: pd.DataFrame, *, seed: int, mean, std) -> dict[str, Dataset]:
+        # imported here, not at the top: albumentations takes a second, and `dermlow --help` needs none of it
+        from dermlow.data.loading import ImageCache, ManifestDataset
+        from dermlow.data.transforms import eval_transform, train_transform
+
         cache = ImageCache(data.cache_dir, image_size=data.image_size, p=data.color_p) if data.cache_dir else None
         if cache is not None:
             cache.build(manifest, workers=max(data.num_workers, 1), progress=True)
@@ -89,66 +94,20 @@ def reader_of(dataset: str) -> Reader:
     return source.reader
 
 
-def check_image(path: str | Path) -> tuple[str, str]:
-    """(Pillow mode, problem) of one image file; problem is "" when the whole file decodes.
-
-    JPEGs decode at 1/8 scale (DCT scaling): cheap, yet every byte is parsed, so a file cut
-    short by even two bytes fails as truncated.
-    """
-    try:
-        with Image.open(path) as im:
-            im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8)))
-            im.load()
-            return im.mode, ""
-    except FileNotFoundError:
-        return "", "missing"
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        return "", f"unreadable ({e})"
-
-
-def _check_images(table: pd.DataFrame, skip: bool) -> tuple[pd.DataFrame, list[str]]:
-    workers = min(8, 2 * (os.cpu_count() or 1))
-    log.info("checking %d image files with %d threads", len(table), workers)
-    with ThreadPoolExecutor(workers) as pool:
-        results = list(pool.map(check_image, table["path"]))
-    modes, problems = (pd.Series(list(col), index=table.index, dtype=str) for col in zip(*results, strict=True))
-    if len(converted := modes[(modes != "RGB") & (modes != "")]):
-        log.warning("%d image(s) are not 8-bit RGB (%s); they are converted when loaded: grey copied to 3 "
-                    "channels, palette expanded, alpha dropped, 16-bit scaled to 8-bit", len(converted),
-                    ", ".join(f"{m}: {n}" for m, n in converted.value_counts().items()))
-    bad = problems != ""
-    skipped = [f"{p}: {r}" for p, r in zip(table.loc[bad, "path"], problems[bad], strict=True)]
-    if bad.any() and not skip:
-        raise _bad_images_error(table[bad], problems[bad])
-    if skipped:
-        log.warning("skipping %d bad image(s): %s", len(skipped), "; ".join(skipped[:5]))
-    return table[~bad], skipped
-
-
-def _bad_images_error(bad: pd.DataFrame, problems: pd.Series) -> UserError:
-    lines = []
-    for (csv, missing), g in bad.groupby(["csv", problems == "missing"], sort=True):
-        examples = "; ".join(f"{p}: {problems[i]}" for i, p in g["path"].head(3).items())
-        lines.append(f"{csv}: {len(g)} image(s) {'missing on disk' if missing else 'unreadable'}, "
-                     f"{format_rows(g['row'].tolist())} ({ROWS_NOTE}); e.g. {examples}")
-    folders = sorted({str(Path(p).parent) for p in bad["path"]})
-    return UserError("\n".join(lines) + f"\nLooked in {', '.join(folders)} for <id>.jpg/.jpeg/.png. Put the "
-                     "(re-downloaded) images there or fix the ids, or pass skip_bad_images "
-                     "(--skip-bad-images) to continue without them.")
-
-
 def build_manifest(reader: Reader, data_dir: str | Path, *, split: str = "lesion", test_fraction: float = 0.2,
                    val_fraction: float = 0.1, seed: int = 0, skip_bad_images: bool = False,
                    check_images: bool = True, labels_csv: str | Path | None = None,
                    image_dir: str | Path | None = None, splits_file: str | Path | None = None,
-                   test: str = "split") -> tuple[pd.DataFrame, DatasetSpec, list[str]]:
+                   max_image_pixels: int = MAX_IMAGE_PIXELS, test: str = "split", group_duplicates: bool = False,
+                   cache_dir: str | Path | None = None) -> tuple[pd.DataFrame, DatasetSpec, list[str]]:
     """Read and validate a data set with `reader` into (manifest, spec, skipped bad images as "path: reason").
 
     split: "lesion" (grouped by lesion, stratified by class) or "random" (the paper's image-level
     split; leaks lesions). test (data.test): "split" holds out test_fraction of the training images,
     "official" reads the official test set (see splits.choose_test). An official validation set is
     used where present, else val_fraction of the remaining training images. splits_file overrides
-    all that.
+    all that. group_duplicates: near-duplicate images (data.duplicates) are kept in one split with
+    their lesions (hashes cached under cache_dir).
     """
     root = Path(data_dir).expanduser().resolve()
     if not root.is_dir():
@@ -158,14 +117,18 @@ def build_manifest(reader: Reader, data_dir: str | Path, *, split: str = "lesion
     parts, spec = reader(root, *opt)
     parts = choose_test(parts, test, root=root, dataset=spec.name)
     table = _combine(parts)
-    table, skipped = _check_images(table, skip_bad_images) if check_images else (table, [])
+    if check_images:  # every image decodes cleanly, and none is above the pixel limit (data.image_check)
+        table, skipped = check_images_of(table, skip_bad_images, max_pixels=max_image_pixels)
+    else:
+        skipped = []
     if table.empty:
         raise UserError(f"{root}: none of the images could be used; see the skipped list.")
     if splits_file:
         table["split"] = read_splits(Path(splits_file), table["image_id"]).to_numpy()
     else:
+        groups = split_groups(table, split, cache_dir=cache_dir) if group_duplicates else None
         table["split"] = assign_splits(table, method=split, test_fraction=test_fraction,
-                                       val_fraction=val_fraction, seed=seed).to_numpy()
+                                       val_fraction=val_fraction, seed=seed, groups=groups).to_numpy()
     manifest = table.sort_values("image_id", kind="stable").reset_index(drop=True)
     manifest["index"] = np.arange(len(manifest))
     manifest["label_name"] = [spec.codes[i] for i in manifest["label"]]

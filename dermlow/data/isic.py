@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dermlow.data.image_sets import build_manifest, check_image, reader_of, register_reader
+from dermlow.data.image_check import check_image
+from dermlow.data.image_sets import build_manifest, reader_of, register_reader
 from dermlow.data.label_files import (
     Part,
     Read,
@@ -26,6 +27,7 @@ from dermlow.data.label_files import (
     nothing_found,
     onehot_labels,
     read_csv,
+    refuse_formulas,
     rows_error,
     table,
 )
@@ -78,6 +80,7 @@ def _lesions_2018(root: Path, ids: pd.Series, gt: Path) -> pd.Series:
                             *((n, "image_id") for n in HAM_METADATA)):
         if path := find(root, name):
             df = read_csv(path, [image_col, "lesion_id"])
+            refuse_formulas(df, "lesion_id", path)
             lesions = pd.Series(df["lesion_id"].to_numpy(), index=clean_ids(df, image_col, path))
             if not (known := ids.isin(lesions.index)).any():
                 raise UserError(f"{path}: shares no image ids with {gt}. Is it the lesion file of this data set?")
@@ -119,6 +122,7 @@ def read_ham10000(root: Path, labels_csv: Path | None, image_dir: Path | None) -
         raise nothing_found(root, "HAM10000", list(HAM_METADATA), "Download HAM10000_metadata and "
                             "HAM10000_images_part_{1,2}.zip from Harvard Dataverse (doi:10.7910/DVN/DBW86T)")
     df = read_csv(meta, ["lesion_id", "image_id", "dx"])
+    refuse_formulas(df, "lesion_id", meta)
     if (bad := ~(dx := df["dx"].str.lower()).isin(list(HAM_DX))).any():
         raise rows_error(meta, bad, df, f"unknown dx value(s) {sorted(set(df.loc[bad, 'dx']))}",
                          f"dx must be one of {', '.join(HAM_DX)}.")
@@ -141,6 +145,9 @@ def read_generic(root: Path, labels_csv: Path | None, image_dir: Path | None) ->
     df = read_csv(csv, ["image", "label"])
     if (bad := df["label"] == "").any():
         raise rows_error(csv, bad, df, "empty labels", "Give every image a class label.")
+    for column in ("label", "lesion_id"):
+        if column in df.columns:
+            refuse_formulas(df, column, csv)
     codes = _class_order(df["label"])
     spec = DatasetSpec("generic", tuple(codes), tuple(codes), note=f"classes from {csv.name}")
     labels = df["label"].map({c: i for i, c in enumerate(codes)}).to_numpy()

@@ -16,13 +16,13 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from dermlow.data.shared_files import formula_like
 from dermlow.data.sources import DatasetSpec
-from dermlow.errors import UserError, format_rows
+from dermlow.errors import ROWS_NOTE, UserError, format_rows
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-ROWS_NOTE = "rows are counted as in a spreadsheet: the header is row 1"
 
 
 class Part(NamedTuple):
@@ -62,8 +62,18 @@ def rows_error(path: Path, mask: pd.Series, df: pd.DataFrame, what: str, todo: s
     return UserError(f"{path}: {what} in {format_rows(df.loc[mask, 'row'].tolist())}; {ROWS_NOTE}. {todo}")
 
 
+def refuse_formulas(df: pd.DataFrame, column: str, path: Path) -> None:
+    """Refuse cells of `column` that a spreadsheet would run as formulas (= + - @ first; no ISIC
+    id or label starts so). Exports escape such cells too, but they should not enter a run."""
+    if (bad := df[column].map(formula_like)).any():
+        raise rows_error(path, bad, df, f"{int(bad.sum())} value(s) in column '{column}' start with = + - @ "
+                         f"(e.g. '{df.loc[bad, column].iloc[0]}'), which spreadsheets run as formulas",
+                         "Rename them so they start with a letter or digit.")
+
+
 def clean_ids(df: pd.DataFrame, column: str, path: Path) -> pd.Series:
-    """Image ids without an image extension; rejects empty, path-like and duplicate ids."""
+    """Image ids without an image extension; rejects empty, path-like, formula-like and duplicate ids."""
+    refuse_formulas(df, column, path)
     ids = df[column]
     bad = (ids == "") | ids.str.contains(r"[/\\]|^\.|^[A-Za-z]:", regex=True)
     if bad.any():

@@ -1,10 +1,13 @@
-"""Torch datasets over a manifest or in-memory arrays, an on-disk preprocessing cache, and seeded loaders.
+"""ISIC images as torch data: an on-disk preprocessing cache, the manifest dataset, and seeded loaders.
 
-Reproducibility: the order of an epoch is `epoch_permutation(n, seed, epoch)`, and every item's
-augmentation is drawn from its own generator seeded by (seed, epoch, manifest index). The
-sampler of `make_loader` hands each dataset a `SampleKey(row, seed, epoch)`, so the batches of
-an epoch are a pure function of (seed, epoch): the same with 0 or 8 workers, the same for every
-weighting method compared on one seed, and the same again when a run resumes.
+Reproducibility (dermlow.data.seeding): the order of an epoch is `epoch_permutation(n, seed,
+epoch)`, and every image's augmentation is drawn from its own generator seeded by (seed, epoch,
+manifest index). The sampler of `make_loader` hands the dataset `SampleKey(row, seed, epoch)`s,
+so the batches of an epoch are a pure function of (seed, epoch): the same with 0 or 8 workers,
+the same for every weighting method compared on one seed, and the same again when a run resumes.
+One loader serves a whole run: its workers persist across epochs, and `set_epoch` picks the
+order and augmentation of the next pass. Benchmark arrays get `ArrayBatches` instead (whole
+batches made on the device, dermlow.data.array_batches).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import os
 import random
 import re
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -26,9 +29,11 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from tqdm.auto import tqdm
 
+from dermlow.data.array_batches import ArrayBatches, ArrayDataset
+from dermlow.data.seeding import LOADER, WORKER, epoch_rows, item_seed, mix
 from dermlow.data.transforms import preprocess
 from dermlow.errors import UserError
 
@@ -36,8 +41,6 @@ logger = logging.getLogger(__name__)
 
 CACHE_VERSION = 1  # bump when preprocess() changes output for the same parameters
 _REQUIRED_COLUMNS = ("index", "image_id", "path", "label")
-# Stream tags keep the permutation, item, loader and worker seeds of one (seed, epoch) unrelated.
-_PERMUTATION, _ITEM, _LOADER, _WORKER = 1, 2, 3, 4
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -48,27 +51,6 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             raise UserError(f"{path}: image file not found; check the manifest's `path` column or the data folder.")
         raise UserError(f"{path}: cannot decode this file as an image; replace it or remove it from the data.")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def _mix(*words: int) -> int:
-    """A 64-bit seed that is a pure function of non-negative integers (numpy SeedSequence hashing)."""
-    if any(w < 0 for w in words):
-        raise ValueError(f"seeds, epochs and indices must be non-negative, got {words}")
-    lo, hi = np.random.SeedSequence(list(words)).generate_state(2, np.uint32)
-    return int(hi) << 32 | int(lo)
-
-
-def item_seed(seed: int, epoch: int, index: int) -> int:
-    """The augmentation seed of the sample with manifest index `index` in epoch `epoch` of run seed `seed`."""
-    return _mix(_ITEM, seed, epoch, index)
-
-
-def epoch_permutation(n: int, seed: int, epoch: int, pass_: int = 0) -> torch.Tensor:
-    """Order of the n training samples in an epoch: a pure function of (seed, epoch); `pass_` > 0
-    gives the further, independent orders of an epoch that passes over the data several times."""
-    words = (_PERMUTATION, seed, epoch) if pass_ == 0 else (_PERMUTATION, seed, epoch, pass_)
-    generator = torch.Generator().manual_seed(_mix(*words))
-    return torch.randperm(n, generator=generator)
 
 
 class SampleKey(NamedTuple):
@@ -89,7 +71,8 @@ def _resolve(key: int | SampleKey, indices: np.ndarray) -> tuple[int, int]:
 
 class EpochSampler(Sampler):
     """Rows in `epoch_permutation` order (or in row order when shuffle is False), as `SampleKey`s
-    or, with keys=False (for datasets that take only ints), as plain ints.
+    or, with keys=False (for datasets that take only ints), as plain ints. `set_epoch` changes
+    the epoch of the next pass (the DataLoader draws a fresh iterator from it every pass).
 
     With `world` > 1 (DistributedDataParallel) it yields rank `rank`'s share of that same order,
     padded by wrapping so that every process takes the same number of steps. With `passes` = k
@@ -105,14 +88,12 @@ class EpochSampler(Sampler):
         self.n, self.shuffle, self.seed, self.epoch, self.keys = n, shuffle, seed, epoch, keys
         self.rank, self.world, self.passes = rank, world, passes
 
-    def __iter__(self) -> Iterator[SampleKey | int]:
-        from dermlow.distributed import shard
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
-        if self.shuffle:
-            rows = [r for k in range(self.passes) for r in epoch_permutation(self.n, self.seed, self.epoch, k).tolist()]
-        else:
-            rows = list(range(self.n))
-        rows = shard(rows, self.rank, self.world)
+    def __iter__(self) -> Iterator[SampleKey | int]:
+        rows = epoch_rows(self.n, shuffle=self.shuffle, seed=self.seed, epoch=self.epoch, rank=self.rank,
+                          world=self.world, passes=self.passes)
         if not self.keys:
             return iter(rows)
         return (SampleKey(r, self.seed, self.epoch) for r in rows)
@@ -121,41 +102,69 @@ class EpochSampler(Sampler):
         return -(-self.n * self.passes // self.world)
 
 
-def seed_worker(worker_id: int, *, seed: int, epoch: int) -> None:
-    """DataLoader worker_init_fn: seed torch, numpy and random from (seed, epoch, worker id).
+class EpochLoader(DataLoader):
+    """A DataLoader over an `EpochSampler`, made once per run; `set_epoch(e)` before each pass."""
 
-    dermlow's own augmentation does not use these global generators (see the module docstring);
-    this keeps any third-party transform that does reproducible too. (It must not call
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+
+def seed_worker(worker_id: int, *, seed: int) -> None:
+    """DataLoader worker_init_fn: seed torch, numpy and random from (seed, worker id).
+
+    Workers persist across epochs, so this runs once per worker and loader. dermlow's own
+    augmentation does not use these global generators (see the module docstring); this keeps
+    any third-party transform that does reproducible for a fixed num_workers. (It must not call
     cv2.setNumThreads: in a forked worker that tears down the parent's dead thread pool and hangs.)
     """
-    s = _mix(_WORKER, seed, epoch, worker_id)
+    s = mix(WORKER, seed, worker_id)
     torch.manual_seed(s)
     np.random.seed(s % 2**32)
     random.seed(s)
 
 
-def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int, epoch: int,
-                num_workers: int, pin_memory: bool = False, drop_last: bool = False,
-                rank: int = 0, world: int = 1, passes: int = 1) -> DataLoader:
-    """A DataLoader whose order and augmentation are a pure function of (seed, epoch).
+def collate_as_stored(batch: list[tuple]) -> list:
+    """default_collate, except that images held as CHW views of HWC memory (albumentations'
+    ToTensorV2 output) are stacked as NHWC, a copy per image rather than a transpose, and come out
+    as NCHW views of that memory (channels-last strides). `transforms.to_input` gives the batch
+    the model's memory format on the device, where that is free (CUDA, channels_last) or cheap."""
+    images = [item[0] for item in batch]
+    rest = default_collate([item[1:] for item in batch])
+    if all(isinstance(t, torch.Tensor) and t.dim() == 3 and t.stride(0) == 1 for t in images):
+        return [default_collate([t.permute(1, 2, 0) for t in images]).permute(0, 3, 1, 2), *rest]
+    return [default_collate(images), *rest]
 
-    Make a new one per epoch. Datasets with `accepts_sample_keys = True` (ManifestDataset,
-    ArrayDataset) get `SampleKey`s and seed each item's augmentation; any other map-style dataset
-    gets plain row numbers (its order is still seeded). The loader's own generator is seeded
-    too, so creating and iterating it never consumes the caller's global torch RNG. `passes`: see
-    EpochSampler.
+
+def make_loader(dataset: Dataset | ArrayDataset, *, batch_size: int, shuffle: bool, seed: int, epoch: int,
+                num_workers: int, pin_memory: bool = False, drop_last: bool = False, rank: int = 0,
+                world: int = 1, device: torch.device | str | None = None,
+                passes: int = 1) -> EpochLoader | ArrayBatches:
+    """A loader whose order and augmentation are a pure function of (seed, epoch), starting at `epoch`.
+
+    Make one per run and call `set_epoch` before each pass: the `num_workers` worker processes
+    start once and persist. Datasets with `accepts_sample_keys = True` (ManifestDataset) get
+    `SampleKey`s and seed each item's augmentation, and their images are batched by
+    `collate_as_stored`; any other map-style dataset gets plain row numbers (its order is still seeded). The loader's own generator is seeded too, so creating
+    and iterating it never consumes the caller's global torch RNG. An ArrayDataset gets
+    `ArrayBatches` instead: batches made on `device` in this process (num_workers is not used).
+    `passes`: see EpochSampler (k seeded orders per epoch, for importance sampling's candidate batches).
     """
+    if isinstance(dataset, ArrayDataset):
+        return ArrayBatches(dataset, batch_size=batch_size, shuffle=shuffle, seed=seed, epoch=epoch,
+                            drop_last=drop_last, rank=rank, world=world, device=device, passes=passes)
     keys = bool(getattr(dataset, "accepts_sample_keys", False))
-    return DataLoader(
+    return EpochLoader(
         dataset,
         batch_size=batch_size,
         sampler=EpochSampler(len(dataset), shuffle=shuffle, seed=seed, epoch=epoch, keys=keys, rank=rank,
                              world=world, passes=passes),
         num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        collate_fn=collate_as_stored if keys else None,
         pin_memory=pin_memory,
         drop_last=drop_last,
-        worker_init_fn=functools.partial(seed_worker, seed=seed, epoch=epoch) if num_workers > 0 else None,
-        generator=torch.Generator().manual_seed(_mix(_LOADER, seed, epoch)),
+        worker_init_fn=functools.partial(seed_worker, seed=seed) if num_workers > 0 else None,
+        generator=torch.Generator().manual_seed(mix(LOADER, seed)),
     )
 
 
@@ -319,76 +328,3 @@ class ManifestDataset(Dataset):
         row, seed = _resolve(key, self.indices)
         image = _seeded_albumentations(self.transform, self.load(row), seed)
         return image, int(self.labels[row]), int(self.indices[row])
-
-
-def _per_channel(values: Sequence[float] | None, channels: int, default: float) -> torch.Tensor:
-    v = torch.tensor([default] if values is None else list(values), dtype=torch.float32)
-    if v.numel() not in (1, channels):
-        raise ValueError(f"need 1 or {channels} normalisation values, got {v.numel()}")
-    return v.expand(channels).reshape(channels, 1, 1).clone()
-
-
-class ArrayDataset(Dataset):
-    """In-memory uint8 images (NHW or NHWC), e.g. MNIST or CIFAR: `dataset[key]` is
-    (image CxHxW float32, label, index), like ManifestDataset.
-
-    Pixels are scaled to [0, 1], passed to `transform(x, generator=g)` (g a torch.Generator
-    seeded from (seed, epoch, index), so zero padding means black), then normalised with mean/std
-    (None: no normalisation).
-    """
-
-    accepts_sample_keys = True
-
-    def __init__(self, images: np.ndarray, labels: Sequence[int], indices: Sequence[int], *,
-                 transform: Callable[..., torch.Tensor] | None = None,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
-        images = np.asarray(images)
-        if images.dtype != np.uint8 or images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[3] not in (1, 3)):
-            raise ValueError(f"expected uint8 images shaped NHW or NHWC (C 1 or 3), got {images.dtype} {images.shape}")
-        if images.ndim == 3:
-            images = images[..., None]
-        self.images = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
-        self.labels = np.asarray(labels, dtype=np.int64)
-        self.indices = np.asarray(indices, dtype=np.int64)
-        if not len(self.images) == len(self.labels) == len(self.indices):
-            raise ValueError(f"{len(self.images)} images, {len(self.labels)} labels, {len(self.indices)} indices")
-        channels = self.images.shape[1]
-        self.transform = transform
-        self.mean, self.std = _per_channel(mean, channels, 0.0), _per_channel(std, channels, 1.0)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, key: int | SampleKey) -> tuple[torch.Tensor, int, int]:
-        row, seed = _resolve(key, self.indices)
-        x = self.images[row].float().div_(255.0)
-        if self.transform is not None:
-            x = self.transform(x, generator=torch.Generator().manual_seed(seed))
-        return (x - self.mean) / self.std, int(self.labels[row]), int(self.indices[row])
-
-
-class CifarTrainTransform:
-    """Random crop of a zero-padded CHW image back to its size, then a horizontal flip with
-    probability 1/2 (the standard CIFAR augmentation); randomness from the given generator."""
-
-    def __init__(self, pad: int = 4):
-        if pad < 0:
-            raise ValueError(f"pad must be >= 0, got {pad}")
-        self.pad = pad
-
-    def __call__(self, x: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
-        _, h, w = x.shape
-        padded = torch.nn.functional.pad(x, (self.pad,) * 4)
-        top, left = torch.randint(0, 2 * self.pad + 1, (2,), generator=generator).tolist()
-        out = padded[:, top:top + h, left:left + w]
-        if torch.rand((), generator=generator).item() < 0.5:
-            out = out.flip(2)
-        return out.contiguous()
-
-    def __repr__(self) -> str:
-        return f"CifarTrainTransform(pad={self.pad})"
-
-
-def cifar_train_transform(pad: int = 4) -> CifarTrainTransform:
-    """The CIFAR training augmentation for ArrayDataset: pad-and-random-crop, horizontal flip."""
-    return CifarTrainTransform(pad)

@@ -21,7 +21,7 @@ from dermlow.data import isic  # noqa: F401
 # isort: split
 from dermlow.data import array_manifest  # noqa: F401
 from dermlow.data.sources import DATASETS, DataConfig, RunData
-from dermlow.data.splits import carve_meta
+from dermlow.data.splits import carve_meta, class_warnings
 from dermlow.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -41,8 +41,14 @@ def prepare(data: DataConfig, *, seed: int, meta_per_class: int = 0) -> RunData:
     The flips are drawn before the meta set is carved, so the training images every method shares
     carry the same flips; the meta images get their true labels back (the meta set is clean)."""
     run_data = read_data(data, seed=seed)
+    for warning in class_warnings(run_data.manifest, run_data.codes):
+        log.warning(warning)
     if "val" not in set(run_data.manifest["split"]):
         raise UserError("the data has no validation split, which model selection needs: set data.val_fraction > 0.")
+    train = run_data.manifest.loc[run_data.manifest["split"] == "train", "label"].to_numpy()
+    if empty := [code for i, code in enumerate(run_data.codes) if not (train == i).any()]:
+        raise UserError(f"class(es) {', '.join(empty)} have no training images in {data.data_dir}: the model "
+                        "cannot learn them. Add their images, or drop the class from the labels.")
     if data.flip_labels > 0:
         splits = ("train", "val") if data.flip_val else ("train",)
         run_data.manifest = flip_labels(run_data.manifest, data.flip_labels, len(run_data.codes), seed=seed,

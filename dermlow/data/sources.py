@@ -25,6 +25,9 @@ SPLIT_METHODS = ("lesion", "random")
 TEST_SOURCES = ("split", "official")  # data.test: held out of the training images, or the official test set
 
 
+REVIEW_SPLITS = ("train", "all")  # which splits a review changes (docs/review.md)
+
+
 @dataclass
 class DataConfig:
     """The `data:` section: where the images are and how they become tensors."""
@@ -52,10 +55,23 @@ class DataConfig:
     num_workers: int = field(default=4, metadata=flag("--workers", "data loader processes"))
     skip_bad_images: bool = field(default=False, metadata=flag(
         "--skip-bad-images", "leave unreadable images out (listed in skipped_images.txt) instead of stopping"))
+    max_image_pixels: int = field(default=100_000_000, metadata=flag(
+        "--max-image-pixels", "refuse images with more pixels than this, before decoding them (default 100 MP)"))
     flip_labels: float = field(default=0.0, metadata=flag(
         "--flip-labels", "flip this fraction of training labels on purpose (seeded)"))
     flip_val: bool = False  # flip the same fraction of validation labels too (noisy-label benchmark)
     download: bool = False  # benchmark mode: fetch MNIST/CIFAR from their official hosts
+    duplicates: bool = True  # image data sets: find near-duplicate images at run start (duplicates.csv)
+    group_duplicates: bool = field(default=False, metadata=flag(
+        "--group-duplicates", "keep near-duplicate images in one split, joined with their lesions"))
+    review: str | None = field(default=None, metadata=flag(
+        "--review", "train on reviewed labels: the resolved decisions of a review database or reviewed run "
+        "folder (relabel -> corrected label, exclude -> left out; docs/review.md)"))
+    review_splits: str = field(default="train", metadata=flag(
+        "--review-splits", "apply the review to training images only (default: test metrics stay comparable) "
+        "or to all", choices=REVIEW_SPLITS))
+    review_rule: str = "majority"  # majority | absolute | unanimous: how several reviewers resolve
+    review_digest: str | None = None  # written by training: sha256 of the decisions applied
 
     def __post_init__(self) -> None:
         require(self.split in SPLIT_METHODS, f"data.split must be lesion or random, got '{self.split}'.")
@@ -74,6 +90,9 @@ class DataConfig:
         require(self.crop_size <= self.image_size,
                 f"data.crop_size ({self.crop_size}) cannot exceed data.image_size ({self.image_size}).")
         require(finite(self.color_p) and self.color_p > 0, f"data.color_p must be a finite number > 0, got {self.color_p}.")
+        require(self.max_image_pixels >= 1, f"data.max_image_pixels must be at least 1, got {self.max_image_pixels}.")
+        require(self.review_splits in REVIEW_SPLITS,
+                f"--review-splits must be train or all, got '{self.review_splits}'.")
         require(self.num_workers >= 0, f"--workers (data.num_workers) must be 0 or more, got {self.num_workers}.")
 
 
@@ -101,6 +120,7 @@ class RunData:
     names: list[str]
     in_chans: int = 3
     skipped: list[str] = field(default_factory=list)  # bad images left out (--skip-bad-images)
+    duplicates: pd.DataFrame | None = None  # near-duplicate pairs (data.duplicates), for duplicates.csv
 
 
 class DataSource:

@@ -18,6 +18,7 @@ from typing import TypeVar
 import numpy as np
 import pandas as pd
 
+from dermlow.data.shared_files import current_umask, escape_cells, formula_like, unescape_cells
 from dermlow.data.sources import SPLIT_METHODS, TEST_SOURCES, DatasetSpec
 from dermlow.errors import UserError, format_rows
 
@@ -89,13 +90,15 @@ def shared_lesion_images(split: pd.Series, lesion: pd.Series) -> int:
 
 
 def assign_splits(table: pd.DataFrame, *, method: str = "lesion", test_fraction: float = 0.2,
-                  val_fraction: float = 0.1, seed: int = 0) -> pd.Series:
+                  val_fraction: float = 0.1, seed: int = 0, groups: pd.Series | None = None) -> pd.Series:
     """Split of every row of `table` (columns image_id, label, lesion_id, split), same index.
 
     `split` holds each row's official split ("train" for a pool still to divide). Where no row is
     officially "test", `test_fraction` of the pool becomes test; where none is "val",
     `val_fraction` of what remains in training becomes val (so 0.2 / 0.1 gives 72/8/20 %).
     method "lesion" keeps each lesion in one split; "random" splits images (the paper's split).
+    `groups` (same index as `table`), when given, replaces the lesion / image grouping: each group
+    lands in one split (dermlow.data.duplicates.duplicate_groups joins near-duplicates to lesions).
     """
     if method not in METHODS:
         raise UserError(f"unknown split method '{method}': choose one of {', '.join(METHODS)}")
@@ -105,6 +108,7 @@ def assign_splits(table: pd.DataFrame, *, method: str = "lesion", test_fraction:
     t = table.sort_values("image_id", kind="stable")
     split = t["split"].copy()
     lesion = t["lesion_id"].where(t["lesion_id"] != "", t["image_id"]) if method == "lesion" else t["image_id"]
+    lesion = groups.loc[t.index].astype(str) if groups is not None else lesion
     carved = False
     for name, fraction, stream in (("test", test_fraction, 1), ("val", val_fraction, 2)):
         pool = (split == "train").to_numpy()
@@ -169,8 +173,9 @@ def save_splits(manifest: pd.DataFrame, path: str | Path) -> Path:
     """Write `image_id,split` (sorted by image_id) atomically; reload with load_manifest(splits_file=)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    frame = manifest[["image_id", "split"]].sort_values("image_id")
+    frame = escape_cells(manifest[["image_id", "split"]].sort_values("image_id"))
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~current_umask())
     with os.fdopen(fd, "w", newline="") as fh:
         frame.to_csv(fh, index=False)
     os.replace(tmp, path)
@@ -181,13 +186,18 @@ def read_splits(path: Path, image_ids: pd.Series) -> pd.Series:
     """The split of each of `image_ids` (same index) from an `image_id,split` CSV; every id must match."""
     if not path.is_file():
         raise UserError(f"{path}: splits file not found. Write one with `save_splits` (dermlow data check).")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    try:
+        df = unescape_cells(pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig"))
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as e:
+        raise UserError(f"{path}: cannot be read as a CSV file ({e}).") from None
     df.columns = [str(c).strip() for c in df.columns]
     if not {"image_id", "split"} <= set(df.columns):
         raise UserError(f"{path}: expected the columns image_id,split; found {','.join(df.columns)}.")
     rows = pd.Series(np.arange(len(df)) + 2)
     note = "rows are counted as in a spreadsheet: the header is row 1"
     for bad, what in ((~df["split"].str.strip().isin(SPLITS), f"split values other than {', '.join(SPLITS)}"),
+                      (df["image_id"].map(formula_like), "image ids starting with = + - @ tab or CR "
+                       "(spreadsheets run such cells as formulas)"),
                       (df["image_id"].duplicated(keep=False), "image ids listed more than once")):
         if bad.any():
             raise UserError(f"{path}: {what} in {format_rows(rows[bad].tolist())}; {note}. Fix those rows.")
@@ -235,3 +245,35 @@ def describe(manifest: pd.DataFrame, spec: DatasetSpec, *, test: str = "split") 
         lines.append(f"images whose lesion also has images in another split{where}: "
                      f"{shared_lesion_images(manifest['split'], lesion)}")
     return "\n".join(lines)
+
+
+def class_warnings(manifest: pd.DataFrame, codes: list[str] | tuple[str, ...]) -> list[str]:
+    """Problems with the classes that do not stop a run but spoil its evaluation: an empty class,
+    a class whose images all come from one lesion (a lesion-grouped split cannot put it in both
+    training and validation/test), a class missing from a split, and labels that differ only in
+    case (generic CSVs: `mel` and `MEL` become two classes)."""
+    out = []
+    labels = manifest["label"].to_numpy()
+    lesion = manifest["lesion_id"].where(manifest["lesion_id"] != "", manifest["image_id"])
+    splits = [s for s in SPLITS if (manifest["split"] == s).any()]
+    for i, code in enumerate(codes):
+        mine = labels == i
+        lesions = lesion[mine].nunique()
+        if not mine.any():
+            out.append(f"class {code} has no images: the model gets an output it can never learn; remove the "
+                       "class or add its images (training refuses an empty class).")
+            continue
+        if lesions < 2:
+            out.append(f"class {code} has images of only {lesions} lesion ({int(mine.sum())} image(s)): a lesion-"
+                       "grouped split cannot put it in both training and validation/test; add images of more lesions.")
+        missing = [s for s in splits if not (mine & (manifest["split"] == s).to_numpy()).any()]
+        if missing:
+            out.append(f"class {code} has no {' and no '.join(missing)} images, so its scores there are undefined.")
+    folded: dict[str, list[str]] = {}
+    for code in codes:
+        folded.setdefault(code.casefold(), []).append(code)
+    for same in folded.values():
+        if len(same) > 1:
+            out.append(f"labels {' and '.join(repr(c) for c in same)} differ only in case, so they are {len(same)} "
+                       "separate classes; write one spelling if they mean the same diagnosis.")
+    return out

@@ -75,10 +75,10 @@ def to_input(images: torch.Tensor, device: torch.device, normalisation: tuple | 
     host-to-device copies); they are normalised here, on the device, with the model's (mean, std).
     """
     images = images.to(device, non_blocking=True)
+    # ISIC batches arrive as NCHW views of NHWC memory (loading.collate_as_stored): one layout for the model
+    images = images.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     if images.dtype == torch.uint8:
-        images = normalise_batch(images, *normalisation)
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
+        images = normalise_batch(images, *normalisation)  # keeps the memory format
     return images
 
 

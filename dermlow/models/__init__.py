@@ -1,2 +1,2 @@
-"""Networks: timm backbones with a new head (`factory`, which also owns the `model:` config
-section and checkpoint loading) and the paper's compact benchmark networks (`paper_nets`)."""
+"""Networks: the `model:` config section (`config`), timm backbones with a new head and checkpoint
+loading (`factory`), and the paper's compact benchmark networks (`paper_nets`)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+import pickle
 from pathlib import Path
 
 import timm
@@ -11,28 +11,11 @@ import torch
 from torch import nn
 
 from dermlow.errors import UserError
-from dermlow.settings import flag, require
+from dermlow.models.config import OWN_NETS, ModelConfig
+
+__all__ = ["ModelConfig", "create_model", "load_checkpoint"]
 
 log = logging.getLogger(__name__)
-
-OWN_NETS = ("lenet5", "densenet_bc_100", "wrn_28_2")
-
-
-@dataclass
-class ModelConfig:
-    """The `model:` section: which network, and where its starting weights come from."""
-
-    name: str = field(default="densenet161", metadata=flag(
-        "--model", f"timm model name (default densenet161), or one of {', '.join(OWN_NETS)}"))
-    pretrained: bool = True  # ImageNet weights through timm (needs internet once)
-    weights: str | None = field(default=None, metadata=flag(
-        "--weights", "local pretrained weights (timm/torchvision state dict or .safetensors)"))
-    channels_last: bool = True  # CUDA only
-    compile: bool = False  # torch.compile (CUDA only)
-
-    def __post_init__(self) -> None:
-        require(bool(self.name.strip()), "model.name cannot be empty: name a timm model such as densenet161.")
-
 
 def create_model(cfg: ModelConfig, num_classes: int, *, in_chans: int = 3) -> nn.Module:
     """Build the network of `cfg` with a fresh `num_classes` head.
@@ -76,6 +59,15 @@ def _from_local_weights(cfg: ModelConfig, num_classes: int, in_chans: int) -> nn
     path = Path(cfg.weights).expanduser()
     if not path.is_file():
         raise UserError(f"--weights {path}: no such file.")
+    if path.suffix != ".safetensors":  # a pickle: make sure it is plain data before timm reads it
+        try:
+            torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise UserError(f"--weights {path} holds Python objects other than tensors and plain data "
+                            f"({_unsafe_globals(path, err)}); dermlow refuses to load it because unpickling it "
+                            f"could run code. Use a .safetensors file or a plain state dict.") from None
+        except Exception:  # not a checkpoint at all: timm's loader below says so
+            pass
     try:
         return timm.create_model(
             cfg.name,
@@ -93,11 +85,32 @@ def _from_local_weights(cfg: ModelConfig, num_classes: int, in_chans: int) -> nn
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict:
-    """Read a dermlow checkpoint; a missing or damaged file is a UserError."""
+    """Read a dermlow checkpoint as plain data: tensors, numbers, strings, lists and dicts only.
+
+    `torch.load(weights_only=True)` never runs code from the file; a checkpoint that holds
+    other Python objects (a pickle that would import or call something) is refused with a
+    UserError that names the file, as is a missing or damaged one.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} does not exist: the run has not finished an epoch yet.")
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UserError(f"{path} holds Python objects other than tensors and plain data "
+                        f"({_unsafe_globals(path, err)}); dermlow refuses to load it because unpickling it could "
+                        f"run code. Use a checkpoint written by dermlow, from a source you trust.") from None
     except Exception as err:
-        raise UserError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err}).") from None
+        raise UserError(f"{path} is not a readable checkpoint ({type(err).__name__}: {str(err)[:300]}).") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        raise UserError(f"{path} is not a dermlow checkpoint (no model state dict in it).")
+    return ckpt
+
+
+def _unsafe_globals(path: Path, err: Exception) -> str:
+    """What a refused pickle wanted to load, read without running it (for the message)."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:
+        names = []
+    return "it references " + ", ".join(names[:3]) if names else str(err).splitlines()[-1][:200]

@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from dermlow.data.shared_files import (  # noqa: F401  (re-exported: run files are shared files)
+    FORMULA_START,
+    current_umask,
+    escape_cell,
+    escape_cells,
+    formula_like,
+    unescape_cell,
+    unescape_cells,
+)
 from dermlow.data.sources import MANIFEST_COLUMNS as MANIFEST_COLUMNS  # the run folder's manifest layout
 
 log = logging.getLogger(__name__)
@@ -32,9 +42,14 @@ METRICS = "metrics.csv"
 WEIGHTS = "sample_weights.parquet"
 PREDICTIONS = "predictions.csv"
 PREDICTIONS_VAL = "predictions_val.csv"
+PREDICTIONS_CALIBRATED = "predictions_calibrated.csv"  # the same, temperature-scaled (calibration.json)
+PREDICTIONS_VAL_CALIBRATED = "predictions_val_calibrated.csv"
+CALIBRATION = "calibration.json"
+DUPLICATES = "duplicates.csv"
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
 WARNINGS = "warnings.log"
+SKIPPED = "skipped_images.txt"
 DONE = "done"
 REVIEW = "review.csv"
 
@@ -55,12 +70,21 @@ WEIGHT_SCHEMA = pa.schema(
 )
 
 
+TMP_GLOB = ".*.tmp"
+"""Names of atomic_write's temporary files (`.<name>.<random>.tmp`): left only by a killed write."""
+
+
 def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], Any]) -> Path:
-    """Call `write(file)` on a temporary file beside `path`, then move it into place."""
+    """Call `write(file)` on a temporary file beside `path`, then move it into place.
+
+    The file gets the permissions of any new file (0666 less the umask), not mkstemp's 0600,
+    so colleagues sharing a runs folder can read it where the umask allows.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -78,9 +102,17 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 def write_csv(path: str | Path, frame: pd.DataFrame, **kwargs: Any) -> Path:
-    """Atomically write a DataFrame as CSV (no index column unless asked)."""
+    """Atomically write a DataFrame as CSV (no index column unless asked), text cells escaped
+    against spreadsheet formula injection (`escape_cells`): run files are opened in spreadsheets."""
     kwargs.setdefault("index", False)
-    return write_text(path, frame.to_csv(**kwargs))
+    return write_text(path, escape_cells(frame).to_csv(**kwargs))
+
+
+def safe_name(text: str, *, limit: int = 100) -> str:
+    """`text` as one harmless path component: characters other than letters, digits, '.', '_' and
+    '-' become '_', leading dots and dashes are dropped ('..', '.hidden', '-rf'), never empty."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", str(text))[:limit].lstrip(".-")
+    return name or "_"
 
 
 def write_yaml(path: str | Path, data: dict) -> Path:

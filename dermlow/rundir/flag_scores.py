@@ -39,7 +39,6 @@ The research-only evaluation of flag scores against deliberately flipped labels 
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +46,8 @@ import pandas as pd
 
 from dermlow.errors import UserError
 from dermlow.method.weightings import WEIGHTINGS
-from dermlow.rundir import files, reader, review_marks
+from dermlow.rundir import files, reader, review_rules, review_store
+from dermlow.rundir.image_copy import copy_flagged_images
 
 log = logging.getLogger(__name__)
 
@@ -136,34 +136,46 @@ def _named(run: reader.Run, label: pd.Series) -> pd.Series:
     return label.map(lambda v: run.class_label(v) if v >= 0 else "")
 
 
-def _with_review(scored: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
-    """Join the app's review marks: review_marked, review_reason, review_note, review_updated_at."""
-    rv = review_marks.read_review(run_dir)[["image_id", "marked", "reason", "note", "updated_at"]]
-    rv = rv.rename(columns={c: f"review_{c}" for c in ["marked", "reason", "note", "updated_at"]})
-    out = scored.merge(rv, on="image_id", how="left")
-    out["review_marked"] = out["review_marked"].fillna(False).astype(bool)
-    for c in ("review_reason", "review_note", "review_updated_at"):
-        out[c] = out[c].fillna("")
+def _with_review(scored: pd.DataFrame, run: reader.Run, review_db: str | Path | None = None) -> pd.DataFrame:
+    """Join the current review state (docs/review.md): review_status (resolved | unresolved | '' when
+    nobody decided), review_decision, review_label (of a relabel), review_votes, review_note (the
+    reviewers' latest notes). Reads the review database, or the run's old review.csv, writing nothing."""
+    history = review_store.read_history(run.path, review_store.dataset_key(run.config), review_db)
+    state = review_rules.resolve(history)[["image_id", "status", "decision", "label", "votes"]]
+    votes = review_rules.latest_votes(history)
+    named = votes.assign(text=[f"{r}: {n}" if votes["reviewer"].nunique() > 1 else n
+                               for r, n in zip(votes["reviewer"], votes["note"], strict=True)])
+    notes = named[named["note"] != ""].groupby("image_id")["text"].agg(" | ".join).rename("note")
+    state = state.merge(notes, on="image_id", how="left")
+    state = state.rename(columns={c: f"review_{c}" for c in ["status", "decision", "label", "votes", "note"]})
+    out = scored.merge(state, on="image_id", how="left")
+    for c in REVIEW_COLUMNS:
+        out[c] = out[c].astype(object).where(out[c].notna(), "").astype(str)
     return out
 
 
+REVIEW_COLUMNS = ["review_status", "review_decision", "review_label", "review_votes", "review_note"]
 EXPORT_COLUMNS = list(dict.fromkeys([
-    "rank", "image_id", "index", "path", "label", "label_name", "other_label", "other_label_name", "other_prob",
+    "rank", "image_id", "index", "path", "label", "label_name", "predicted", "predicted_prob",
+    "other_label", "other_label_name", "other_prob",
     "other_votes", "weight_mean", "weight_above1", "p_true_mean", "loss_mean", "g_mean",
     *COMPONENTS, *(f"{c}_pct" for c in COMPONENTS), "score",
-    "review_marked", "review_reason", "review_note", "review_updated_at",
+    *REVIEW_COLUMNS,
 ]))
 
 
-def flag_table(run_dir: str | Path) -> pd.DataFrame:
-    """Every training image of the run, scored and ranked, with readable labels and review marks."""
+def flag_table(run_dir: str | Path, *, review_db: str | Path | None = None) -> pd.DataFrame:
+    """Every training image of the run, scored and ranked, with readable labels, the last epoch's
+    prediction (predicted, predicted_prob) and the review state (`review_db`: see review_store.db_path)."""
     run_dir = Path(run_dir)
     run = reader.load_run(run_dir)
     summary = reader.weight_summary(run_dir)
     if summary.empty:
         raise UserError(f"{run_dir} has no logged epoch yet ({files.WEIGHTS} is empty): flags need at "
                         "least one completed epoch.")
-    scored = _with_review(flag_scores(summary, weight_from=weight_source(run.config)), run_dir)
+    scored = _with_review(flag_scores(summary, weight_from=weight_source(run.config)), run, review_db)
+    scored["predicted"] = _code(run.codes, scored["predicted_last"])
+    scored["predicted_prob"] = scored["pred_prob_last"]
     given = scored["label"]
     scored["label_name"] = _named(run, given)
     scored["label"] = _code(run.codes, given)
@@ -179,18 +191,19 @@ def flag_table(run_dir: str | Path) -> pd.DataFrame:
 
 def export_flags(run_dir: str | Path, *, top: int | None = None, per_class: bool = False,
                  out: str | Path | None = None, copy_images: str | Path | None = None,
-                 reviewed_only: bool = False) -> pd.DataFrame:
+                 reviewed_only: bool = False, review_db: str | Path | None = None) -> pd.DataFrame:
     """The flagged-cases table (see EXPORT_COLUMNS), most suspicious first.
 
     top: keep the first N (per given label with per_class); reviewed_only: keep only the cases
-    marked in the review app (before `top`); out: also write it as CSV (atomically);
-    copy_images: copy the images into DIR/<given label code>/ for a relabelling tool.
+    someone decided about (before `top`); out: also write it as CSV (atomically);
+    copy_images: copy the images into DIR/<given label code>/ for a relabelling tool (confined:
+    see rundir.image_copy).
     """
     if top is not None and top < 1:
         raise UserError(f"--top must be a positive number of cases, got {top}.")
-    table = flag_table(run_dir)
+    table = flag_table(run_dir, review_db=review_db)
     if reviewed_only:
-        table = table[table["review_marked"]]
+        table = table[table["review_status"] != ""]
     if top is not None:
         table = table.groupby("label", sort=False).head(top) if per_class else table.head(top)
     if per_class:
@@ -205,23 +218,3 @@ def export_flags(run_dir: str | Path, *, top: int | None = None, per_class: bool
     return table
 
 
-def copy_flagged_images(run_dir: str | Path, table: pd.DataFrame, dest: str | Path) -> int:
-    """Copy each row's image into dest/<label>/; returns the number copied. Missing images are
-    skipped with one warning that names them."""
-    run = reader.load_run(run_dir)
-    dest = Path(dest)
-    missing, copied = [], 0
-    for row in table[["image_id", "path", "label"]].itertuples(index=False):
-        src = run.image_path(row.path)
-        if not src.is_file():
-            missing.append(row.image_id)
-            continue
-        folder = dest / str(row.label)
-        folder.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, folder / src.name)
-        copied += 1
-    if missing:
-        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-        log.warning("%d image(s) not found and not copied: %s", len(missing), shown)
-    log.info("copied %d images into %s", copied, dest)
-    return copied

@@ -76,9 +76,16 @@ class Run:
         return (bases[0] if bases else self.path) / p
 
 
-def find_runs(path: str | Path) -> list[Path]:
+MAX_DEPTH = 4
+"""How many folder levels below the given folder `find_runs` looks (runs/<grid>/<group>/<run> fits)."""
+MAX_FOLDERS = 20_000
+"""How many folders `find_runs` opens at most, so pointing it at a huge tree costs seconds, not minutes."""
+
+
+def find_runs(path: str | Path, *, max_depth: int = MAX_DEPTH, max_folders: int = MAX_FOLDERS) -> list[Path]:
     """The run directories at `path`: the folder itself if it is a run, else every run below it
-    (any depth, not descending into runs), sorted by path."""
+    (up to `max_depth` levels, at most `max_folders` folders opened, not descending into runs or
+    hidden folders), sorted by path."""
     path = Path(path).expanduser()
     if not path.exists():
         raise UserError(f"{path} does not exist: give a run folder (runs/<name>) or a folder of runs.")
@@ -87,11 +94,21 @@ def find_runs(path: str | Path) -> list[Path]:
     if files.is_run_dir(path):
         return [path]
     found: list[Path] = []
-    stack = [path]
-    while stack:
-        folder = stack.pop()
-        for child in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            (found if files.is_run_dir(child) else stack).append(child)
+    stack, opened = [(path, 0)], 0
+    while stack and opened < max_folders:
+        folder, depth = stack.pop()
+        opened += 1
+        try:
+            children = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        except OSError:  # unreadable folder: not ours to look into
+            continue
+        for child in children:
+            if files.is_run_dir(child):
+                found.append(child)
+            elif depth + 1 < max_depth:
+                stack.append((child, depth + 1))
+    if stack:
+        log.warning("%s: stopped looking for runs after %d folders; point at a smaller folder", path, opened)
     if not found:
         raise UserError(
             f"{path} is not a run folder and holds no runs: a run folder contains {files.CONFIG} "
@@ -105,7 +122,7 @@ def _read_config(run_dir: Path) -> dict:
     try:
         data = yaml.safe_load(file.read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
-        raise UserError(f"{file} cannot be read as YAML ({err}); restore it from the training output.") from None
+        raise UserError(f"{file} cannot be read as YAML ({' '.join(str(err).split())}); restore it from the training output.") from None
     if not isinstance(data, dict):
         raise UserError(f"{file} must hold a mapping of sections (data:, model:, ...).")
     return data
@@ -121,6 +138,7 @@ def read_manifest(run_dir: str | Path) -> pd.DataFrame:
                                          "label_name": str}, keep_default_na=False)
     except (OSError, ValueError, pd.errors.ParserError) as err:
         raise UserError(f"{file} cannot be read as CSV ({err}).") from None
+    frame = files.unescape_cells(frame)
     missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
     if missing:
         raise UserError(f"{file} lacks the column(s) {', '.join(missing)}; it needs {', '.join(MANIFEST_COLUMNS)}.")
@@ -294,12 +312,15 @@ def _attach_manifest(summary: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFr
     return out[first + [c for c in out.columns if c not in first]]
 
 
-def load_predictions(run_dir: str | Path, split: str = "test") -> pd.DataFrame:
+def load_predictions(run_dir: str | Path, split: str = "test", *, calibrated: bool = False) -> pd.DataFrame:
     """predictions.csv (split "test") or predictions_val.csv ("val") joined with the manifest:
     image_id, index, label (true, from the manifest), then one probability column per class code.
+    `calibrated` reads the temperature-scaled copies instead (predictions_calibrated.csv, ...).
     Empty when the run has not written predictions yet."""
     run_dir = Path(run_dir)
     names = {"test": files.PREDICTIONS, "val": files.PREDICTIONS_VAL}
+    if calibrated:
+        names = {"test": files.PREDICTIONS_CALIBRATED, "val": files.PREDICTIONS_VAL_CALIBRATED}
     if split not in names:
         raise ValueError(f"split must be one of {sorted(names)}, got {split!r}")
     codes, _ = _read_classes(run_dir)
@@ -307,7 +328,7 @@ def load_predictions(run_dir: str | Path, split: str = "test") -> pd.DataFrame:
     if not file.is_file():
         return pd.DataFrame(columns=["image_id", "index", "label", *codes])
     try:
-        pred = pd.read_csv(file, dtype={"image": str})
+        pred = files.unescape_cells(pd.read_csv(file, dtype={"image": str}))
     except (OSError, ValueError, pd.errors.ParserError) as err:
         raise UserError(f"{file} cannot be read as CSV ({err}).") from None
     missing = [c for c in ["image", *codes] if c not in pred.columns]
@@ -334,3 +355,26 @@ def ranked_by_weight(summary: pd.DataFrame, n: int, *, label: int | None = None,
     key = -rows["weight_mean"] if highest else rows["weight_mean"]
     order = np.lexsort((rows["index"].to_numpy(), key.to_numpy()))
     return rows.iloc[order[:n]].reset_index(drop=True)
+
+
+DUPLICATE_COLUMNS = ["image_id_a", "image_id_b", "transform", "phash_bits", "dhash_bits", "split_a", "split_b",
+                     "label_name_a", "label_name_b", "cross_split"]
+
+
+def load_duplicates(run_dir: str | Path) -> pd.DataFrame | None:
+    """duplicates.csv (near-duplicate pairs found at the run's start), None when the run has none."""
+    file = Path(run_dir) / files.DUPLICATES
+    if not file.is_file():
+        return None
+    try:
+        frame = pd.read_csv(file, dtype=str, keep_default_na=False)
+    except (OSError, ValueError, pd.errors.ParserError) as err:
+        raise UserError(f"{file} cannot be read as CSV ({err}).") from None
+    missing = [c for c in DUPLICATE_COLUMNS if c not in frame.columns]
+    if missing:
+        raise UserError(f"{file} lacks the column(s) {', '.join(missing)}; rewrite it with `dermlow data check "
+                        f"--save-duplicates`.")
+    for col in ("phash_bits", "dhash_bits"):
+        frame[col] = pd.to_numeric(frame[col], errors="coerce")
+    frame["cross_split"] = frame["cross_split"].str.lower().isin(["true", "1"])
+    return frame

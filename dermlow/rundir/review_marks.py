@@ -44,6 +44,7 @@ def read_review(run_dir: str | Path) -> pd.DataFrame:
         raise UserError(f"{file} cannot be read as CSV ({err}); fix or delete it (it holds only review marks).") from None
     if "marked" not in frame.columns and "flagged" in frame.columns:  # written before the rename
         frame = frame.rename(columns={"flagged": "marked"})
+    frame = files.unescape_cells(frame)
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise UserError(f"{file} lacks column(s) {', '.join(missing)}; it needs {', '.join(COLUMNS)}.")

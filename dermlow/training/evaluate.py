@@ -14,6 +14,7 @@ from dermlow.data.loading import make_loader
 from dermlow.data.prepare import build_datasets
 from dermlow.data.transforms import normalisation_from_timm
 from dermlow.errors import UserError
+from dermlow.evidence.calibration import calibration_metrics
 from dermlow.metrics import classification_metrics, confusion, format_report, per_class_report
 from dermlow.models.factory import ModelConfig, create_model, load_checkpoint
 from dermlow.rundir import files
@@ -28,6 +29,9 @@ class Evaluation:
     report: pd.DataFrame
     confusion: np.ndarray
     codes: list[str]
+    labels: np.ndarray | None = None  # per image, in manifest index order (with probs and image_ids)
+    probs: np.ndarray | None = None
+    image_ids: np.ndarray | None = None
 
     def text(self) -> str:
         return format_report(self.metrics, self.report, self.confusion, self.codes)
@@ -55,6 +59,8 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", tta: bool = False,
     loader = make_loader(datasets[split], batch_size=cfg.optim.batch_size, shuffle=False, seed=cfg.run.seed,
                          epoch=0, num_workers=cfg.data.num_workers)
     autocast = partial(autocast_for, dev, precision(dev, amp=cfg.run.amp))  # the run's own precision
-    _, labels, probs = evaluate(net, loader, dev, autocast, tta=tta, normalisation=(mean, std))
-    return Evaluation(classification_metrics(labels, probs), per_class_report(labels, probs, codes, names),
-                      confusion(labels, probs.argmax(axis=1), len(codes)), codes)
+    index, labels, probs = evaluate(net, loader, dev, autocast, tta=tta, normalisation=(mean, std))
+    ids = manifest.set_index("index")["image_id"].loc[index].to_numpy()
+    return Evaluation(classification_metrics(labels, probs) | calibration_metrics(labels, probs),
+                      per_class_report(labels, probs, codes, names), confusion(labels, probs.argmax(axis=1), len(codes)),
+                      codes, labels, probs, ids)

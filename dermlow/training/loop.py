@@ -16,8 +16,10 @@ from tqdm.auto import tqdm
 
 from dermlow import distributed as dist
 from dermlow.data.transforms import to_input, tta_variants
+from dermlow.evidence.calibration import calibration_metrics
 from dermlow.method.guards import collapse_warnings, weight_stats
 from dermlow.metrics import classification_metrics
+from dermlow.training.divergence import FiniteGuard, LossNotFinite, check_outputs, diverged
 from dermlow.training.records import merge_repeats
 from dermlow.training.session import Session, start_session
 
@@ -37,14 +39,21 @@ def fit(session: Session) -> Path:
         t0 = time.perf_counter()
         s.weighting.start_epoch(epoch, cfg.optim.epochs)
         lr = s.optimizer.param_groups[0]["lr"]
-        records = train_one_epoch(s, s.train_loader(epoch), epoch=epoch, desc=f"epoch {epoch}/{cfg.optim.epochs}")
-        s.scheduler.step()
-        evals = {split: evaluate(s.model, s.eval_loader(split), s.device, s.autocast, normalisation=s.normalisation,
-                                 channels_last=s.channels_last) for split in s.eval_splits}
+        try:  # a diverged epoch stops the run before any of its records are written
+            records = train_one_epoch(s, s.train_loader(epoch), epoch=epoch,
+                                      desc=f"epoch {epoch}/{cfg.optim.epochs}")
+            s.scheduler.step()
+            evals = {split: evaluate(s.model, s.eval_loader(split), s.device, s.autocast,
+                                     normalisation=s.normalisation, channels_last=s.channels_last)
+                     for split in s.eval_splits}
+            check_outputs(evals, step=0)
+        except LossNotFinite as err:
+            raise diverged(epoch, err.step, lr=lr, lam=getattr(cfg.weighting, "lam", None)) from None
         row = {"epoch": epoch, "lr": lr, "seconds": round(time.perf_counter() - t0, 3)}
         row |= _train_summary(records) | weight_stats(records["weight"])
         for split, (_, labels, probs) in evals.items():
-            row |= {f"{split}_{k}": v for k, v in classification_metrics(labels, probs).items()}
+            row |= {f"{split}_{k}": v for k, v in (classification_metrics(labels, probs)
+                                                   | calibration_metrics(labels, probs)).items()}
         row["pred_majority_frac"] = _majority_fraction(evals["val"][2])
         row["optimizer_steps"] = int(records["optimizer_steps"])  # this epoch's (equal for every method)
         s.record_epoch(epoch, row, records, evals)
@@ -80,21 +89,25 @@ def train_one_epoch(s: Session, loader: Iterable, *, epoch: int = 1, desc: str =
     total = len(loader.sampler) if hasattr(loader, "sampler") else None  # importance sampling: several passes
     bar = tqdm(total=total, desc=desc, unit="img", leave=False, disable=None if dist.is_main() else True)
     meta = s.meta_batches(epoch)  # None unless the weighting learns from a meta set
+    guard = FiniteGuard(s.device)
     for step, (images, labels, index) in enumerate(loader, 1):
         images = to_input(images, s.device, s.normalisation, channels_last=s.channels_last)
         labels = labels.to(s.device, non_blocking=True)
         with s.autocast():
             out = s.weighting.training_step(s.model, s.optimizer, images, labels, step=step, epoch=epoch,
                                             meta_batches=meta)
+        guard.update(out["loss"])
         s.optimizer.zero_grad(set_to_none=True)
         s.scaler.scale(out["loss"]).backward()
         s.scaler.step(s.optimizer)
         s.scaler.update()
         _keep(chunks, out, labels, index.to(s.device, non_blocking=True))
         bar.update(len(labels))
-        if step % s.cfg.run.log_every == 0:
+        if step % s.cfg.run.log_every == 0:  # the host syncs here anyway
+            guard.check()
             bar.set_postfix(loss=f"{out['loss'].item():.4f}")
     bar.close()
+    guard.check()
     return _gather_records(chunks)
 
 
@@ -174,6 +187,10 @@ def _summary_line(row: dict, epochs: int) -> str:
 
 
 def train(cfg, *, resume: str | Path | None = None) -> Path:
-    """Start (or resume) a run and train it to the end: the library form of `dermlow train`."""
-    return fit(start_session(cfg, resume=resume))
+    """Start (or resume) a run and train it to the end: the library form of `dermlow train`.
+
+    The run folder stays locked (rundir.lock) until training ends, however it ends."""
+    session = start_session(cfg, resume=resume)
+    with session.claim or nullcontext():
+        return fit(session)
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from dermlow import config as config_mod
 from dermlow import distributed as dist
@@ -36,7 +36,10 @@ from dermlow.errors import UserError
 from dermlow.method.losses import make_loss
 from dermlow.method.weightings import WEIGHTINGS, Weighting, make_weighting
 from dermlow.models.factory import create_model, load_checkpoint
-from dermlow.rundir import files
+from dermlow.rundir import files, review_apply
+from dermlow.rundir.calibrated import calibrate_run
+from dermlow.rundir.integrity import check_for_resume, remove_stale_temporaries
+from dermlow.rundir.lock import RunClaim, claim_run_dir
 from dermlow.rundir.reader import read_manifest
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,8 @@ class Session:
     start_epoch: int = 1
     best_bacc: float = -1.0
     best_epoch: int = 0
+    loaders: dict = field(default_factory=dict)  # one per split for the whole run (workers persist)
+    claim: RunClaim | None = None  # the run folder's lock (rank 0), held until the run ends
 
     @property
     def channels_last(self) -> bool:
@@ -73,21 +78,28 @@ class Session:
         """Mixed precision on CUDA (when enabled); plain float32 elsewhere."""
         return autocast_for(self.device, self.amp_dtype)
 
-    def train_loader(self, epoch: int) -> DataLoader:
+    def train_loader(self, epoch: int) -> Iterable:
         """This process's share of the epoch's seeded order, in batches of its share of the batch.
 
         A weighting that draws from k-times larger candidate batches (importance sampling) gets k
         passes over the data, so every method takes the same number of optimizer steps per epoch.
         """
-        batch = self.cfg.optim.batch_size // dist.world() * self.weighting.batch_multiplier
-        return make_loader(self.datasets["train"], batch_size=batch, shuffle=True, seed=self.cfg.run.seed,
-                           epoch=epoch, num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda",
-                           rank=dist.rank(), world=dist.world(), passes=self.weighting.loader_passes)
+        if "train" not in self.loaders:
+            batch = self.cfg.optim.batch_size // dist.world() * self.weighting.batch_multiplier
+            self.loaders["train"] = make_loader(
+                self.datasets["train"], batch_size=batch, shuffle=True, seed=self.cfg.run.seed, epoch=epoch,
+                num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda", rank=dist.rank(),
+                world=dist.world(), device=self.device, passes=self.weighting.loader_passes)
+        self.loaders["train"].set_epoch(epoch)
+        return self.loaders["train"]
 
-    def eval_loader(self, split: str) -> DataLoader:
-        return make_loader(self.datasets[split], batch_size=self.cfg.optim.batch_size * 2, shuffle=False,
-                           seed=self.cfg.run.seed, epoch=0, num_workers=self.cfg.data.num_workers,
-                           pin_memory=self.device.type == "cuda", rank=dist.rank(), world=dist.world())
+    def eval_loader(self, split: str) -> Iterable:
+        if split not in self.loaders:
+            self.loaders[split] = make_loader(
+                self.datasets[split], batch_size=self.cfg.optim.batch_size * 2, shuffle=False,
+                seed=self.cfg.run.seed, epoch=0, num_workers=self.cfg.data.num_workers,
+                pin_memory=self.device.type == "cuda", rank=dist.rank(), world=dist.world(), device=self.device)
+        return self.loaders[split]
 
     def meta_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]] | None:
         """Endless (images, labels) batches of the weighting's `meta_split`, on the device and
@@ -148,7 +160,7 @@ class Session:
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "weighting": self.weighting.state_dict(), "rng": rng, "config": self.cfg.to_dict(),
             "classes": {"codes": self.data.codes, "names": self.data.names}, "in_chans": self.data.in_chans,
-            "best_bacc": self.best_bacc, "best_epoch": self.best_epoch,
+            "best_bacc": float(self.best_bacc), "best_epoch": int(self.best_epoch),
         }
 
     def warn(self, message: str) -> None:
@@ -160,8 +172,10 @@ class Session:
         files.write_text(path, old + message + "\n")
 
     def finish(self) -> None:
+        self.loaders.clear()  # stops their worker processes
         if not dist.is_main():
             return
+        calibrate_run(self.run_dir)  # temperature scaling on the best epoch's validation predictions
         files.write_text(self.run_dir / files.DONE, f"best epoch {self.best_epoch} val bacc {self.best_bacc:.4f}\n")
 
 
@@ -182,24 +196,43 @@ def start_session(cfg: Config, *, resume: str | Path | None = None) -> Session:
     else:
         cfg.run.name = cfg.run.name or config_mod.run_name(cfg)
         run_dir = Path(cfg.run.out) / cfg.run.name
+    claim, ckpt = None, None
     if resume is None and dist.is_main():
         if files.is_run_dir(run_dir):
             raise UserError(f"{run_dir} already holds a run. Continue it with --resume {run_dir}, "
                             f"or pick another name with --set run.name=NAME.")
         data = prepare(cfg.data, seed=cfg.run.seed, meta_per_class=_meta_per_class(cfg))
+        if cfg.data.review:  # reviewed labels: applied after the split and any flips (docs/review.md)
+            data.manifest = review_apply.apply_configured(cfg, data.manifest, data.codes)
         parts = _build(cfg, data, device)
+        claim = claim_run_dir(run_dir, resume=False)  # one writer per folder (docs/security.md)
         _write_run_start(run_dir, cfg, data)
         dist.barrier()
     else:
+        if resume is not None and dist.is_main():  # lock, then check every file before any training
+            claim = claim_run_dir(run_dir, resume=True)
+            remove_stale_temporaries(run_dir)
+            ckpt = _released_on_error(claim, check_for_resume, run_dir)
         dist.barrier()
         data = _load_run_data(run_dir)
-        parts = _build(cfg, data, device)
-    session = _assemble(cfg, run_dir, data, device, *parts)
-    if resume is not None and (run_dir / files.CHECKPOINT).exists():
-        _restore(session, load_checkpoint(run_dir / files.CHECKPOINT, map_location=device))
+        parts = _released_on_error(claim, _build, cfg, data, device)
+    session = _released_on_error(claim, _assemble, cfg, run_dir, data, device, *parts)
+    session.claim = claim
+    if ckpt is None and resume is not None and not dist.is_main() and (run_dir / files.CHECKPOINT).exists():
+        ckpt = load_checkpoint(run_dir / files.CHECKPOINT)
+    if ckpt is not None:
+        _released_on_error(claim, _restore, session, ckpt)
     return session
 
 
+def _released_on_error(claim: RunClaim | None, step, *args):
+    """`step(*args)`, giving up the run folder's lock if it fails (the process may go on)."""
+    try:
+        return step(*args)
+    except BaseException:
+        if claim is not None:
+            claim.release()
+        raise
 def _meta_per_class(cfg: Config) -> int:
     """Images per class the weighting wants carved from training as its meta split (0: none)."""
     if WEIGHTINGS.get(cfg.weighting.name).meta_split != META_SPLIT:
@@ -276,7 +309,9 @@ def _write_run_start(run_dir: Path, cfg: Config, data: RunData) -> None:
     files.write_json(run_dir / files.CLASSES, {"codes": data.codes, "names": data.names,
                                                      "in_chans": data.in_chans})
     if data.skipped:
-        files.write_text(run_dir / "skipped_images.txt", "\n".join(data.skipped) + "\n")
+        files.write_text(run_dir / files.SKIPPED, "\n".join(data.skipped) + "\n")
+    if data.duplicates is not None:
+        files.write_csv(run_dir / files.DUPLICATES, data.duplicates)
     files.write_yaml(run_dir / files.CONFIG, cfg.to_dict())  # last: marks a complete run start
 
 
@@ -289,11 +324,15 @@ def _load_run_data(run_dir: Path) -> RunData:
 
 
 def _restore(s: Session, ckpt: dict) -> None:
-    s.net.load_state_dict(ckpt["model"])
-    s.optimizer.load_state_dict(ckpt["optimizer"])
-    s.scheduler.load_state_dict(ckpt["scheduler"])
-    s.scaler.load_state_dict(ckpt["scaler"])
-    s.weighting.load_state_dict(ckpt.get("weighting", ckpt.get("objective", {})))  # "objective": older runs
+    try:
+        s.net.load_state_dict(ckpt["model"])
+        s.optimizer.load_state_dict(ckpt["optimizer"])
+        s.scheduler.load_state_dict(ckpt["scheduler"])
+        s.scaler.load_state_dict(ckpt["scaler"])
+        s.weighting.load_state_dict(ckpt.get("weighting", ckpt.get("objective", {})))  # "objective": older runs
+    except (RuntimeError, KeyError, ValueError, TypeError) as err:
+        raise UserError(f"{s.run_dir / files.CHECKPOINT} does not fit this run's model and settings "
+                        f"({type(err).__name__}: {str(err)[:200]}); it comes from another run.") from None
     states = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]
     if len(states) != dist.world():
         log.warning("the checkpoint holds RNG states of %d processes, this run has %d: random streams "
@@ -304,7 +343,13 @@ def _restore(s: Session, ckpt: dict) -> None:
 
 
 def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """The global RNG states as tensors and plain types, so `torch.load(weights_only=True)` reads them."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)},
+             "python": [int(version), list(internal), gauss_next]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -312,7 +357,9 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,79 @@
+"""The served app in headless Chromium: the case view with its Grad-CAM map, the Per-class view with
+its reliability diagram (set-up as in tests/test_app_browser.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+from evidence_factory import add_best_checkpoint
+from run_factory import make_run
+from test_app_browser import ARGS, CHROMIUM, _free_port, _wait_healthy
+
+from dermlow.cli.serve import streamlit_command
+from dermlow.rundir.calibrated import calibrate_run
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists() and not os.environ.get("CI"),
+                       reason="needs /usr/bin/chromium (Debian package `chromium`)"),
+]
+
+
+@pytest.fixture
+def served(tmp_path):
+    run_dir = make_run(tmp_path / "runs", "demo", epochs=5, image_size=96)
+    add_best_checkpoint(run_dir)
+    calibrate_run(run_dir)
+    port = _free_port()
+    env = {**os.environ, "STREAMLIT_SERVER_FILE_WATCHER_TYPE": "none"}
+    proc = subprocess.Popen(streamlit_command(run_dir, port=port), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_case_saliency_and_reliability_diagram_in_chromium(served, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1100})
+            page.goto(served, wait_until="domcontentloaded")
+            page.get_by_text("Case", exact=True).click(timeout=60_000)
+            page.get_by_text("Grad-CAM of", exact=False).wait_for(timeout=90_000)
+            images = page.locator('[data-testid="stMain"] [data-testid="stImage"] img')
+            images.nth(1).wait_for(timeout=30_000)
+            page.wait_for_function(
+                """() => [...document.querySelectorAll('[data-testid="stMain"] [data-testid="stImage"] img')]
+                       .slice(0, 2).every(img => img.complete && img.naturalWidth > 0)""", timeout=30_000)
+            saliency_width = images.nth(1).evaluate("img => img.naturalWidth")
+            images.nth(1).screenshot(path=str(tmp_path / "saliency.png"))
+
+            page.get_by_text("Per-class", exact=True).click(timeout=30_000)
+            page.get_by_text("Calibration (reliability diagram)").wait_for(timeout=60_000)
+            page.get_by_text("temperature-scaled", exact=False).first.wait_for(timeout=30_000)
+            charts = page.locator('[data-testid="stMain"] [data-testid="stVegaLiteChart"]')
+            charts.nth(2).wait_for(timeout=30_000)  # confusion, ROC, reliability
+            page.wait_for_function(
+                """() => [...document.querySelectorAll('[data-testid="stMain"] [data-testid="stVegaLiteChart"]')]
+                       .length >= 3 && [...document.querySelectorAll(
+                       '[data-testid="stMain"] [data-testid="stVegaLiteChart"] canvas, '
+                       + '[data-testid="stMain"] [data-testid="stVegaLiteChart"] svg')].length >= 3""",
+                timeout=30_000)
+            charts.nth(2).scroll_into_view_if_needed()
+            charts.nth(2).screenshot(path=str(tmp_path / "reliability.png"))
+        finally:
+            browser.close()
+    assert saliency_width >= 256  # the overlay (enlarged network input), not a placeholder
+    assert (tmp_path / "saliency.png").stat().st_size > 10_000
+    assert (tmp_path / "reliability.png").stat().st_size > 5_000
