@@ -63,17 +63,8 @@ def fit(session: Session) -> Path:
         previous = row["pred_majority_frac"]
         if dist.is_main():
             log.info(_summary_line(row, cfg.optim.epochs))
-        if diverged(row, evals):
-            s.warn(f"epoch {epoch}: training diverged (non-finite loss or outputs); the run stops here with this "
-                   "epoch recorded. Lower the learning rate (or, with LOW, raise lambda).")
-            break
     session.finish()
     return session.run_dir
-
-
-def diverged(row: dict, evals: dict) -> bool:
-    """Non-finite training loss or evaluation outputs: every later epoch would be NaN as well."""
-    return not (np.isfinite(row["train_loss"]) and all(np.isfinite(probs).all() for _, _, probs in evals.values()))
 
 
 def train_one_epoch(s: Session, loader: Iterable, *, epoch: int = 1, desc: str = "") -> dict[str, np.ndarray]:

@@ -138,8 +138,7 @@ class Session:
         files.append_weight_rows(self.run_dir / files.WEIGHTS, rows, keep_epochs_below=epoch)
         metrics = files.truncate_metrics(self.run_dir / files.METRICS, last_epoch=epoch - 1)
         files.write_csv(self.run_dir / files.METRICS, pd.concat([metrics, pd.DataFrame([row])]))
-        finite = all(np.isfinite(probs).all() for _, _, probs in evals.values())  # a diverged epoch is never "best"
-        if finite and row["val_bacc"] > self.best_bacc:
+        if row["val_bacc"] > self.best_bacc:
             self.best_bacc, self.best_epoch = row["val_bacc"], epoch
             for split, name in (("test", files.PREDICTIONS), ("val", files.PREDICTIONS_VAL)):
                 if split in evals:
