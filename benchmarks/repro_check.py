@@ -33,9 +33,12 @@ TOLERANCE = 1e-9
 
 
 def run_slice(out: Path) -> pd.DataFrame:
-    """Train the slice into `out` with the installed dermlow; returns its results, sorted."""
-    cmd = [sys.executable, "-m", "dermlow", *ARGS, "--out", str(out), "--data-dir", str(out / "data")]
-    subprocess.run(cmd, check=True, cwd=ROOT)
+    """Train the slice into `out` with the importable dermlow (in this process); returns its results, sorted."""
+    from dermlow.cli.main import main as dermlow_main
+
+    code = dermlow_main([*ARGS, "--out", str(out), "--data-dir", str(out / "data")])
+    if code:
+        raise SystemExit(f"dermlow bench exited with {code}")
     results = pd.read_csv(next(out.glob("*/results.csv")))
     return results[[c for c in COLUMNS if c in results.columns]].sort_values(["setup", "seed"]).reset_index(drop=True)
 

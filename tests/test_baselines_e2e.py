@@ -108,3 +108,15 @@ def test_dermlow_train_weighting_mwnet(tmp_path, capsys):
     assert (manifest["split"] == "meta").sum() > 0
     weights = pd.read_parquet(run / files.WEIGHTS)
     assert weights["weight"].mean() == pytest.approx(1.0, abs=0.05)  # normalised to batch mean 1
+
+
+def test_a_diverging_run_is_a_collapsed_row_not_the_end_of_the_grid(tmp_path):
+    spec = BenchSpec(dataset="digits-imbalanced", model="lenet5", methods=["none"], lams=[1.0], seeds=[0],
+                     lrs=[1e6, 0.03], epochs=2, data_dir=str(tmp_path / "data"), out=str(tmp_path / "runs"),
+                     device="cpu", num_workers=0)
+    results = bench_grid.run_grid(spec).set_index("lr")
+    assert (spec.group_dir / "none-lr1e+06-seed0" / bench_grid.DIVERGED).is_file()
+    assert results.loc[1e6, "collapsed"] and results.loc[1e6, "final_test_err"] == 1.0
+    assert results.loc[1e6, "final_val_berr"] == 1.0 and results.loc[0.03, "epochs_done"] == 2
+    again = bench_grid.run_grid(spec)  # a rerun counts the diverged run as done
+    assert len(again) == 2

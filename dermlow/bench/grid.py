@@ -29,7 +29,7 @@ from dermlow.bench.report import write_report
 from dermlow.data.array_manifest import ArraySet
 from dermlow.data.arrays import load_benchmark
 from dermlow.data.prepare import DATASETS as DATA_SETS
-from dermlow.errors import UserError
+from dermlow.errors import TrainingDiverged, UserError
 from dermlow.method.guards import COLLAPSE_SHARE, MAJORITY_MARGIN
 from dermlow.method.losses import LOSSES
 from dermlow.method.weightings import WEIGHTINGS
@@ -67,6 +67,7 @@ def is_low(method: str) -> bool:
 VOLATILE = {"run.device", "run.log_every", "run.out", "run.amp", "data.num_workers", "data.data_dir",
             "data.download", "data.cache_dir"}
 RESULTS = "results.csv"
+DIVERGED = "diverged.txt"  # written by the grid beside a run that `dermlow train` stopped as diverged
 
 
 @dataclass(frozen=True)
@@ -255,7 +256,7 @@ def run_state(run_dir: Path, cfg: config.Config) -> str:
         shown = ", ".join(f"{k} (saved {_flat(saved).get(k)!r}, now {_flat(cfg.to_dict()).get(k)!r})" for k in diff[:3])
         raise UserError(f"{run_dir} holds a run of another setup: {shown}. Use another --out for a new grid, "
                         "or delete that folder to redo it.")
-    return "done" if (run_dir / files.DONE).is_file() else "resume"
+    return "done" if (run_dir / files.DONE).is_file() or (run_dir / DIVERGED).is_file() else "resume"
 
 
 def preflight(spec: BenchSpec) -> None:
@@ -286,7 +287,12 @@ def run_grid(spec: BenchSpec, *, train_fn: Callable[..., Path] | None = None) ->
             continue
         t0 = time.perf_counter()
         run_dir = spec.group_dir / point.name
-        train_fn(cfg, resume=run_dir if state == "resume" else None)
+        try:
+            train_fn(cfg, resume=run_dir if state == "resume" else None)
+        except TrainingDiverged as err:  # counted as a collapsed run (errors 1), not the end of the grid
+            files.write_text(run_dir / DIVERGED, f"{err}\n")
+            log.warning("[%d/%d] %s: %s", i, len(points), point.name, err)
+            continue
         log.info("[%d/%d] %s %s in %.0fs", i, len(points), point.name, "resumed" if state == "resume" else "trained",
                  time.perf_counter() - t0)
     results = collect(points, spec)
@@ -304,11 +310,11 @@ def grid_description(spec: BenchSpec, lrs: list[float]) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------------- results
 def collect(points: list[GridPoint], spec: BenchSpec) -> pd.DataFrame:
-    """One row per grid point that has at least one finished epoch (see `run_row`)."""
+    """One row per grid point that has at least one finished epoch or diverged (see `run_row`)."""
     rows = []
     for point in points:
         run_dir = spec.group_dir / point.name
-        if (run_dir / files.METRICS).is_file():
+        if (run_dir / files.METRICS).is_file() or (run_dir / DIVERGED).is_file():
             rows.append({"dataset": spec.dataset, "model": spec.model_name, **run_row(point, run_dir)})
     return pd.DataFrame(rows)
 
@@ -316,7 +322,11 @@ def collect(points: list[GridPoint], spec: BenchSpec) -> pd.DataFrame:
 def run_row(point: GridPoint, run_dir: Path) -> dict[str, Any]:
     """A run's summary: validation and test errors at the best validation epoch (`best_*`, the epoch
     of best.pt) and at the last epoch (`final_*`), and whether it collapsed. Errors are fractions
-    (err = 1 - accuracy, berr = 1 - balanced accuracy)."""
+    (err = 1 - accuracy, berr = 1 - balanced accuracy). A run that diverged (its loss or outputs
+    became non-finite: `dermlow train` stops it) is collapsed, with every final error 1 (a model
+    whose outputs are NaN classifies nothing) and best errors 1 when no epoch finished."""
+    if (run_dir / DIVERGED).is_file():
+        return diverged_row(point, run_dir)
     metrics = pd.read_csv(run_dir / files.METRICS)
     manifest = pd.read_csv(run_dir / files.MANIFEST, usecols=["label", "split"])
     val_labels = manifest.loc[manifest["split"] == "val", "label"].to_numpy()
@@ -334,6 +344,22 @@ def run_row(point: GridPoint, run_dir: Path) -> dict[str, Any]:
         "collapsed": is_collapsed(metrics, val_labels), "run_dir": str(run_dir),
         "optimizer_steps": int(metrics["optimizer_steps"].sum()) if "optimizer_steps" in metrics else np.nan,
     }
+
+
+def diverged_row(point: GridPoint, run_dir: Path) -> dict[str, Any]:
+    """`run_row` of a diverged run (see there)."""
+    metrics = pd.read_csv(run_dir / files.METRICS) if (run_dir / files.METRICS).is_file() else pd.DataFrame()
+    best = best_epoch_row(metrics) if len(metrics) else None
+    row = {"method": point.method, "lam": np.nan if point.lam is None else point.lam, "lr": point.lr,
+           "seed": point.seed, "setup": point.setup, "epochs_done": len(metrics), "done": True,
+           "best_epoch": 0 if best is None else int(best["epoch"]), "final_pred_majority_frac": np.nan,
+           "collapsed": True, "run_dir": str(run_dir), "diverged": True,
+           "optimizer_steps": int(metrics["optimizer_steps"].sum()) if "optimizer_steps" in metrics else np.nan}
+    for split, metric in (("val", "berr"), ("val", "err"), ("test", "err"), ("test", "berr")):
+        key = f"{split}_{'bacc' if metric == 'berr' else 'acc'}"
+        row[f"best_{split}_{metric}"] = 1.0 if best is None else 1 - best[key]
+        row[f"final_{split}_{metric}"] = 1.0
+    return row
 
 
 def best_epoch_row(metrics: pd.DataFrame) -> pd.Series:
