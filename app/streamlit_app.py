@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import streamlit as st
+from dermlow._app import glossary
 from dermlow._app import review_cases as cases
 from dermlow._app import review_data as data
 from dermlow._app import review_decisions as decisions
@@ -74,6 +75,7 @@ def run_the_app() -> None:
     if not run_dirs:
         return
     view = view_selector_ui()
+    glossary.glossary_ui()
     if view.compares_runs:
         view.show(runs_selector_ui(run_dirs))
         return
