@@ -38,8 +38,11 @@ STRESS = {
 }
 
 
-def margins(h: duplicates.Hashes, i: np.ndarray, j: np.ndarray) -> pd.DataFrame:
+def margins(h: duplicates.Hashes, i: np.ndarray, j: np.ndarray, chunk: int = 4096) -> pd.DataFrame:
     """Coarse, 256-bit pHash and dHash distances (best alignment, both directions) of pairs i, j."""
+    if len(i) > chunk:  # bounded memory: (chunk, 5, 5, 8, 4) uint64 arrays at a time
+        return pd.concat([margins(h, i[k:k + chunk], j[k:k + chunk], chunk) for k in range(0, len(i), chunk)],
+                         ignore_index=True)
     coarse = np.minimum(duplicates._popcount(h.coarse[i] ^ h.coarse[j][:, :1]).min(1),
                         duplicates._popcount(h.coarse[j] ^ h.coarse[i][:, :1]).min(1))
     s1, p1, d1, _ = duplicates._fine(h, i, j)
