@@ -38,8 +38,11 @@ STRESS = {
 }
 
 
-def margins(h: duplicates.Hashes, i: np.ndarray, j: np.ndarray) -> pd.DataFrame:
+def margins(h: duplicates.Hashes, i: np.ndarray, j: np.ndarray, chunk: int = 4096) -> pd.DataFrame:
     """Coarse, 256-bit pHash and dHash distances (best alignment, both directions) of pairs i, j."""
+    if len(i) > chunk:  # bounded memory: (chunk, 5, 5, 8, 4) uint64 arrays at a time
+        return pd.concat([margins(h, i[k:k + chunk], j[k:k + chunk], chunk) for k in range(0, len(i), chunk)],
+                         ignore_index=True)
     coarse = np.minimum(duplicates._popcount(h.coarse[i] ^ h.coarse[j][:, :1]).min(1),
                         duplicates._popcount(h.coarse[j] ^ h.coarse[i][:, :1]).min(1))
     s1, p1, d1, _ = duplicates._fine(h, i, j)
@@ -109,14 +112,31 @@ def timing(args: argparse.Namespace, root: Path) -> None:
           f"per image")
 
 
+def scaling() -> None:
+    """Time of find_pairs on random hashes (almost no candidates: the all-pairs screen alone)."""
+    rng = np.random.default_rng(0)
+    z = len(duplicates.CROPS)
+    for n in (380, 2000, 10015):
+        h = duplicates.Hashes(rng.integers(0, 2**63, (n, 8), dtype=np.uint64),
+                              rng.integers(0, 2**63, (n, z, 8, 4), dtype=np.uint64),
+                              rng.integers(0, 2**63, (n, z, 8, 4), dtype=np.uint64))
+        t0 = time.perf_counter()
+        pairs = duplicates.find_pairs(h)
+        print(f"pair search over {n} images (random hashes): {time.perf_counter() - t0:.2f} s, {len(pairs)} pairs")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n-images", type=int, default=300)
     parser.add_argument("--originals", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stress", action="store_true", help="also plant rotated, corner-cropped and combined copies")
+    parser.add_argument("--scaling", action="store_true", help="only time the pair search on 380 to 10,015 images")
     args = parser.parse_args()
     print(f"load average at start: {os.getloadavg()[0]:.2f}")
+    if args.scaling:
+        scaling()
+        return
     with tempfile.TemporaryDirectory() as tmp:
         planted_run(args, Path(tmp) / "planted")
         timing(args, Path(tmp) / "timing")
