@@ -172,3 +172,17 @@ def test_status_reports_counts_agreement_and_unresolved(run_dir, capsys):
     assert "Cohen" in out and "unresolved: 2" in out and ids[1] in out and "tie" in out
     all_row = [line for line in out.splitlines() if line.startswith("all ")][0].split()
     assert all_row[1:] == ["1", "1", "0", "2"]  # confirm, relabel, exclude, unresolved
+
+
+def test_import_reads_notes_exactly_as_the_export_escaped_them(run_dir, tmp_path):
+    """A note that starts with a quote, or with a quote and a formula sign, and a negative number
+    survive export -> import unchanged (the import undoes `shared_files.escape_cell`, nothing more)."""
+    notes = ["'quoted", "'=1+1", "-3"]
+    out = tmp_path / "cases.csv"
+    assert main(["review", "export", str(run_dir), "--top", "3", "--out", str(out)]) == 0
+    sheet = pd.read_csv(out, dtype=str, keep_default_na=False)
+    sheet["decision"] = "confirm"
+    sheet["note"] = notes
+    files.write_csv(out, sheet)  # escaped as dermlow writes every CSV
+    assert main(["review", "import", str(run_dir), str(out), "--reviewer", "bob"]) == 0
+    assert history(run_dir)["note"].tolist() == notes

@@ -32,7 +32,6 @@ from dermlow.rundir import files, flag_scores, reader, review_store
 
 log = logging.getLogger(__name__)
 
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 CSV_COLUMNS = ["image_id", "path", "label", "label_name", "flag_score", "weight_mean", "predicted",
                "predicted_prob", "other_label", "other_prob", "rank", *flag_scores.REVIEW_COLUMNS,
                "decision", "relabel_to", "note"]

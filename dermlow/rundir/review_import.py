@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from dermlow.data.shared_files import unescape_cell
 from dermlow.errors import UserError
 from dermlow.rundir import reader, review_store
-from dermlow.rundir.review_export import FORMULA_STARTS, FROM_DECISION, FROM_LABEL, FROM_NOTE
+from dermlow.rundir.review_export import FROM_DECISION, FROM_LABEL, FROM_NOTE
 from dermlow.rundir.review_store import Decision
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,8 @@ class _Errors:
 
 
 def _unescape(text: str) -> str:
-    """Undo the export's formula escaping (a leading apostrophe before = + - @ tab CR)."""
-    return text[1:] if text.startswith("'") and text[1:].startswith(FORMULA_STARTS) else text
+    """A cell of a CSV that dermlow exported, as it was before its formula escaping (shared_files)."""
+    return str(unescape_cell(text))
 
 
 def _checked(d: Decision, run: reader.Run, known: set[str], where: str) -> Decision:
