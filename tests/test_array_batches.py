@@ -121,3 +121,13 @@ def test_batches_on_the_gpu_equal_those_on_the_cpu():
     cpu = _epoch(make_loader(ds, device="cpu", **kw))
     gpu = [(x.cpu(), y, i) for x, y, i in _epoch(make_loader(ds, device="cuda", **kw))]
     _assert_same(cpu, gpu)
+
+
+@pytest.mark.parametrize(("passes", "world"), [(1, 1), (3, 1), (1, 2), (3, 2)])
+def test_rows_is_what_an_epoch_yields_on_each_rank(passes, world):
+    """`rows`, the progress bar's total, counts the images an epoch really yields."""
+    ds = _cifar_like(n=11)
+    for rank in range(world):
+        loader = make_loader(ds, batch_size=4, shuffle=True, seed=0, epoch=1, num_workers=0, rank=rank,
+                             world=world, passes=passes)
+        assert loader.rows == sum(len(y) for _, y, _ in loader) == -(-11 * passes // world)

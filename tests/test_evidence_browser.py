@@ -3,43 +3,23 @@ its reliability diagram (set-up as in tests/test_app_browser.py)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-
 import pytest
 from evidence_factory import add_best_checkpoint
 from run_factory import make_run
-from test_app_browser import ARGS, CHROMIUM, _free_port, _wait_healthy
+from test_app_browser import ARGS, CHROMIUM, _serve, browser_dependencies  # noqa: F401 (an autouse fixture)
 
-from dermlow.cli.serve import streamlit_command
 from dermlow.rundir.calibrated import calibrate_run
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists() and not os.environ.get("CI"),
-                       reason="needs /usr/bin/chromium (Debian package `chromium`)"),
-]
+pytestmark = pytest.mark.browser
 
 
 @pytest.fixture
 def served(tmp_path):
+    """The app served over a factory run with a best.pt and a fitted temperature."""
     run_dir = make_run(tmp_path / "runs", "demo", epochs=5, image_size=96)
     add_best_checkpoint(run_dir)
     calibrate_run(run_dir)
-    port = _free_port()
-    env = {**os.environ, "STREAMLIT_SERVER_FILE_WATCHER_TYPE": "none"}
-    proc = subprocess.Popen(streamlit_command(run_dir, port=port), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(url, proc)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    yield from _serve(run_dir)
 
 
 def test_case_saliency_and_reliability_diagram_in_chromium(served, tmp_path):

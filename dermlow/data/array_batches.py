@@ -112,9 +112,13 @@ class ArrayBatches:
         """The epoch whose order and augmentation the next iteration yields."""
         self.epoch = epoch
 
+    @property
+    def rows(self) -> int:
+        """Rows of one epoch on this rank (before drop_last): the progress bar's total."""
+        return -(-len(self.dataset) * self.passes // self.world)
+
     def __len__(self) -> int:
-        rows = -(-len(self.dataset) * self.passes // self.world)
-        return rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
+        return self.rows // self.batch_size if self.drop_last else -(-self.rows // self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
         if self._images is None:  # once per loader: the whole uint8 array on the device

@@ -77,7 +77,8 @@ def train_one_epoch(s: Session, loader: Iterable, *, epoch: int = 1, desc: str =
     """
     s.model.train()
     chunks: dict[str, list[torch.Tensor]] = {k: [] for k in (*RECORDS, "zero_share")}
-    total = len(loader.sampler) if hasattr(loader, "sampler") else None  # importance sampling: several passes
+    # images per epoch (importance sampling: several passes): a DataLoader's sampler, an ArrayBatches' rows
+    total = len(loader.sampler) if hasattr(loader, "sampler") else getattr(loader, "rows", None)
     bar = tqdm(total=total, desc=desc, unit="img", leave=False, disable=None if dist.is_main() else True)
     meta = s.meta_batches(epoch)  # None unless the weighting learns from a meta set
     guard = FiniteGuard(s.device)
