@@ -159,3 +159,29 @@ def test_plain_module_unwraps_compile_wrappers():
             self._orig_mod = inner
 
     assert plain_module(Compiled(net)) is net and plain_module(net) is net
+
+
+def test_array_meta_batches_are_augmented_like_training_batches_and_seeded():
+    """CIFAR's meta set gets the training augmentation (pad-crop-flip), as in the authors' code; the
+    same (seed, epoch, rank) gives the same meta batches."""
+    from itertools import islice
+
+    from dermlow.data.array_batches import ArrayDataset, PadCropFlip
+    from dermlow.data.balanced import balanced_loader
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8)
+    labels = np.repeat([0, 1, 2], 4)
+    plain = ArrayDataset(images, labels, np.arange(12))
+    augmented = ArrayDataset(images, labels, np.arange(12), augment=PadCropFlip(2))
+
+    def take(ds, seed=0, epoch=1):
+        return list(islice(balanced_loader(ds, 6, seed=seed, epoch=epoch), 3))
+
+    first, again = take(augmented), take(augmented)
+    for (x, y, i), (x2, _, i2), (xp, _, ip) in zip(first, again, take(plain), strict=True):
+        assert torch.equal(x, x2) and torch.equal(i, i2)  # seeded
+        assert torch.equal(i, ip) and np.bincount(y.numpy()).tolist() == [2, 2, 2]  # same balanced rows
+        assert torch.equal(xp, plain.batch(ip)[0])  # without augment: the stored images
+    assert any(not torch.equal(x, xp) for (x, _, _), (xp, _, _) in zip(first, take(plain), strict=True))
+    assert not all(torch.equal(a[0], b[0]) for a, b in zip(first, take(augmented, epoch=2), strict=True))

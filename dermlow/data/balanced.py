@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from dermlow.data.array_batches import ArrayDataset
 from dermlow.data.loading import SampleKey
+from dermlow.data.seeding import mix
 from dermlow.errors import UserError
 
 _BALANCED = 5  # stream tag, unlike the tags of dermlow.data.loading
@@ -45,8 +47,22 @@ class BalancedBatches(Sampler):
             yield [SampleKey(r, self.seed, self.epoch) for r in rows] if self.keys else rows
 
 
-def balanced_loader(dataset: Dataset, batch_size: int, *, seed: int, epoch: int, rank: int = 0) -> DataLoader:
-    """An endless DataLoader of class-balanced batches of `dataset` (which has `labels`), in this process."""
+def balanced_loader(dataset: Dataset | ArrayDataset, batch_size: int, *, seed: int, epoch: int,
+                    rank: int = 0) -> Iterable:
+    """Endless class-balanced batches of `dataset` (which has `labels`), made in this process.
+
+    Augmented as the dataset augments training images: a ManifestDataset per image from the
+    `SampleKey`s; an ArrayDataset per batch (its `augment`, e.g. CIFAR's pad-crop-flip), drawn
+    from a generator seeded by (seed, epoch, rank), so the meta batches of an epoch are reproducible."""
+    if isinstance(dataset, ArrayDataset):
+        return _array_batches(dataset, BalancedBatches(dataset.labels.numpy(), batch_size, seed=seed, epoch=epoch,
+                                                       rank=rank, keys=False), mix(_BALANCED, seed, epoch, rank))
     keys = bool(getattr(dataset, "accepts_sample_keys", False))
     sampler = BalancedBatches(dataset.labels, batch_size, seed=seed, epoch=epoch, rank=rank, keys=keys)
     return DataLoader(dataset, batch_sampler=sampler, num_workers=0)
+
+
+def _array_batches(dataset: ArrayDataset, sampler: BalancedBatches, seed: int) -> Iterator:
+    generator = torch.Generator().manual_seed(seed)  # on the CPU, as ArrayBatches draws its augmentation
+    for rows in sampler:
+        yield dataset.batch(torch.tensor(rows), generator=generator)
