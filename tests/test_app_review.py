@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from dermlow._app.glossary import label
 from run_factory import make_run
 from streamlit.testing.v1 import AppTest
 
@@ -46,39 +47,106 @@ def history(run_dir):
     return review_store.read_history(run_dir, D)
 
 
-def test_deciding_needs_a_name_then_confirm_relabel_and_next(run_dir, monkeypatch):
+def case_shown(at: AppTest) -> int:
+    """The 1-based place of the case shown ('Case **n** of ...')."""
+    line = next(m.value for m in at.markdown if m.value.startswith("Case **"))
+    return int(line.split("**")[1])
+
+
+def said(at: AppTest, text: str) -> bool:
+    """Whether some Markdown on the page reads `text` (md() escapes punctuation with backslashes)."""
+    return any(text in m.value.replace("\\", "") for m in at.markdown)
+
+
+def test_two_clicks_per_case_confirm_relabel_exclude_unsure_skip_back(run_dir, monkeypatch):
     at = review_app(run_dir, monkeypatch)
     clean(at)
     order = ranked(run_dir)
+    ids = order["image_id"].tolist()
+    codes = reader.load_run(run_dir).codes
     assert at.button(key="decide-confirm").disabled and any("Enter your name" in w.value for w in at.warning)
-    assert any("Case **1** of" in m.value for m in at.markdown)
+    assert case_shown(at) == 1
     at.sidebar.text_input(key="reviewer_widget").input("Dr Ada").run()
     assert not at.button(key="decide-confirm").disabled
-    at.button(key="decide-confirm").click().run()
+    at.button(key="decide-confirm").click().run()  # confirm & next: saved, and case 2 is shown
     clean(at)
-    first = order.iloc[0]
     got = history(run_dir)
-    assert list(zip(got["image_id"], got["reviewer"], got["decision"], strict=True)) == [(first["image_id"], "Dr Ada", "confirm")]
-    # next without scrolling: the second case by flag score, relabel pre-filled with its most likely other label
-    at.button(key="queue_next").click().run()
+    assert list(zip(got["image_id"], got["reviewer"], got["decision"], strict=True)) == [(ids[0], "Dr Ada", "confirm")]
+    assert case_shown(at) == 2 and said(at, f"Saved: confirm for {ids[0]}.")
+    # relabel & next, pre-filled with the most likely other label (shown on the button)
     second = order.iloc[1]
-    codes = reader.load_run(run_dir).codes
-    picker = at.selectbox(key=f"relabel-{second['image_id']}")
-    assert picker.value == codes[int(second["other_label"])]
-    at.text_input(key=f"note-{second['image_id']}").input("**bold** :red[alarm]")
+    suggested = codes[int(second["other_label"])]
+    assert at.selectbox(key=f"relabel-{ids[1]}").value == suggested
+    assert f"Relabel to {suggested} & next" == at.button(key="decide-relabel").label
+    at.text_input(key=f"note-{ids[1]}").input("**bold** :red[alarm]")
     at.button(key="decide-relabel").click().run()
     clean(at)
     last = history(run_dir).iloc[-1]
-    assert (last.image_id, last.decision, last.label, last.note) == (
-        second["image_id"], "relabel", codes[int(second["other_label"])], "**bold** :red[alarm]")
-    queue = frame_with(at, "decided by me")
-    assert queue["decided by me"].head(2).tolist() == [True, True] and not queue["decided by me"].iloc[2]
+    assert (last.image_id, last.decision, last.label, last.note) == (ids[1], "relabel", suggested,
+                                                                     "**bold** :red[alarm]")
+    assert case_shown(at) == 3
+    at.button(key="decide-exclude").click().run()  # the first reason, unless another is chosen
+    last = history(run_dir).iloc[-1]
+    assert (last.image_id, last.decision, last.reason) == (ids[2], "exclude", "image quality") and case_shown(at) == 4
+    at.button(key="queue_next").click().run()  # skip: nothing saved
+    assert len(history(run_dir)) == 3 and case_shown(at) == 5
+    at.button(key="decide-unsure").click().run()
+    assert history(run_dir).iloc[-1].image_id == ids[4] and case_shown(at) == 6
     at.button(key="queue_prev").click().run()
-    assert any("Case **1** of" in m.value for m in at.markdown)
-    # the name stays for the browser session, also across views
+    at.button(key="queue_prev").click().run()
+    assert case_shown(at) == 4 and len(history(run_dir)) == 4  # back: nothing saved either
+    queue = frame_with(at, "decided by me")
+    assert queue["decided by me"].head(6).tolist() == [True, True, True, False, True, False]
+    assert len(queue) == len(ids) and queue["image_id"].tolist() == ids  # the whole queue, not the first 50
+    assert queue[""].tolist().index("▶") == 3 and queue["image"].iloc[0].startswith("data:image/jpeg;base64,")
+    # the place and the name stay for the browser session, also across views
     at.sidebar.radio(key="view").set_value("Runs").run()
     at.sidebar.radio(key="view").set_value("Review").run()
-    assert at.sidebar.text_input(key="reviewer_widget").value == "Dr Ada"
+    assert at.sidebar.text_input(key="reviewer_widget").value == "Dr Ada" and case_shown(at) == 4
+    assert at.query_params["case"] == ids[3] and at.query_params["reviewer"] == "Dr Ada"
+
+
+def test_the_last_case_saves_and_stays_with_a_note(run_dir, monkeypatch):
+    order = ranked(run_dir)
+    at = review_app(run_dir, monkeypatch)
+    at.sidebar.text_input(key="reviewer_widget").input("Dr Ada").run()
+    at.selectbox(key="queue_class").set_value(6).run()
+    last_id = order.loc[order["label"] == 6, "image_id"].iloc[-1]
+    at.query_params["case"] = last_id  # ignored: the session already has a place
+    n = len(frame_with(at, "decided by me"))
+    for _ in range(n - 1):
+        at.button(key="queue_next").click().run()
+    assert case_shown(at) == n and at.button(key="queue_next").disabled
+    at.button(key="decide-confirm").click().run()
+    assert history(run_dir).iloc[-1].image_id == last_id and case_shown(at) == n
+    assert said(at, "That was the last case of the queue.")
+
+
+@pytest.mark.parametrize("given, shown", [("ids[7]", 8), ("<img src=x onerror=alert(1)>", 1), ("", 1)])
+def test_a_reload_restores_the_case_and_the_reviewer_from_the_address(run_dir, monkeypatch, given, shown):
+    ids = ranked(run_dir)["image_id"].tolist()
+    monkeypatch.setenv("DERMLOW_RUNS", str(run_dir))
+    monkeypatch.delenv("DERMLOW_REVIEW_DB", raising=False)
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params.update({"case": ids[7] if given == "ids[7]" else given, "reviewer": "Dr Ada",
+                            "class": "not-a-class"})
+    at.run()
+    at.sidebar.radio(key="view").set_value("Review").run()
+    clean(at)
+    assert case_shown(at) == shown and at.sidebar.text_input(key="reviewer_widget").value == "Dr Ada"
+    assert at.selectbox(key="queue_class").value is None  # an unknown class: all classes
+    assert at.query_params["case"] == ids[shown - 1]
+
+
+def test_the_class_filter_comes_back_from_the_address(run_dir, monkeypatch):
+    monkeypatch.setenv("DERMLOW_RUNS", str(run_dir))
+    codes = reader.load_run(run_dir).codes
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params.update({"class": codes[2], "reviewer": "x" * 101})  # too long a name: none
+    at.run()
+    at.sidebar.radio(key="view").set_value("Review").run()
+    assert at.selectbox(key="queue_class").value == 2 and set(frame_with(at, "decided by me")["given label"]) == {codes[2]}
+    assert at.sidebar.text_input(key="reviewer_widget").value == ""
 
 
 def test_queue_filters_by_class_and_by_not_yet_decided(run_dir, monkeypatch):
@@ -96,7 +164,7 @@ def test_queue_filters_by_class_and_by_not_yet_decided(run_dir, monkeypatch):
     codes = reader.load_run(run_dir).codes
     assert set(queue["given label"]) == {codes[1]}
     assert queue["image_id"].tolist() == [i for i, lab in zip(order["image_id"], order["label"], strict=True)
-                                          if lab == 1 and i != order.iloc[0]["image_id"]][:50]
+                                          if lab == 1 and i != order.iloc[0]["image_id"]]
 
 
 def test_blind_review_hides_others_until_mine_is_saved_and_agreement_appears(run_dir, monkeypatch):
@@ -111,10 +179,24 @@ def test_blind_review_hides_others_until_mine_is_saved_and_agreement_appears(run
     at.sidebar.text_input(key="reviewer_widget").input("Dr Ada").run()
     at.sidebar.checkbox(key="blind_widget").check().run()
     clean(at)
+    first = order.iloc[0]
+    codes = reader.load_run(run_dir).codes
+    assert bool(first["flipped"])  # the factory's most suspicious case is a deliberate flip
+    page = " ".join(m.value.replace("\\", "") for m in at.main.markdown)
+    assert "1 of" not in page.split("Case")[-1] and "flipped on purpose" not in page
+    assert label("predicted") not in page.lower() and label("other_label") not in page.lower()
+    assert said(at, "Blind review: the model's view of this case is hidden")
+    assert at.selectbox(key=f"relabel-{ids[0]}").value is None and at.button(key="decide-relabel").disabled
+    queue = frame_with(at, "decided by me")
+    assert {label("rank"), label("other_label"), label("flag_score"), "state"}.isdisjoint(queue.columns)
     assert any("1 other decision(s) hidden" in c.value for c in at.caption)
     assert not any("secret" in str(d.value) for d in at.dataframe)
-    at.button(key="decide-confirm").click().run()
+    at.selectbox(key=f"relabel-{ids[0]}").set_value(codes[int(first["original_label"])]).run()
+    at.button(key="decide-relabel").click().run()
     clean(at)
+    assert history(run_dir).iloc[-1].label == codes[int(first["original_label"])]
+    at.button(key="queue_prev").click().run()  # my decision is saved: everything shows
+    assert said(at, "Label flipped on purpose for this study") and said(at, "Suspicion rank:** 1 of")
     others = frame_with(at, "role")
     assert set(others["reviewer"]) == {"Dr Ada", "Dr Bo"} and "**secret** opinion" in others["note"].tolist()
     agree = frame_with(at, "kappa").set_index("class")
@@ -133,6 +215,22 @@ def test_blind_review_hides_others_until_mine_is_saved_and_agreement_appears(run
     assert (last.image_id, last.reviewer, last.decision, bool(last.adjudicator)) == (ids[2], "Prof Cy", "exclude", True)
     unresolved = frame_with(at, "why")
     assert set(unresolved["image_id"]) == {ids[0]}
+
+
+def test_blind_review_is_remembered_for_the_name_in_a_new_session(run_dir, monkeypatch):
+    at = review_app(run_dir, monkeypatch)
+    at.sidebar.text_input(key="reviewer_widget").input("Dr Ada").run()
+    at.sidebar.checkbox(key="blind_widget").check().run()
+    assert review_store.read_settings(run_dir, "Dr Ada") == {"blind": "1"}
+    fresh = review_app(run_dir, monkeypatch)  # a new browser session
+    assert not fresh.sidebar.checkbox(key="blind_widget").value
+    fresh.sidebar.text_input(key="reviewer_widget").input("Dr Ada").run()
+    clean(fresh)
+    assert fresh.sidebar.checkbox(key="blind_widget").value and said(fresh, "hidden until you save")
+    fresh.sidebar.text_input(key="reviewer_widget").input("Dr Bo").run()  # another name: its own setting
+    fresh.sidebar.checkbox(key="blind_widget").uncheck().run()
+    assert review_store.read_settings(run_dir, "Dr Bo") == {"blind": "0"}
+    assert review_store.read_settings(run_dir, "Dr Ada") == {"blind": "1"}
 
 
 def test_deciding_from_the_case_view(run_dir, monkeypatch):
