@@ -250,3 +250,53 @@ def test_plain_text_escapes_markdown_and_streamlit_directives():
     assert "**" not in text.replace("\\*", "") and ":red[" not in text and "](" not in text
     assert "<b>" not in text and "\n" not in text  # one line, no HTML
     assert text.replace("\\", "") == "**x** :red[y] [link](http://e) <b> next"  # the text itself is kept
+
+
+def test_what_comes_next_in_the_queue():
+    from dermlow._app import review_flow as flow
+
+    ids = ["a", "b", "c"]
+    assert [flow.next_case(ids, i) for i in ids] == ["b", "c", None]  # after the last: none (stay, say so)
+    assert flow.next_case(ids, "gone") == "a" and flow.next_case([], "a") is None
+    assert [flow.step_case(ids, "a", -1), flow.step_case(ids, "c", 1), flow.step_case(ids, "b", 1)] == ["a", "c", "c"]
+    assert flow.step_case(ids, "gone", 1) == "b" and flow.step_case([], "a", 1) is None
+    assert [flow.start_case(ids, w) for w in ("c", "x", None, ["c"], "")] == ["c", "a", "a", "a", "a"]
+    assert flow.start_case([], "a") is None
+    assert [flow.picked_case(ids, r) for r in ([1], [], [3], [-1])] == ["b", None, None, None]
+    assert [flow.clean_reviewer(n) for n in (" Dr Ada ", "", "a\nb", "x" * 101, None, ["Dr"])] == [
+        "Dr Ada", "", "", "", "", ""]
+    assert flow.saved_text("relabel", "MEL", "ISIC_1") == "Saved: relabel to MEL for ISIC_1."
+    assert flow.saved_text("confirm", "", "ISIC_1", at_end=True).endswith("last case of the queue.")
+
+
+def test_blind_review_hides_the_models_view_until_decided(run_dir):
+    from dermlow._app import review_flow as flow
+
+    assert flow.hidden_fields(False, False) == flow.hidden_fields(True, True) == frozenset()
+    assert flow.hidden_fields(True, False) == {"prediction", "other_label", "suspicion", "flip_note", "trajectories",
+                                               "others"}
+    run = reader.load_run(run_dir)
+    row = ranked(run_dir).iloc[0].copy()
+    row["image_id"] = "**x**"
+    shown = "\n".join(flow.facts_lines(run, row, 99, frozenset()))
+    assert "flipped on purpose" in shown and "of 99" in shown and "confidence" in shown
+    assert shown.count("\n") == 4  # given, prediction, other label, rank, flip note: short
+    blind = "\n".join(flow.facts_lines(run, row, 99, flow.hidden_fields(True, False)))
+    assert blind.startswith(f"**{label('given').capitalize()}:**")
+    for gone in ("flipped on purpose", "of 99", "confidence", label("predicted"), label("other_label")):
+        assert gone not in blind.lower()
+
+
+def test_reviewer_settings_are_kept_per_name_and_read_without_writing(tmp_path):
+    assert review_store.read_settings(tmp_path, "Dr Ada") == {}  # no database: none, and none made
+    assert not (tmp_path / review_store.DB_NAME).exists()
+    with review_store.open_store(tmp_path, D) as store:
+        store.set_setting("Dr Ada", "blind", "1")
+        store.set_setting("Dr Ada", "blind", "0")
+        store.set_setting("Dr Bo", "blind", "1")
+    assert review_store.read_settings(tmp_path, "Dr Ada") == {"blind": "0"}
+    assert review_store.read_settings(tmp_path, "Dr Bo") == {"blind": "1"}
+    assert review_store.read_settings(tmp_path, "") == {} and history(tmp_path).empty  # settings are no decisions
+    with review_store.open_store(tmp_path, D) as store:  # a database from before the settings table
+        store._conn.execute("DROP TABLE reviewer_settings")
+    assert review_store.read_settings(tmp_path, "Dr Ada") == {}
