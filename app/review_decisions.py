@@ -155,7 +155,7 @@ def _relabel_picker(run: reader.Run, row: pd.Series, hidden: frozenset[str], whe
     suggested = state.setdefault("relabel_suggested", {})
     if "other_label" in hidden:
         if key in state and state[key] == suggested.pop(key, None):  # blind review turned on: no hint left
-            del state[key]
+            state[key] = None
     elif state.get(key) not in run.codes:
         other = int(row["other_label"]) if int(row["other_label"]) >= 0 else (int(row["label"]) + 1) % len(run.codes)
         state[key] = suggested[key] = run.codes[other]
@@ -182,7 +182,7 @@ def decision_ui(run: reader.Run, row: pd.Series, history: pd.DataFrame, who: tup
     then = " & next" if step is not None else ""
     args = (str(run.path), dataset, image_id)
     keys = SHORTCUTS if step is not None else {}
-    buttons = st.columns(4)
+    buttons = [*st.columns(2), *st.columns(2)]  # two rows: full labels at 1280 px
     buttons[0].button(f"Confirm{then}", key="decide-confirm", type="primary", disabled=not name, width="stretch",
                       on_click=_record, args=(*args, "confirm", run.codes, step), shortcut=keys.get("confirm"),
                       help="The given label is right.")

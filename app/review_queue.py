@@ -29,7 +29,7 @@ def _url_class(run: reader.Run) -> int | None:
 
 def queue_filter_ui(run: reader.Run) -> tuple[int | None, bool]:
     """(given class to review, None for all; only cases I have not decided), restored from the address."""
-    if "queue_class" not in st.session_state:
+    if "queue_class" not in st.session_state and _url_class(run) is not None:
         st.session_state["queue_class"] = _url_class(run)
     left, right = st.columns([2, 2], vertical_alignment="bottom")
     cls = left.selectbox("Class", [None, *range(len(run.codes))], key="queue_class",
