@@ -13,7 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
-from test_app_browser import ARGS, CHROMIUM, browser_dependencies, served  # noqa: F401 (fixtures)
+import test_app_browser
+from test_app_browser import ARGS, CHROMIUM
+
+browser_dependencies = test_app_browser.browser_dependencies  # Chromium and Playwright, or skip
+served = test_app_browser.served  # the app over make_run(..., "demo", flip_frac=0.1)
 
 pytestmark = pytest.mark.browser
 
@@ -21,6 +25,7 @@ VIEWPORT = {"width": 1280, "height": 720}
 CASES = 20
 MAX_CLICKS = 45
 EXCLUDE_AT, SKIP_AT = 4, 9  # 0-based places in the queue
+SHORTCUT_CONFIRM = "1"  # review_decisions.SHORTCUTS
 HEADER_PX, ROW_PX = 35, 44  # the queue table's header and row heights (review_queue: row_height=44)
 
 
@@ -97,6 +102,9 @@ def test_twenty_cases_in_at_most_45_clicks(served, tmp_path):
     shots = Path(os.environ.get("DERMLOW_SCREENSHOTS") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
     count = Counter()
+
+    def history():
+        return review_store.read_history(run_dir, review_store.dataset_key(run.config))
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         try:
@@ -117,7 +125,8 @@ def test_twenty_cases_in_at_most_45_clicks(served, tmp_path):
                         "relabel picker": picker(page, "Relabel to"), "reason picker": picker(page, "Exclusion reason")}
             outside = [k for k, loc in controls.items() if not in_view(page, loc)]
             page.screenshot(path=str(shots / "review.png"))
-            for i, (image_id, decision, code) in enumerate(cases):
+            keyed, typed_saved = None, None
+            for i, (_, decision, code) in enumerate(cases):
                 suggested = button(page, f"Relabel to {code} & next")
                 start = time.monotonic()
                 if decision == "relabel" and suggested.count() == 0:  # the suggestion is not the original
@@ -128,6 +137,18 @@ def test_twenty_cases_in_at_most_45_clicks(served, tmp_path):
                     count.click(suggested)
                 elif decision == "relabel":
                     count.click(suggested)
+                elif decision == "confirm" and not keyed:  # once by keyboard: the shortcut, "1"
+                    note = page.get_by_role("textbox", name="Note (optional)")
+                    before = len(history())
+                    note.fill("1")  # typing the key into a text box decides nothing
+                    page.wait_for_timeout(500)
+                    typed_saved = len(history()) - before
+                    note.fill("")
+                    note.evaluate("e => e.blur()")  # (a check, not part of the flow: no click counted)
+                    start = time.monotonic()
+                    page.keyboard.press(SHORTCUT_CONFIRM)
+                    count.keys += 1
+                    keyed = i
                 else:
                     count.click(controls[decision])
                 wait_case(page, i + 2)
@@ -158,16 +179,17 @@ def test_twenty_cases_in_at_most_45_clicks(served, tmp_path):
         finally:
             browser.close()
     waits = sorted(count.waits)
-    print(f"\nreview flow at 1280x720: {CASES} cases, {clicks_for_cases} clicks + {count.keys} keypress (name) "
+    print(f"\nreview flow at 1280x720: {CASES} cases, {clicks_for_cases} clicks + {count.keys} keypresses (name, one shortcut) "
           f"+ 1 click to open Review; click -> next case: median {statistics.median(waits):.2f} s, "
           f"max {waits[-1]:.2f} s")
     assert outside == [], f"not visible without scrolling at 1280x720: {outside}"
     assert clicks_for_cases + count.keys <= MAX_CLICKS
-    got = review_store.read_history(run_dir, review_store.dataset_key(run.config))
+    got = history()
     want = [(i, d, c) for i, d, c in cases if d != "skip"]
     assert list(zip(got["image_id"], got["decision"], got["label"], strict=True)) == want
     assert (got["reviewer"] == "Dr Ada").all() and got.loc[got["decision"] == "exclude", "reason"].tolist() == [
         "image quality"]
+    assert keyed is not None and typed_saved == 0  # one case decided by the key; the typed "1" saved nothing
     assert blind_relabel_disabled and blind_picker_empty and revealed >= 1
     assert kept_name == "Dr Ada" and kept_blind == 0 and kept_blind_box
     assert (shots / "review.png").stat().st_size > 10_000 and (shots / "review-blind.png").stat().st_size > 10_000
