@@ -133,4 +133,4 @@ def queue_table(run: reader.Run, queue: pd.DataFrame, resolved: pd.DataFrame, bl
                  selection_mode="single-row", column_config=config, row_height=44, height=360)
     order = "ordered by the model's suspicion, hidden in blind review" if blind else \
         f"ordered by {label('flag_score')}, rank 1 first"
-    st.caption(f"{len(queue)} cases, {order}; click a row to open its case.")
+    st.caption(f"{len(queue)} cases, {order}; select a row to open its case.")
