@@ -74,7 +74,7 @@ def reviewer_ui(run: reader.Run | None = None) -> tuple[str, bool, bool]:
     st.sidebar.checkbox("I adjudicate", key=_remembered("adjudicator", False), on_change=_remember,
                         args=("adjudicator",), help="Your decisions settle ties and disagreements (docs/review.md).")
     where = (str(run.path), review_store.dataset_key(run.config)) if run is not None else (None, None)
-    st.sidebar.checkbox("Blind review", key=_remembered("blind", False), on_change=_blind_changed, args=where,
+    st.sidebar.checkbox(label("blind").capitalize(), key=_remembered("blind", False), on_change=_blind_changed, args=where,
                         help=help_text("blind") + " Remembered for your name.")
     return name, bool(state.get("adjudicator")), bool(state.get("blind"))
 
@@ -113,6 +113,8 @@ def _record(run_path: str, dataset: str, image_id: str, decision: str, codes: li
         state["review_saved"] = f"Not saved: {err}"
         return
     state["review_saved"] = flow.saved_text(decision, code, image_id, at_end=step is not None and step.next_id is None)
+    if step is not None and state.get("blind"):
+        state["review_saved"] += " ◀ Back shows the model's view of it."
     if step is not None:
         queue.go_to(step.next_id)
 

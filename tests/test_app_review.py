@@ -195,6 +195,7 @@ def test_blind_review_hides_others_until_mine_is_saved_and_agreement_appears(run
     at.button(key="decide-relabel").click().run()
     clean(at)
     assert history(run_dir).iloc[-1].label == codes[int(first["original_label"])]
+    assert said(at, "Back shows the model's view of it.")
     at.button(key="queue_prev").click().run()  # my decision is saved: everything shows
     assert said(at, "Label flipped on purpose for this study") and said(at, "Suspicion rank:** 1 of")
     others = frame_with(at, "role")
