@@ -130,6 +130,13 @@ def decided_by(history: pd.DataFrame, image_id: str, me: str) -> bool:
     """Whether `me` has saved a decision (as reviewer or adjudicator) on the image."""
     return bool(me) and bool(((history["image_id"] == image_id) & (history["reviewer"] == me)).any())
 
+
+def blind_hidden(history: pd.DataFrame, image_id: str, who: tuple[str, bool, bool]) -> frozenset[str]:
+    """What to hide on this case from the reviewer `who` (`reviewer_ui()`): review_flow.BLIND_FIELDS
+    in blind review until they have saved a decision on it, else nothing. For any view of a case."""
+    name, _, blind = who
+    return flow.hidden_fields(blind, decided_by(history, image_id, name))
+
 def others_ui(history: pd.DataFrame, image_id: str, me: str, blind: bool) -> None:
     """Every reviewer's latest decision on this image (hidden in blind review until I decided)."""
     votes = review_rules.latest_votes(history[history["image_id"] == image_id])
@@ -174,7 +181,7 @@ def decision_ui(run: reader.Run, row: pd.Series, history: pd.DataFrame, who: tup
     name, adjudicator, blind = who
     image_id = str(row["image_id"])
     dataset = review_store.dataset_key(run.config)
-    hidden = flow.hidden_fields(blind, decided_by(history, image_id, name))
+    hidden = blind_hidden(history, image_id, who)
     if not name:
         st.warning("Enter your name in the sidebar (Reviewer) to record decisions.")
     choices = st.columns(3, vertical_alignment="bottom")
@@ -220,8 +227,7 @@ def _shown_path(path: str) -> str:
 def case_panel(run: reader.Run, row: pd.Series, history: pd.DataFrame, n_scores: int,
                who: tuple[str, bool, bool], step: Step) -> None:
     """One queued case: the image left (at most 360 px high), facts and decision controls right."""
-    name, _, blind = who
-    hidden = flow.hidden_fields(blind, decided_by(history, str(row["image_id"]), name))
+    hidden = blind_hidden(history, str(row["image_id"]), who)
     left, right = st.columns([2, 3])
     with left:
         img, problem = data.load_image(run, row["path"], IMAGE_PX)

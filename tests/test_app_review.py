@@ -232,6 +232,9 @@ def test_blind_review_is_remembered_for_the_name_in_a_new_session(run_dir, monke
     fresh.sidebar.checkbox(key="blind_widget").uncheck().run()
     assert review_store.read_settings(run_dir, "Dr Bo") == {"blind": "0"}
     assert review_store.read_settings(run_dir, "Dr Ada") == {"blind": "1"}
+    case = review_app(run_dir, monkeypatch, view="Case")  # also where the Case view asks for the name
+    case.sidebar.text_input(key="reviewer_widget").input("Dr Ada").run()
+    assert case.sidebar.checkbox(key="blind_widget").value
 
 
 def test_deciding_from_the_case_view(run_dir, monkeypatch):
