@@ -183,7 +183,7 @@ def case_view(run: reader.Run) -> None:
         evidence.saliency_panel(run, image_id)
     with right:
         facts(run, row, scores)
-        decisions.decision_ui(run, row, data.review_history(run), decisions.reviewer_ui())
+        decisions.decision_ui(run, row, data.review_history(run), decisions.reviewer_ui(run))
     st.subheader("Across the epochs")
     trajectory_charts(run, int(row["index"]))
     siblings(run, row)

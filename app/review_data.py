@@ -8,6 +8,8 @@ unchanged files are read once. Errors a user can fix arrive as dermlow.errors.Us
 from __future__ import annotations
 
 import argparse
+import base64
+import io
 import os
 import sys
 from pathlib import Path
@@ -125,6 +127,18 @@ def record(run_dir: str, dataset: str, decision: review_store.Decision) -> None:
         store.add(dataset, [decision])
 
 
+def reviewer_settings(run: reader.Run, reviewer: str) -> dict[str, str]:
+    """The preferences kept for `reviewer` in the run's review database (read fresh: a colleague's
+    browser may share the name)."""
+    return review_store.read_settings(run.path, reviewer, review_db())
+
+
+def keep_setting(run_dir: str, dataset: str, reviewer: str, key: str, value: str) -> None:
+    """Keep one preference of `reviewer` in the run's review database."""
+    with review_store.open_store(run_dir, dataset, review_db()) as store:
+        store.set_setting(reviewer, key, value)
+
+
 def history_csv(history: pd.DataFrame) -> bytes:
     """The decision history as CSV, formula cells escaped."""
     return files.escape_cells(history).to_csv(index=False).encode("utf-8")
@@ -156,3 +170,20 @@ def load_image(run: reader.Run, path: str, size: int | None = None) -> tuple[Ima
         return placeholder(size or 256, "image missing"), f"Image not found: {file} (moved or deleted since training)."
     except OSError as err:
         return placeholder(size or 256, "unreadable image"), f"Image {file} cannot be read: {err}"
+
+
+@st.cache_data(show_spinner=False, max_entries=20000)
+def _jpeg_uri(file: str, size: int, mtime: int) -> str:
+    buf = io.BytesIO()
+    _thumbnail(file, size, mtime).save(buf, "JPEG", quality=70)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def thumbnail_uri(run: reader.Run, path: str, size: int = 64) -> str | None:
+    """A small JPEG of the image at a manifest path as a data URI (for st.column_config.ImageColumn),
+    None when the image cannot be read."""
+    file = run.image_path(path)
+    try:
+        return _jpeg_uri(str(file), size, file.stat().st_mtime_ns)
+    except OSError:
+        return None

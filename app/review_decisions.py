@@ -1,4 +1,9 @@
-"""Reviewing cases under one's name: the review queue, decision buttons, agreement and unresolved cases.
+"""Reviewing cases under one's name: the Review view (a case of the queue, two clicks per case), the
+decision buttons, agreement and unresolved cases.
+
+In the queue each decision button saves and opens the next case ("Confirm & next"), Skip and Back
+move without deciding; the queue itself and the reviewer's place are in review_queue, what comes
+next and what blind review hides in review_flow.
 
 Decisions go to the run's review database (dermlow.rundir.review_store; RUN/review.sqlite, or
 the one given with `dermlow app --review-db`), so colleagues reviewing the same data at the
@@ -8,6 +13,9 @@ one's own decision is saved). Every string from a file is shown as plain text (`
 
 from __future__ import annotations
 
+from pathlib import PurePath
+from typing import NamedTuple
+
 import pandas as pd
 import streamlit as st
 
@@ -16,10 +24,15 @@ from dermlow.rundir import reader, review_rules, review_status, review_store
 from dermlow.rundir.review_store import Decision
 
 from . import review_data as data
+from . import review_flow as flow
+from . import review_queue as queue
+from .glossary import help_text, label
 from .review_text import md
 
 EXCLUDE_REASONS = ("image quality", "duplicate", "not a lesion", "other")
-QUEUE_SHOWN = 50
+IMAGE_PX = 360  # the case image's longest side in the review panel
+SHORTCUTS = {"confirm": "1", "relabel": "2", "exclude": "3", "unsure": "4", "skip": "S", "back": "B"}
+"""Keyboard shortcuts of the review queue's buttons (st.button(shortcut=...); C and R are reserved)."""
 
 
 def plain(text: object) -> str:
@@ -39,33 +52,90 @@ def _remember(key: str) -> None:
     st.session_state[key] = st.session_state[f"{key}_widget"]
 
 
-def reviewer_ui() -> tuple[str, bool, bool]:
-    """(reviewer name, adjudicator, blind review) from the sidebar, kept for the browser session."""
+def reviewer_ui(run: reader.Run | None = None) -> tuple[str, bool, bool]:
+    """(reviewer name, adjudicator, blind review) from the sidebar, kept for the browser session; the
+    name also in the page address, and blind review in the run's review database for that name."""
+    state = st.session_state
+    if "reviewer" not in state:
+        state["reviewer"] = flow.clean_reviewer(st.query_params.get("reviewer"))
     st.sidebar.subheader("Reviewer")
     st.sidebar.text_input("Your name", key=_remembered("reviewer", ""), on_change=_remember, args=("reviewer",),
                           help="Recorded with every decision you make; required before deciding.")
+    name = str(state.get("reviewer", "")).strip()
+    if flow.clean_reviewer(name):
+        st.query_params["reviewer"] = name
+    else:
+        st.query_params.pop("reviewer", None)
+    if run is not None and name and state.get("blind_loaded_for") != name:
+        kept = data.reviewer_settings(run, name).get("blind")
+        if kept in ("0", "1"):
+            state["blind"] = state["blind_widget"] = kept == "1"
+        state["blind_loaded_for"] = name
     st.sidebar.checkbox("I adjudicate", key=_remembered("adjudicator", False), on_change=_remember,
                         args=("adjudicator",), help="Your decisions settle ties and disagreements (docs/review.md).")
-    st.sidebar.checkbox("Blind review", key=_remembered("blind", False), on_change=_remember, args=("blind",),
-                        help="Hide the other reviewers' decisions on a case until you have saved your own.")
+    where = (str(run.path), review_store.dataset_key(run.config)) if run is not None else (None, None)
+    st.sidebar.checkbox(label("blind").capitalize(), key=_remembered("blind", False), on_change=_blind_changed, args=where,
+                        help=help_text("blind") + " Remembered for your name.")
+    return name, bool(state.get("adjudicator")), bool(state.get("blind"))
+
+
+def _blind_changed(run_dir: str | None, dataset: str | None) -> None:
+    """Callback of the blind-review box: keep the choice for the session and, with a name, in the store."""
+    _remember("blind")
     name = str(st.session_state.get("reviewer", "")).strip()
-    return name, bool(st.session_state.get("adjudicator")), bool(st.session_state.get("blind"))
+    if run_dir and name:
+        try:
+            data.keep_setting(run_dir, str(dataset), name, "blind", "1" if st.session_state["blind"] else "0")
+            st.session_state["blind_loaded_for"] = name
+        except UserError as err:
+            st.session_state["review_saved"] = f"Not saved: {err}"
 
 
-def _record(run_path: str, dataset: str, image_id: str, decision: str, codes: list[str]) -> None:
-    """Button callback: record the decision with the label / reason / note chosen beside the buttons."""
+class Step(NamedTuple):
+    """Where a decision in the queue leads: the case after this one (None after the last)."""
+
+    next_id: str | None
+
+
+def _record(run_path: str, dataset: str, image_id: str, decision: str, codes: list[str],
+            step: Step | None = None) -> None:
+    """Button callback: record the decision with the label / reason / note chosen beside the buttons,
+    then (in the queue) show the next case."""
     state = st.session_state
-    label = state.get(f"relabel-{image_id}", "") if decision == "relabel" else ""
+    code = (state.get(f"relabel-{image_id}") or "") if decision == "relabel" else ""
     reason = state.get(f"exclude-{image_id}", "") if decision == "exclude" else ""
-    d = Decision(image_id, str(state.get("reviewer", "")), decision, label, reason,
+    d = Decision(image_id, str(state.get("reviewer", "")).strip(), decision, code, reason,
                  str(state.get(f"note-{image_id}", "")), bool(state.get("adjudicator")))
     try:
         d = review_store.check_decision(d, codes)
         data.record(run_path, dataset, d)
-        state["review_saved"] = f"Saved: {decision}{' to ' + label if label else ''} for {image_id}."
     except UserError as err:
         state["review_saved"] = f"Not saved: {err}"
+        return
+    state["review_saved"] = flow.saved_text(decision, code, image_id, at_end=step is not None and step.next_id is None)
+    if step is not None and state.get("blind"):
+        state["review_saved"] += " ◀ Back shows the model's view of it."
+    if step is not None:
+        queue.go_to(step.next_id)
 
+
+def saved_ui() -> None:
+    """What the last decision button saved (or why not), one line."""
+    saved = st.session_state.pop("review_saved", None)
+    if saved:
+        st.markdown(f":{'red' if saved.startswith('Not saved') else 'green'}[{plain(saved)}]")
+
+
+def decided_by(history: pd.DataFrame, image_id: str, me: str) -> bool:
+    """Whether `me` has saved a decision (as reviewer or adjudicator) on the image."""
+    return bool(me) and bool(((history["image_id"] == image_id) & (history["reviewer"] == me)).any())
+
+
+def blind_hidden(history: pd.DataFrame, image_id: str, who: tuple[str, bool, bool]) -> frozenset[str]:
+    """What to hide on this case from the reviewer `who` (`reviewer_ui()`): review_flow.BLIND_FIELDS
+    in blind review until they have saved a decision on it, else nothing. For any view of a case."""
+    name, _, blind = who
+    return flow.hidden_fields(blind, decided_by(history, image_id, name))
 
 def others_ui(history: pd.DataFrame, image_id: str, me: str, blind: bool) -> None:
     """Every reviewer's latest decision on this image (hidden in blind review until I decided)."""
@@ -88,36 +158,55 @@ def others_ui(history: pd.DataFrame, image_id: str, me: str, blind: bool) -> Non
     st.markdown(f"**Current state:** {plain(outcome)}")
 
 
-def decision_ui(run: reader.Run, row: pd.Series, history: pd.DataFrame, who: tuple[str, bool, bool]) -> None:
+def _relabel_picker(run: reader.Run, row: pd.Series, hidden: frozenset[str], where) -> str | None:
+    """The class picker of a relabel: the most likely other label chosen, or empty in blind review."""
+    key, state = f"relabel-{row['image_id']}", st.session_state
+    suggested = state.setdefault("relabel_suggested", {})
+    if "other_label" in hidden:
+        if key in state and state[key] == suggested.pop(key, None):  # blind review turned on: no hint left
+            state[key] = None
+    elif state.get(key) not in run.codes:
+        other = int(row["other_label"]) if int(row["other_label"]) >= 0 else (int(row["label"]) + 1) % len(run.codes)
+        state[key] = suggested[key] = run.codes[other]
+    return where.selectbox("Relabel to", run.codes, key=key, index=None if key not in st.session_state else 0,
+                           placeholder="choose a class", format_func=lambda c: run.class_label(run.codes.index(c)),
+                           help=help_text("other_label") + " (pre-filled unless in blind review)")
+
+
+def decision_ui(run: reader.Run, row: pd.Series, history: pd.DataFrame, who: tuple[str, bool, bool],
+                step: Step | None = None) -> None:
     """Decision buttons for one training image (`row`: a weight-summary row), relabel pre-filled with
-    the most likely other label; `who`: `reviewer_ui()`."""
+    the most likely other label (not in blind review); `who`: `reviewer_ui()`; `step`: in the review
+    queue, each button saves and moves on to `step.next_id`."""
     name, adjudicator, blind = who
     image_id = str(row["image_id"])
     dataset = review_store.dataset_key(run.config)
+    hidden = blind_hidden(history, image_id, who)
     if not name:
         st.warning("Enter your name in the sidebar (Reviewer) to record decisions.")
-    other = int(row["other_label"]) if int(row["other_label"]) >= 0 else (int(row["label"]) + 1) % len(run.codes)
-    key = f"relabel-{image_id}"
-    if st.session_state.get(key) not in run.codes:
-        st.session_state[key] = run.codes[other]
-    args = (str(run.path), dataset, image_id)
     choices = st.columns(3, vertical_alignment="bottom")
-    choices[0].selectbox("Relabel to", run.codes, key=key, format_func=lambda c: run.class_label(run.codes.index(c)))
+    pick = _relabel_picker(run, row, hidden, choices[0])
     choices[1].selectbox("Exclusion reason", EXCLUDE_REASONS, key=f"exclude-{image_id}")
     choices[2].text_input("Note (optional)", key=f"note-{image_id}")
-    buttons = st.columns(4)
-    buttons[0].button("Confirm label", key="decide-confirm", type="primary", disabled=not name, width="stretch",
-                      on_click=_record, args=(*args, "confirm", run.codes), help="The given label is right.")
-    buttons[1].button("Relabel", key="decide-relabel", disabled=not name, width="stretch", on_click=_record,
-                      args=(*args, "relabel", run.codes), help="To the class chosen under 'Relabel to'.")
-    buttons[2].button("Exclude", key="decide-exclude", disabled=not name, width="stretch", on_click=_record,
-                      args=(*args, "exclude", run.codes), help="Unusable for training: image quality, duplicate, "
-                      "not a lesion.")
-    buttons[3].button("Unsure", key="decide-unsure", disabled=not name, width="stretch", on_click=_record,
-                      args=(*args, "unsure", run.codes))
-    saved = st.session_state.pop("review_saved", None)
-    if saved:
-        (st.error if saved.startswith("Not saved") else st.success)(plain(saved))
+    then = " & next" if step is not None else ""
+    args = (str(run.path), dataset, image_id)
+    keys = SHORTCUTS if step is not None else {}
+    buttons = [*st.columns(2), *st.columns(2)]  # two rows: full labels at 1280 px
+    buttons[0].button(f"Confirm{then}", key="decide-confirm", type="primary", disabled=not name, width="stretch",
+                      on_click=_record, args=(*args, "confirm", run.codes, step), shortcut=keys.get("confirm"),
+                      help="The given label is right.")
+    buttons[1].button(f"Relabel to {plain(pick)}{then}" if pick else f"Relabel{then}", key="decide-relabel",
+                      disabled=not name or pick is None, width="stretch", on_click=_record,
+                      args=(*args, "relabel", run.codes, step), shortcut=keys.get("relabel"),
+                      help="To the class chosen under 'Relabel to'.")
+    buttons[2].button(f"Exclude{then}", key="decide-exclude", disabled=not name, width="stretch", on_click=_record,
+                      args=(*args, "exclude", run.codes, step), shortcut=keys.get("exclude"),
+                      help="Unusable for training, for the reason chosen under 'Exclusion reason'.")
+    buttons[3].button(f"Unsure{then}", key="decide-unsure", disabled=not name, width="stretch", on_click=_record,
+                      args=(*args, "unsure", run.codes, step), shortcut=keys.get("unsure"),
+                      help="You cannot decide; the case stays open.")
+    if step is None:
+        saved_ui()
     mine = history[(history["image_id"] == image_id) & (history["reviewer"] == name)]
     if name and len(mine):
         last = mine.iloc[-1]
@@ -128,86 +217,27 @@ def decision_ui(run: reader.Run, row: pd.Series, history: pd.DataFrame, who: tup
     others_ui(history, image_id, name, blind)
 
 
-# ---------------------------------------------------------------- the review queue
-
-def queue_filter_ui(run: reader.Run) -> tuple[int | None, bool]:
-    left, right = st.columns([2, 2], vertical_alignment="bottom")
-    label = left.selectbox("Class", [None, *range(len(run.codes))], key="queue_class",
-                           format_func=lambda c: "All classes" if c is None else run.class_label(c))
-    mine_only = right.checkbox("Only cases I have not decided", key="queue_undecided")
-    return label, mine_only
-
-
-def build_queue(scores: pd.DataFrame, history: pd.DataFrame, me: str, label: int | None,
-                undecided_only: bool) -> pd.DataFrame:
-    """Training images by flag score (rank 1 first), of one given class or all, optionally only those
-    `me` has not decided yet."""
-    queue = scores.sort_values("rank")
-    if label is not None:
-        queue = queue[queue["label"] == label]
-    decided = set(history.loc[history["reviewer"] == me, "image_id"]) if me else set()
-    queue = queue.assign(decided_by_me=queue["image_id"].isin(decided))
-    if undecided_only:
-        queue = queue[~queue["decided_by_me"]]
-    return queue.reset_index(drop=True)
-
-
-def _step(n: int, delta: int) -> None:
-    st.session_state["queue_pos"] = max(0, min(n - 1, st.session_state.get("queue_pos", 0) + delta))
-    st.session_state.pop("queue_case", None)
-
-
-def queue_position(queue: pd.DataFrame) -> int:
-    """Where the reviewer is: the case last shown while it is still queued, else the same place."""
-    ids = queue["image_id"].tolist()
-    case = st.session_state.get("queue_case")
-    pos = ids.index(case) if case in ids else min(st.session_state.get("queue_pos", 0), len(ids) - 1)
-    st.session_state["queue_pos"], st.session_state["queue_case"] = pos, ids[pos]
-    return pos
+def _shown_path(path: str) -> str:
+    """A manifest path as the caption shows it: as written when relative (to the data folder), the
+    file name alone when absolute (no server paths on screen)."""
+    p = PurePath(str(path))
+    return p.name if p.is_absolute() else str(p)
 
 
 def case_panel(run: reader.Run, row: pd.Series, history: pd.DataFrame, n_scores: int,
-               who: tuple[str, bool, bool]) -> None:
+               who: tuple[str, bool, bool], step: Step) -> None:
+    """One queued case: the image left (at most 360 px high), facts and decision controls right."""
+    hidden = blind_hidden(history, str(row["image_id"]), who)
     left, right = st.columns([2, 3])
     with left:
-        img, problem = data.load_image(run, row["path"], 420)
+        img, problem = data.load_image(run, row["path"], IMAGE_PX)
         if problem:
             st.error(plain(problem))
-        st.image(img, width="stretch")
+        st.image(img, caption=plain(f"{row['image_id']} — {_shown_path(row['path'])}"))
     with right:
-        prob = "" if pd.isna(row["pred_prob_last"]) else f", probability {row['pred_prob_last']:.2f}"
-        other = run.class_label(int(row["other_label"])) if row["other_label"] >= 0 else "none"
-        st.markdown("  \n".join([
-            f"**{plain(row['image_id'])}** (flag score rank {int(row['rank'])} of {n_scores})",
-            f"**Given label:** {plain(run.class_label(int(row['label'])))}",
-            f"**Predicted (last epoch):** {plain(run.class_label(int(row['predicted_last'])))}{prob}",
-            f"**Most likely other label:** {plain(other)}"]))
-        decision_ui(run, row, history, who)
-
-
-def queue_table(run: reader.Run, queue: pd.DataFrame, resolved: pd.DataFrame, blind: bool) -> None:
-    state = resolved.set_index("image_id")
-    shown = queue.head(QUEUE_SHOWN)
-    table = pd.DataFrame({
-        "rank": shown["rank"], "image_id": shown["image_id"],
-        "given label": [run.codes[int(c)] for c in shown["label"]],
-        "most likely other label": [run.codes[int(c)] if c >= 0 else "" for c in shown["other_label"]],
-        "flag score": shown["score"].round(3), "decided by me": shown["decided_by_me"]})
-    if not blind:
-        table["state"] = [_state_text(state, i) for i in shown["image_id"]]
-    st.dataframe(table, hide_index=True)
-    if len(queue) > QUEUE_SHOWN:
-        st.caption(f"First {QUEUE_SHOWN} of {len(queue)} queued cases.")
-
-
-def _state_text(state: pd.DataFrame, image_id: str) -> str:
-    if image_id not in state.index:
-        return ""
-    r = state.loc[image_id]
-    if r["status"] != "resolved":
-        return f"unresolved ({r['why']})"
-    return r["decision"] + (f" to {r['label']}" if r["label"] else "")
-
+        # lesion evidence (item 2, app/review_lesion.py) goes here: lesion.warning(run, row)
+        st.markdown("  \n".join(flow.facts_lines(run, row, n_scores, hidden)))
+        decision_ui(run, row, history, who, step)
 
 def agreement_ui(status: review_status.ReviewStatus, me: str, blind: bool) -> None:
     st.subheader("Agreement between reviewers")
@@ -239,6 +269,17 @@ def _open_in_queue(image_id: str) -> None:
     st.session_state["queue_undecided"] = False
 
 
+def nav_ui(ids: list[str], pos: int, blind: bool) -> None:
+    """Back, Skip and 'Case n of N', in one row."""
+    nav = st.columns([1, 1, 4], vertical_alignment="center")
+    nav[0].button("◀ Back", key="queue_prev", on_click=queue.step, args=(ids, -1), disabled=pos == 0,
+                  shortcut=SHORTCUTS["back"], help="The case before this one.")
+    nav[1].button("Skip ▶", key="queue_next", on_click=queue.step, args=(ids, 1), disabled=pos >= len(ids) - 1,
+                  shortcut=SHORTCUTS["skip"], help="The next case, without deciding on this one.")
+    order = "the model's suspicion, hidden in blind review" if blind else label("flag_score")
+    nav[2].markdown(f"Case **{pos + 1}** of **{len(ids)}** (ordered by {order})")
+
+
 def review_view(run: reader.Run) -> None:
     st.header("Review")
     scores_stamp = data.stamp(run.path, "sample_weights.parquet", "manifest.csv")
@@ -247,22 +288,24 @@ def review_view(run: reader.Run) -> None:
         return
     scores = data.scored_cases(str(run.path), scores_stamp)
     history = data.review_history(run)
-    who = reviewer_ui()
+    who = reviewer_ui(run)
     name, _, blind = who
-    label, undecided = queue_filter_ui(run)
-    queue = build_queue(scores, history, name, label, undecided)
-    if queue.empty:
+    cls, undecided = queue.queue_filter_ui(run)
+    cases = queue.build_queue(scores, history, name, cls, undecided)
+    pos = 0
+    if cases.empty:
+        saved_ui()
         st.success("No case left in this queue.")
     else:
-        pos = queue_position(queue)
-        nav = st.columns([1, 1, 4], vertical_alignment="center")
-        nav[0].button("◀ Previous", key="queue_prev", on_click=_step, args=(len(queue), -1), disabled=pos == 0)
-        nav[1].button("Next ▶", key="queue_next", on_click=_step, args=(len(queue), 1), disabled=pos >= len(queue) - 1)
-        nav[2].markdown(f"Case **{pos + 1}** of **{len(queue)}** (ranked by flag score)")
-        case_panel(run, queue.iloc[pos], history, len(scores), who)
+        pos = queue.queue_position(cases)
+        ids = cases["image_id"].tolist()
+        nav_ui(ids, pos, blind)
+        saved_ui()
+        case_panel(run, cases.iloc[pos], history, len(scores), who, Step(flow.next_case(ids, ids[pos])))
     status = review_status.review_status(run, history, rule=data.review_rule())
     st.subheader("Queue")
-    queue_table(run, queue, status.resolved, blind)
+    if not cases.empty:
+        queue.queue_table(run, cases, status.resolved, blind, pos)
     agreement_ui(status, name, blind)
     st.download_button("Download all decisions (CSV)", data.history_csv(history),
                        file_name=f"{run.name}-review-decisions.csv", mime="text/csv")

@@ -158,9 +158,9 @@ def test_a_decision_clicked_in_chromium_is_stored(served, tmp_path):
             name = page.get_by_role("textbox", name="Your name")
             name.fill("Dr Ada")
             name.press("Enter")
-            button = page.get_by_role("button", name="Confirm label")
+            button = page.get_by_role("button", name="Confirm")
             page.wait_for_function("""() => [...document.querySelectorAll('button')].some(
-                b => b.innerText.includes('Confirm label') && !b.disabled)""", timeout=30_000)
+                b => b.innerText.includes("Confirm") && !b.disabled)""", timeout=30_000)
             button.click()
             page.get_by_text(f"Saved: confirm for {first}").wait_for(timeout=30_000)
             page.screenshot(path=str(tmp_path / "review.png"))

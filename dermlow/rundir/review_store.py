@@ -20,6 +20,10 @@ An older run folder's `review.csv` (the app's flags before this store) is import
 the first open for writing: every row verbatim into `legacy_review_csv`, and each *flagged*
 row as an `unsure` decision by reviewer "review.csv" with its reason, note and time. Reading
 never writes: `read_history` converts review.csv in memory when no database exists yet.
+
+A second, small table `reviewer_settings` (reviewer, key, value) keeps each reviewer's app
+preferences, e.g. blind review, so they follow the name across browser sessions; unlike
+decisions, a setting is overwritten.
 """
 
 from __future__ import annotations
@@ -70,6 +74,10 @@ CREATE TRIGGER IF NOT EXISTS decisions_append_only_update BEFORE UPDATE ON decis
     BEGIN SELECT RAISE(ABORT, 'review decisions are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS decisions_append_only_delete BEFORE DELETE ON decisions
     BEGIN SELECT RAISE(ABORT, 'review decisions are append-only'); END;
+CREATE TABLE IF NOT EXISTS reviewer_settings (
+    reviewer TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, updated_at TEXT NOT NULL,
+    PRIMARY KEY (reviewer, key)
+);
 CREATE TABLE IF NOT EXISTS legacy_review_csv (
     file TEXT NOT NULL, image_id TEXT NOT NULL, idx INTEGER, reason TEXT, note TEXT, flagged INTEGER,
     updated_at TEXT
@@ -190,6 +198,20 @@ class ReviewStore:
                                       self._conn, params=args)
         return _typed(frame)
 
+    def set_setting(self, reviewer: str, key: str, value: str) -> None:
+        """Keep one preference of `reviewer` (replacing its previous value)."""
+        with self.write():
+            self._conn.execute("INSERT OR REPLACE INTO reviewer_settings VALUES (?, ?, ?, ?)",
+                               (reviewer, key, str(value), now_utc()))
+
+    def settings(self, reviewer: str) -> dict[str, str]:
+        """Every preference kept for `reviewer` (none in a database made before the table existed)."""
+        try:
+            rows = self._conn.execute("SELECT key, value FROM reviewer_settings WHERE reviewer = ?", (reviewer,))
+            return dict(rows.fetchall())
+        except sqlite3.OperationalError:  # an older database opened read-only: no such table
+            return {}
+
     def datasets(self) -> list[str]:
         """The data sets the database holds decisions about."""
         return [r[0] for r in self._conn.execute("SELECT DISTINCT dataset FROM decisions ORDER BY dataset")]
@@ -290,6 +312,15 @@ def read_history(run_dir: str | Path | None, dataset: str | None, review_db: str
         rows.insert(0, "id", range(1, len(rows) + 1))
         return _typed(rows)
     return empty_history()
+
+
+def read_settings(run_dir: str | Path | None, reviewer: str, review_db: str | Path | None = None) -> dict[str, str]:
+    """A reviewer's kept preferences, without writing anything (none when there is no database yet)."""
+    path = db_path(run_dir or ".", review_db)
+    if not reviewer or not path.is_file():
+        return {}
+    with ReviewStore(path, readonly=True) as store:
+        return store.settings(reviewer)
 
 
 SEEDED_BENCHMARKS = ("digits",)
