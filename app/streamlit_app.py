@@ -117,9 +117,14 @@ def find_runs_or_explain(root: str) -> list[str]:
 
 
 def view_selector_ui() -> View:
-    st.session_state.setdefault("view", VIEWS[0].label)
+    """The view to show: the one chosen, else the page address's `?view=` (a reload or a shared
+    link lands where the reviewer was), else the first; the choice is written back to the address."""
     labels = [v.label for v in VIEWS]
+    if st.session_state.get("view") not in labels:
+        asked = st.query_params.get("view")
+        st.session_state["view"] = asked if asked in labels else labels[0]
     label = st.sidebar.radio("View", labels, key="view", captions=[v.caption for v in VIEWS])
+    st.query_params["view"] = label
     return VIEWS[labels.index(label)]
 
 
@@ -134,12 +139,15 @@ def runs_selector_ui(run_dirs: list[str]) -> list[str]:
 
 
 def run_selector_ui(run_dirs: list[str]) -> str:
-    """The run to look at; kept while the user visits the Runs view (which hides this box)."""
+    """The run to look at; kept while the user visits the Runs view (which hides this box) and, by
+    its folder name in the page address (`?run=`), across a reload. An unknown name picks the first run."""
     if st.session_state.get("run") not in run_dirs:
         kept = st.session_state.get("run_choice")
-        st.session_state["run"] = kept if kept in run_dirs else run_dirs[0]
+        by_name = {_short(r): r for r in run_dirs}
+        st.session_state["run"] = kept if kept in run_dirs else by_name.get(st.query_params.get("run"), run_dirs[0])
     choice = st.sidebar.selectbox("Run", run_dirs, format_func=_short, key="run")
     st.session_state["run_choice"] = choice
+    st.query_params["run"] = _short(choice)
     return choice
 
 

@@ -304,3 +304,22 @@ def test_reviewer_settings_are_kept_per_name_and_read_without_writing(tmp_path):
     with review_store.open_store(tmp_path, D) as store:  # a database from before the settings table
         store._conn.execute("DROP TABLE reviewer_settings")
     assert review_store.read_settings(tmp_path, "Dr Ada") == {}
+
+
+@pytest.mark.parametrize("asked, shown", [("Review", "Review"), ("<b>nope</b>", "Runs")])
+def test_a_reload_lands_on_the_view_and_run_of_the_address(tmp_path, monkeypatch, asked, shown):
+    """`?view=` and `?run=` bring a reload (or a shared link) back to the same view of the same
+    run; an unknown view or run name falls back to the first."""
+    for seed, name in enumerate(("alpha", "beta")):
+        make_run(tmp_path / "runs", name, seed=seed, epochs=2, image_size=32)
+    monkeypatch.setenv("DERMLOW_RUNS", str(tmp_path / "runs"))
+    monkeypatch.delenv("DERMLOW_REVIEW_DB", raising=False)
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params.update({"view": asked, "run": "beta" if shown == "Review" else "../etc"})
+    at.run()
+    clean(at)
+    assert at.sidebar.radio(key="view").value == shown and at.query_params["view"] == shown
+    if shown == "Review":
+        assert Path(at.sidebar.selectbox(key="run").value).name == "beta" and at.query_params["run"] == "beta"
+    at.sidebar.radio(key="view").set_value("Case").run()
+    assert at.query_params["view"] == "Case"
