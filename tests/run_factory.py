@@ -36,6 +36,7 @@ NAMES = [
     "Vascular lesion",
 ]
 COUNTS = (30, 110, 16, 10, 20, 8, 10)  # per class, all splits; imbalanced like ISIC 2018
+DX_TYPES = ["histo", "follow_up", "consensus", "confocal"]  # HAM10000's dx_type values
 HUES = [(60, 35, 30), (120, 75, 50), (170, 90, 110), (150, 60, 50), (110, 90, 60), (140, 100, 80), (170, 40, 60)]
 
 
@@ -62,6 +63,8 @@ def _lesions(counts: tuple[int, ...], rng: np.random.Generator) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=["lesion", "true"])
     frame["image_id"] = [f"ISIC_{i:07d}" for i in range(len(frame))]
     frame["lesion_id"] = [f"HAM_{k:07d}" for k in frame["lesion"]]
+    confirm = np.random.default_rng(lesion).choice(DX_TYPES, size=lesion, p=[0.5, 0.35, 0.1, 0.05])  # not `rng`: its draws stay as before
+    frame["dx_type"] = confirm[frame["lesion"].to_numpy()]  # one confirmation type per lesion, as HAM10000
     return frame
 
 
@@ -199,6 +202,7 @@ def make_run(
     image_size: int = 40,
     extra_columns: bool = False,
     relative_paths: bool = False,
+    dx_type: bool = True,
     sim: dict | None = None,
 ) -> Path:
     """Write run directory `root/name` and return its path.
@@ -225,6 +229,8 @@ def make_run(
         "path": rel if relative_paths else [str(data_dir / r) for r in rel],
         "label": given, "label_name": [CODES[c] for c in given], "split": split, "lesion_id": frame["lesion_id"],
     })
+    if dx_type:
+        manifest["dx_type"] = frame["dx_type"]
     if flip_frac > 0:
         manifest["flipped"] = flipped
         manifest["original_label"] = true
