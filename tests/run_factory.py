@@ -286,7 +286,7 @@ def _write_weights(run_dir: Path, rows: pd.DataFrame, extra: bool) -> None:
 def make_hostile_run(root: str | Path, name: str, *, text: str, epochs: int = 4, **kwargs) -> tuple[Path, str]:
     """A factory run whose strings were edited by hand, as an untrusted run folder can be: the
     training image with the highest mean weight gets image id `text`, class 1 gets code and name
-    `text` + " code" / " name", the run name and that image's lesion id become `text` too.
+    `text` + " code" / " name", the run name and that image's lesion id and dx_type become `text` too.
     Returns (run folder, the image id)."""
     import pyarrow.parquet as pq
 
@@ -297,7 +297,7 @@ def make_hostile_run(root: str | Path, name: str, *, text: str, epochs: int = 4,
     old = reader.ranked_by_weight(summary, 1, highest=True)["image_id"].iloc[0]
     manifest = reader.read_manifest(run_dir)
     hit = manifest["image_id"] == old
-    manifest.loc[hit, "image_id"], manifest.loc[hit, "lesion_id"] = text, text
+    manifest.loc[hit, "image_id"], manifest.loc[hit, "lesion_id"], manifest.loc[hit, "dx_type"] = text, text, text
     files.write_csv(run_dir / files.MANIFEST, manifest)
     table = pq.read_table(run_dir / files.WEIGHTS).to_pandas()
     table.loc[table["image_id"] == old, "image_id"] = text
