@@ -216,7 +216,7 @@ def held_out_view(run: reader.Run, image_id: str, summary: pd.DataFrame) -> None
     if row.get("dx_type"):
         lines.append(f"**{title('dx_type')}:** {md(dx_type_text(row['dx_type']))}")
     right.markdown("  \n".join(lines))
-    lesion.siblings_panel(run, row, summary, ("", False, False), decide=False)
+    lesion.siblings_panel(run, row, data.review_history(run), ("", False, False), summary=summary, decide=False)
 
 
 def case_view(run: reader.Run) -> None:
@@ -249,4 +249,4 @@ def case_view(run: reader.Run) -> None:
         decisions.decision_ui(run, row, history, who)
     st.subheader("Across the training passes", help=help_text("epoch"))
     trajectory_charts(run, row)
-    lesion.siblings_panel(run, row, summary, who)
+    lesion.siblings_panel(run, row, history, who, summary=summary)

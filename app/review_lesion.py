@@ -155,7 +155,15 @@ def _held_out_predictions(run: reader.Run) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["image_id"])
 
 
-def _sibling_tile(run: reader.Run, s: pd.Series, predicted: str, conflict: bool) -> None:
+def my_decisions(history: pd.DataFrame, me: str) -> dict[str, str]:
+    """image_id -> 'relabel NV' for the latest decision of reviewer `me` on each image."""
+    if not me or history.empty:
+        return {}
+    mine = history[history["reviewer"] == me].drop_duplicates("image_id", keep="last")
+    return {i: f"{d} {lab}".strip() for i, d, lab in zip(mine["image_id"], mine["decision"], mine["label"], strict=True)}
+
+
+def _sibling_tile(run: reader.Run, s: pd.Series, predicted: str, conflict: bool, mine: str) -> None:
     img, problem = data.load_image(run, s["path"], SIBLING_SIZE)
     st.image(img, width=SIBLING_SIZE)
     given = md(run.codes[int(s["label"])])
@@ -163,6 +171,8 @@ def _sibling_tile(run: reader.Run, s: pd.Series, predicted: str, conflict: bool)
              f"{label('given')}: " + (f":orange[**{given}**]" if conflict else f"**{given}**")]
     if predicted:
         lines.append(f"{label('predicted')}: {md(predicted)}")
+    if mine:
+        lines.append(f"your decision: {md(mine)}")
     st.markdown("  \n".join(lines))
     if problem:
         st.caption(f":red[{md(problem)}]")
@@ -172,11 +182,13 @@ def _sibling_tile(run: reader.Run, s: pd.Series, predicted: str, conflict: bool)
               help=help_text("held_out") if held else "Show this image in the Case view.")
 
 
-def siblings_panel(run: reader.Run, row: pd.Series, summary: pd.DataFrame, who: tuple[str, bool, bool],
-                   *, decide: bool = True) -> None:
-    """The other images of this image's lesion, large, with given label, split and the model's
-    prediction, each openable; below them (`decide`) one decision for the whole lesion. `summary`:
-    the run's weight summary; `who`: review_decisions.reviewer_ui()."""
+def siblings_panel(run: reader.Run, row: pd.Series, history: pd.DataFrame, who: tuple[str, bool, bool], *,
+                   summary: pd.DataFrame | None = None, decide: bool = True) -> None:
+    """The other images of this image's lesion, large, with given label, split, the model's
+    prediction (hidden in blind review until one has decided on this image) and one's own decision,
+    each openable; below them (`decide`) one decision for the whole lesion. `history`: the review
+    history (review_data.review_history); `who`: review_decisions.reviewer_ui(); `summary`: the
+    run's weight summary (or scored cases), read when not given."""
     image_id = str(row["image_id"])
     lesion = row.get("lesion_id")
     st.subheader(title("siblings"), help=help_text("siblings"))
@@ -188,14 +200,20 @@ def siblings_panel(run: reader.Run, row: pd.Series, summary: pd.DataFrame, who: 
         st.caption(f"None: this is the only image of lesion {md(lesion)}.")
         return
     st.caption(f"Lesion {md(lesion)}: {len(sib) + 1} images.")
-    predicted = predicted_codes(sib, summary, _held_out_predictions(run), run.codes)
+    mine = my_decisions(history, who[0])
+    if who[2] and image_id not in mine:  # blind review: no model output before one's own decision
+        predicted = [""] * len(sib)
+    else:
+        if summary is None:
+            summary = data.weight_summary(str(run.path), data.stamp(run.path, files.WEIGHTS, files.MANIFEST))
+        predicted = predicted_codes(sib, summary, _held_out_predictions(run), run.codes)
     own_label = int(row["label"])
     for start in range(0, len(sib), SIBLINGS_PER_ROW):
         cols = st.columns(SIBLINGS_PER_ROW)
         for k, col in enumerate(cols[: len(sib) - start]):
             s = sib.iloc[start + k]
             with col:
-                _sibling_tile(run, s, predicted[start + k], int(s["label"]) != own_label)
+                _sibling_tile(run, s, predicted[start + k], int(s["label"]) != own_label, mine.get(s["image_id"], ""))
     if decide:
         lesion_decision_ui(run, row, who)
 

@@ -113,6 +113,11 @@ def chart_series(at: AppTest) -> set[str]:
     return out
 
 
+def tile_text(at: AppTest, image_id: str) -> list[str]:
+    """The Markdown under a sibling's picture."""
+    return [m.value for m in at.main.markdown if m.value.startswith(f"**{md(image_id)}** ·")]
+
+
 def clean(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
@@ -164,7 +169,11 @@ def test_apply_to_the_whole_lesion_writes_one_row_per_training_image(lesion_run,
     at = case_app(run_dir, monkeypatch, first["image_id"])
     key = f"lesion-{first['lesion_id']}"
     assert at.button(key=f"{key}-apply").disabled  # no reviewer name yet
+    sibling = rows[(rows["image_id"] != first["image_id"]) & (rows["split"] == "train")].iloc[0]["image_id"]
+    assert any(f"{label('predicted')}: " in t for t in tile_text(at, sibling))  # siblings' predictions shown...
     at.sidebar.text_input(key="reviewer_widget").input("Dr Ada").run()
+    at.sidebar.checkbox(key="blind_widget").check().run()
+    assert not any(f"{label('predicted')}: " in t for t in tile_text(at, sibling))  # ...not in blind review
     at.selectbox(key=f"{key}-decision").set_value("relabel").run()
     at.selectbox(key=f"{key}-label").set_value("BKL").run()
     at.text_input(key=f"{key}-note").input("one lesion, one diagnosis").run()
@@ -177,6 +186,8 @@ def test_apply_to_the_whole_lesion_writes_one_row_per_training_image(lesion_run,
     assert got["note"].str.startswith(f"applied to the whole lesion {first['lesion_id']}").all()
     assert got["note"].str.endswith("one lesion, one diagnosis").all()
     assert any(md("Saved: relabel to BKL for 3 training images") in s.value for s in at.success)
+    assert any("your decision: relabel BKL" in t for t in tile_text(at, sibling))
+    assert any(f"{label('predicted')}: " in t for t in tile_text(at, sibling))  # decided: no longer blind
     (run_dir / review_store.DB_NAME).unlink()
 
 
