@@ -13,7 +13,7 @@ from . import review_data as data
 from . import review_decisions as decisions
 from . import review_evidence as evidence
 from . import review_lesion as lesion
-from .glossary import dx_type_text, help_text, label, title
+from .glossary import class_scale, dx_type_text, help_text, label, title
 from .review_text import md
 
 TILE = 180  # thumbnail size in pixels
@@ -114,11 +114,12 @@ def case_selector_ui(summary: pd.DataFrame) -> str:
     return choice
 
 
-def _line(frame: pd.DataFrame, y: str, title: str, *, colour: alt.Color | None = None, **scale) -> alt.Chart:
+def _line(frame: pd.DataFrame, y: str, axis_title: str, *, colours: alt.Scale | None = None, **scale) -> alt.Chart:
     return alt.Chart(frame).mark_line(point=True).encode(
         x=alt.X("epoch:Q", title=label("epoch"), axis=alt.Axis(tickMinStep=1)),
-        y=alt.Y(f"{y}:Q", title=title, scale=alt.Scale(**scale)),
-        color=colour or alt.Color("series:N", legend=alt.Legend(orient="bottom", title=None, labelLimit=0)),
+        y=alt.Y(f"{y}:Q", title=axis_title, scale=alt.Scale(**scale)),
+        color=alt.Color("series:N", scale=colours or alt.Undefined,
+                        legend=alt.Legend(orient="bottom", title=None, labelLimit=0, direction="vertical")),
         tooltip=["series:N", alt.Tooltip("epoch:Q", title=label("epoch")), alt.Tooltip(f"{y}:Q", format=".3f")])
 
 
@@ -144,8 +145,13 @@ def trajectory_charts(run: reader.Run, row: pd.Series) -> None:
     else:
         cols[0].info(title("no_low") + ".")
     cols[1].altair_chart(_line(t.assign(series=label("loss")), "loss", label("loss")), width="stretch")
-    plong = probability_series(t, run.codes, int(row["label"]), int(row["other_label"]))
-    cols[2].altair_chart(_line(plong, "value", "probability", domain=[0, 1]), width="stretch")
+    given, other = int(row["label"]), int(row["other_label"])
+    plong = probability_series(t, run.codes, given, other)
+    classes = [given] + ([other] if plong["series"].nunique() > 1 else [])
+    colours = class_scale(run.codes).range  # each line in its class's colour, as in every view
+    scale = alt.Scale(domain=list(pd.unique(plong["series"])), range=[colours[c] for c in classes]) \
+        if isinstance(colours, list) else None
+    cols[2].altair_chart(_line(plong, "value", "probability", colours=scale, domain=[0, 1]), width="stretch")
 
 
 def fact_lines(run: reader.Run, row: pd.Series, scores: pd.DataFrame, dx_type: str, *,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pytest
 from dermlow._app import review_lesion as lesion
-from dermlow._app.glossary import dx_type_text, label, title
+from dermlow._app.glossary import CLASS_COLOURS, dx_type_text, label, title
 from dermlow._app.review_text import md
 from run_factory import make_run
 from streamlit.testing.v1 import AppTest
@@ -144,6 +145,8 @@ def test_case_warns_of_a_sibling_with_another_label_and_shows_evidence(lesion_ru
     other = reader.weight_summary(run_dir).set_index("image_id").loc[flipped["image_id"], "other_label"]
     assert f"{label('other_label')}: {codes[int(other)]}" in chart_series(at)
     assert f"{label('p_given')}: {codes[int(flipped['label'])]}" in chart_series(at)
+    colours = [CLASS_COLOURS[int(flipped["label"])], CLASS_COLOURS[int(other)]]  # each line in its class's colour
+    assert any(json.loads(c).get("encoding", {}).get("color", {}).get("scale", {}).get("range") == colours for c in charts)
     # caption: the id and the data-relative path, never the absolute path
     captions = image_captions(at)
     assert md(f"{flipped['image_id']} — {Path(flipped['path']).name}") in captions  # relative to data.data_dir
@@ -161,6 +164,10 @@ def test_case_warns_of_a_sibling_with_another_label_and_shows_evidence(lesion_ru
     assert any(c.startswith(md(test_id)) for c in image_captions(at))
     at.button(key="case-back").click().run()
     assert at.selectbox(key="case_select").value == flipped["image_id"]
+    sibling = train.loc[train["image_id"] != flipped["image_id"], "image_id"].iloc[0]
+    at.button(key=f"lesion-open-{sibling}").click().run()
+    clean(at)
+    assert at.selectbox(key="case_select").value == sibling and not at.info
 
 
 def test_apply_to_the_whole_lesion_writes_one_row_per_training_image(lesion_run, monkeypatch):
