@@ -30,6 +30,7 @@ TERMS: dict[str, Term] = {
     "weight_above1": Term(
         "share of epochs found hard",
         "In what share of the passes over the training images this image got a weight above 1 (harder than average)."),
+    "confidence": Term("model's confidence", "The probability the model gave to a class (0 to 1)."),
     "p_given": Term(
         "model's confidence in the given label",
         "The probability the model gave to the label in the dataset (0 to 1)."),

@@ -124,9 +124,10 @@ def _line(frame: pd.DataFrame, y: str, axis_title: str, *, colours: alt.Scale | 
 
 
 def probability_series(t: pd.DataFrame, codes: list[str], given: int, other: int) -> pd.DataFrame:
-    """The probability chart's lines, long format (epoch, series, value): the model's confidence in
-    the given label and, when logged, in the most likely other label, each series naming its class."""
-    probs = {f"{label('p_given')}: {codes[given]}": t["p_true"]}
+    """The confidence chart's lines, long format (epoch, series, value): the model's confidence in
+    the given label and, when logged, in the most likely other label, each series naming its class
+    ("given label: MEL", "most likely other label: NV")."""
+    probs = {f"{label('given')}: {codes[given]}": t["p_true"]}
     if "p_other" in t and other >= 0:
         probs[f"{label('other_label')}: {codes[other]}"] = t["p_other"]
     return pd.DataFrame({"epoch": t["epoch"].to_numpy(), **{k: v.to_numpy() for k, v in probs.items()}}).melt(
@@ -151,7 +152,7 @@ def trajectory_charts(run: reader.Run, row: pd.Series) -> None:
     colours = class_scale(run.codes).range  # each line in its class's colour, as in every view
     scale = alt.Scale(domain=list(pd.unique(plong["series"])), range=[colours[c] for c in classes]) \
         if isinstance(colours, list) else None
-    cols[2].altair_chart(_line(plong, "value", "probability", colours=scale, domain=[0, 1]), width="stretch")
+    cols[2].altair_chart(_line(plong, "value", label("confidence"), colours=scale, domain=[0, 1]), width="stretch")
 
 
 def fact_lines(run: reader.Run, row: pd.Series, scores: pd.DataFrame, dx_type: str, *,
@@ -242,13 +243,12 @@ def case_view(run: reader.Run) -> None:
     who = decisions.reviewer_ui()
     name, _, blind = who
     undecided = history[(history["image_id"] == image_id) & (history["reviewer"] == name)].empty
-    left, middle, right = st.columns([3, 3, 3])
+    left, right = st.columns([2, 3])
     with left:
         img, problem = data.load_image(run, row["path"])
         if problem:
             st.error(md(problem))
         st.image(img, caption=caption(run, image_id, row["path"]), width="stretch")
-    with middle:
         evidence.saliency_panel(run, image_id)
     with right:
         facts(run, row, scores, blind=blind and undecided)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -144,7 +145,7 @@ def test_case_warns_of_a_sibling_with_another_label_and_shows_evidence(lesion_ru
     assert any('"field": "weight"' in c and '"rule"' in c for c in charts)
     other = reader.weight_summary(run_dir).set_index("image_id").loc[flipped["image_id"], "other_label"]
     assert f"{label('other_label')}: {codes[int(other)]}" in chart_series(at)
-    assert f"{label('p_given')}: {codes[int(flipped['label'])]}" in chart_series(at)
+    assert f"{label('given')}: {codes[int(flipped['label'])]}" in chart_series(at)
     colours = [CLASS_COLOURS[int(flipped["label"])], CLASS_COLOURS[int(other)]]  # each line in its class's colour
     assert any(json.loads(c).get("encoding", {}).get("color", {}).get("scale", {}).get("range") == colours for c in charts)
     # caption: the id and the data-relative path, never the absolute path
@@ -208,3 +209,44 @@ def test_a_run_without_low_says_so_instead_of_flat_weights(tmp_path, monkeypatch
     text = " ".join(m.value for m in at.main.markdown)  # not the sidebar's glossary
     assert sentence in text and label("weight_mean") not in text
     assert len(charts := chart_specs(at)) == 2 and not any('"field": "weight"' in s for s in charts)  # loss, probability
+
+
+@pytest.mark.browser
+def test_case_view_in_chromium_warns_above_the_fold(lesion_run, tmp_path):
+    """At 1280x720 the conflict warning and the lesion's decision are reachable; screenshot for docs."""
+    from conftest import require
+    from test_app_browser import ARGS, CHROMIUM, _serve
+
+    require(CHROMIUM, "the browser test needs Chromium (Debian package `chromium`: `make chromium`)")
+    sync_api = require("playwright.sync_api", "the browser tests drive Chromium with Playwright (pip install playwright)")
+    run_dir, rows = lesion_run
+    target = rows[(rows["split"] == "train") & rows["flipped"]].iloc[0]["image_id"]
+    for url in _serve(run_dir):
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 720})
+                page.goto(url, wait_until="domcontentloaded")
+                page.get_by_text("Case", exact=True).first.click(timeout=60_000)
+                box = page.get_by_role("combobox", name="Training image")
+                box.click(timeout=60_000)
+                page.keyboard.type(target)
+                started = time.monotonic()
+                page.keyboard.press("Enter")
+                warning = page.get_by_text("Other images of this lesion carry a different label")
+                warning.wait_for(timeout=30_000)
+                page.get_by_role("button", name="Apply to all 3 training images of this lesion").wait_for(timeout=30_000)
+                page.get_by_text(f"{target} — {target}.").wait_for(timeout=30_000)  # the caption: rerun done
+                seconds = time.monotonic() - started
+                page.wait_for_timeout(500)
+                top = warning.bounding_box()
+                page.screenshot(path=str(tmp_path / "case-1280x720.png"))
+                page.get_by_text("Other images of this lesion", exact=True).scroll_into_view_if_needed()
+                page.screenshot(path=str(tmp_path / "case-siblings-1280x720.png"))
+                page.get_by_role("button", name="Apply to all 3 training images of this lesion").scroll_into_view_if_needed()
+                page.screenshot(path=str(tmp_path / "case-lesion-decision-1280x720.png"))
+            finally:
+                browser.close()
+    print(f"case view with the lesion warning and the siblings after {seconds:.2f} s")
+    assert top is not None and top["y"] + top["height"] < 720  # above the fold
+    assert (tmp_path / "case-1280x720.png").stat().st_size > 10_000
