@@ -25,7 +25,8 @@ from .review_text import md
 
 SIBLING_SIZE = 240  # pixels: siblings are evidence, shown large
 SIBLINGS_PER_ROW = 4
-DECISIONS = ("confirm", "relabel", "exclude", "unsure")
+DECISIONS = {"confirm": "confirm each given label", "relabel": "relabel all to …", "exclude": "exclude all",
+             "unsure": "unsure"}
 EXCLUDE_REASONS = ("image quality", "duplicate", "not a lesion", "other")  # as review_decisions
 SPLIT_WORDS = {"train": "training", "val": "validation", "test": "test", "meta": "meta (held out)",
                "excluded": "excluded"}
@@ -232,7 +233,7 @@ def lesion_decision_ui(run: reader.Run, row: pd.Series, who: tuple[str, bool, bo
         st.session_state[f"{key}-label"] = run.codes[other]
     st.markdown(f"**{title('lesion_wide')}**", help=help_text("lesion_wide"))
     cols = st.columns(4, vertical_alignment="bottom")
-    cols[0].selectbox("Decision", DECISIONS, key=f"{key}-decision")
+    cols[0].selectbox("Decision", list(DECISIONS), key=f"{key}-decision", format_func=DECISIONS.get)
     cols[1].selectbox("Relabel to", run.codes, key=f"{key}-label",
                       format_func=lambda c: run.class_label(run.codes.index(c)))
     cols[2].selectbox("Exclusion reason", EXCLUDE_REASONS, key=f"{key}-reason")

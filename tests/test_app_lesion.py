@@ -195,6 +195,12 @@ def test_apply_to_the_whole_lesion_writes_one_row_per_training_image(lesion_run,
     assert got["note"].str.endswith("one lesion, one diagnosis").all()
     assert any(md("Saved: relabel to BKL for 3 training images") in s.value for s in at.success)
     assert any("your decision: relabel BKL" in t for t in tile_text(at, sibling))
+    at.selectbox(key=f"{key}-decision").set_value("exclude").run()
+    at.selectbox(key=f"{key}-reason").set_value("duplicate").run()
+    at.button(key=f"{key}-apply").click().run()
+    latest = review_store.read_history(run_dir, "isic2018").tail(3)
+    assert sorted(latest["image_id"]) == sorted(train_ids)
+    assert set(latest["decision"]) == {"exclude"} and set(latest["reason"]) == {"duplicate"}
     assert any(f"{label('predicted')}: " in t for t in tile_text(at, sibling))  # decided: no longer blind
     (run_dir / review_store.DB_NAME).unlink()
 
