@@ -212,7 +212,7 @@ def held_out_view(run: reader.Run, image_id: str, summary: pd.DataFrame) -> None
     """A validation or test image, read-only: picture, given label, confirmation, the lesion's other images."""
     row = run.manifest.loc[run.manifest["image_id"] == image_id].iloc[0]
     st.button("◀ Back to the training images", key="case-back", on_click=_leave_held_out)
-    st.info(f"{lesion.split_word(row['split']).capitalize()} image, shown read-only. {help_text('held_out')}")
+    st.info(f"{md(lesion.split_word(row['split']).capitalize())} image, shown read-only. {help_text('held_out')}")
     lesion.lesion_warning(run, row)
     left, right = st.columns([3, 6])
     img, problem = data.load_image(run, row["path"])

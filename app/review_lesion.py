@@ -67,7 +67,7 @@ def split_word(split: object) -> str:
 def conflict_text(conflicts: pd.DataFrame, codes: list[str], own_label: int) -> str:
     """The warning's Markdown: which images of the lesion carry which other labels, in which split
     (ids escaped)."""
-    items = [f"**{md(r['image_id'])}** ({split_word(r['split'])}): **{md(codes[int(r['label'])])}**"
+    items = [f"**{md(r['image_id'])}** ({md(split_word(r['split']))}): **{md(codes[int(r['label'])])}**"
              for _, r in conflicts.iterrows()]
     return (f"Other images of this lesion carry a different label than this image's "
             f"**{md(codes[int(own_label)])}**: " + "; ".join(items) + f". {help_text('lesion_conflict')}")
@@ -168,7 +168,7 @@ def _sibling_tile(run: reader.Run, s: pd.Series, predicted: str, conflict: bool,
     img, problem = data.load_image(run, s["path"], SIBLING_SIZE)
     st.image(img, width=SIBLING_SIZE)
     given = md(run.codes[int(s["label"])])
-    lines = [f"**{md(s['image_id'])}** · {split_word(s['split'])}",
+    lines = [f"**{md(s['image_id'])}** · {md(split_word(s['split']))}",
              f"{label('given')}: " + (f":orange[**{given}**]" if conflict else f"**{given}**")]
     if predicted:
         lines.append(f"{label('predicted')}: {md(predicted)}")

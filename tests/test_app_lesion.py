@@ -39,6 +39,9 @@ def test_lesion_rows_siblings_and_conflicts():
     assert lesion.conflicting_labels(SMALL, "d").empty
     text = lesion.conflict_text(lesion.conflicting_labels(SMALL, "b"), ["MEL", "NV", "BCC"], 1)
     assert "**a** (training): **MEL**" in text and "**c** (test): **MEL**" in text and "**NV**" in text
+    hostile = manifest_of([("![x](http://e/)", 0, ":red[s]", "L"), ("g", 1, "train", "L")])
+    text = lesion.conflict_text(lesion.conflicting_labels(hostile, "g"), ["$x$", "NV"], 1)
+    assert md("![x](http://e/)") in text and md(":red[s]") in text and md("$x$") in text and "](" not in text
 
 
 def test_lesion_decisions_cover_the_training_images_only():
