@@ -190,11 +190,16 @@ def fact_lines(run: reader.Run, row: pd.Series, scores: pd.DataFrame, dx_type: s
     return out
 
 
-def facts(run: reader.Run, row: pd.Series, scores: pd.DataFrame, *, blind: bool = False) -> None:
-    """The case's facts, one line each with its glossary tooltip."""
+LABEL_FACTS = ("given", "dx_type")  # shown above the decision buttons; the other facts below them
+
+
+def facts(run: reader.Run, row: pd.Series, scores: pd.DataFrame, *, blind: bool = False,
+          keys: tuple[str, ...] | None = None, skip: tuple[str, ...] = ()) -> None:
+    """The case's facts (only `keys`, none of `skip`), one line each with its glossary tooltip."""
     with st.container(gap=None):
         for line, key in fact_lines(run, row, scores, dx_type_of(run, row), blind=blind):
-            st.markdown(line, help=help_text(key) if key else None)
+            if (keys is None or key in keys) and key not in skip:
+                st.markdown(line, help=help_text(key) if key else None)
 
 
 def dx_type_of(run: reader.Run, row: pd.Series) -> str:
@@ -250,9 +255,10 @@ def case_view(run: reader.Run) -> None:
             st.error(md(problem))
         st.image(img, caption=caption(run, image_id, row["path"]), width="stretch")
         evidence.saliency_panel(run, image_id)
-    with right:
-        facts(run, row, scores, blind=blind and undecided)
+    with right:  # the label, then the decision (its buttons above the fold at 1280x720), then the evidence
+        facts(run, row, scores, keys=LABEL_FACTS)
         decisions.decision_ui(run, row, history, who)
+        facts(run, row, scores, blind=blind and undecided, skip=LABEL_FACTS)
     st.subheader("Across the training passes", help=help_text("epoch"))
     trajectory_charts(run, row)
     lesion.siblings_panel(run, row, history, who, summary=summary)

@@ -249,6 +249,7 @@ def test_case_view_in_chromium_warns_above_the_fold(lesion_run, tmp_path):
                 seconds = time.monotonic() - started
                 page.wait_for_timeout(500)
                 top = warning.bounding_box()
+                confirm = page.get_by_role("button", name="Confirm label").bounding_box()
                 page.screenshot(path=str(tmp_path / "case-1280x720.png"))
                 page.get_by_text("Other images of this lesion", exact=True).scroll_into_view_if_needed()
                 page.screenshot(path=str(tmp_path / "case-siblings-1280x720.png"))
@@ -258,4 +259,5 @@ def test_case_view_in_chromium_warns_above_the_fold(lesion_run, tmp_path):
                 browser.close()
     print(f"case view with the lesion warning and the siblings after {seconds:.2f} s")
     assert top is not None and top["y"] + top["height"] < 720  # above the fold
+    assert confirm is not None and confirm["y"] + confirm["height"] < 720  # so are the decision buttons
     assert (tmp_path / "case-1280x720.png").stat().st_size > 10_000
