@@ -114,6 +114,9 @@ def case_selector_ui(summary: pd.DataFrame) -> str:
     return choice
 
 
+NEUTRAL = alt.Scale(range=["#444444"])  # a one-line chart: no class colour, so it is not read as a class
+
+
 def _line(frame: pd.DataFrame, y: str, axis_title: str, *, colours: alt.Scale | None = None, **scale) -> alt.Chart:
     return alt.Chart(frame).mark_line(point=True).encode(
         x=alt.X("epoch:Q", title=label("epoch"), axis=alt.Axis(tickMinStep=1)),
@@ -141,11 +144,11 @@ def trajectory_charts(run: reader.Run, row: pd.Series) -> None:
     cols = st.columns(3)
     if lesion.uses_low(run.config):
         one = alt.Chart(pd.DataFrame({"weight": [1.0]})).mark_rule(strokeDash=[4, 4], color="grey").encode(y="weight:Q")
-        cols[0].altair_chart(_line(t.assign(series=label("weight")), "weight", label("weight"), zero=False) + one,
-                             width="stretch")
+        cols[0].altair_chart(_line(t.assign(series=label("weight")), "weight", label("weight"), colours=NEUTRAL,
+                                   zero=False) + one, width="stretch")
     else:
         cols[0].info(title("no_low") + ".")
-    cols[1].altair_chart(_line(t.assign(series=label("loss")), "loss", label("loss")), width="stretch")
+    cols[1].altair_chart(_line(t.assign(series=label("loss")), "loss", label("loss"), colours=NEUTRAL), width="stretch")
     given, other = int(row["label"]), int(row["other_label"])
     plong = probability_series(t, run.codes, given, other)
     classes = [given] + ([other] if plong["series"].nunique() > 1 else [])
@@ -259,6 +262,6 @@ def case_view(run: reader.Run) -> None:
         facts(run, row, scores, keys=LABEL_FACTS)
         decisions.decision_ui(run, row, history, who)
         facts(run, row, scores, blind=blind and undecided, skip=LABEL_FACTS)
+    lesion.siblings_panel(run, row, history, who, summary=summary)  # evidence first, the curves after
     st.subheader("Across the training passes", help=help_text("epoch"))
     trajectory_charts(run, row)
-    lesion.siblings_panel(run, row, history, who, summary=summary)
