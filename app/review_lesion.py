@@ -10,6 +10,7 @@ Case view and the Review view's case panel. Every string from the run folder goe
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -22,6 +23,8 @@ from dermlow.rundir.review_store import Decision
 from . import review_data as data
 from .glossary import help_text, label, title
 from .review_text import md
+
+log = logging.getLogger(__name__)
 
 SIBLING_SIZE = 240  # pixels: siblings are evidence, shown large
 SIBLINGS_PER_ROW = 4
@@ -150,8 +153,14 @@ def lesion_warning(run: reader.Run, row: pd.Series) -> bool:
 
 
 def _held_out_predictions(run: reader.Run) -> pd.DataFrame:
-    frames = [data.predictions(str(run.path), s, data.stamp(run.path, f))
-              for s, f in (("val", files.PREDICTIONS_VAL), ("test", files.PREDICTIONS))]
+    """The saved validation and test predictions; none (logged) when they cannot be read: the
+    siblings are then shown without the model's prediction rather than not at all."""
+    frames = []
+    for split, name in (("val", files.PREDICTIONS_VAL), ("test", files.PREDICTIONS)):
+        try:
+            frames.append(data.predictions(str(run.path), split, data.stamp(run.path, name)))
+        except UserError as err:
+            log.warning("siblings shown without predictions: %s", err)
     frames = [f for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["image_id"])
 

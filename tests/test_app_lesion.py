@@ -261,3 +261,15 @@ def test_case_view_in_chromium_warns_above_the_fold(lesion_run, tmp_path):
     assert top is not None and top["y"] + top["height"] < 720  # above the fold
     assert confirm is not None and confirm["y"] + confirm["height"] < 720  # so are the decision buttons
     assert (tmp_path / "case-1280x720.png").stat().st_size > 10_000
+
+
+def test_siblings_still_shown_when_the_saved_predictions_cannot_be_read(tmp_path, monkeypatch):
+    run_dir = make_run(tmp_path, "broken", seed=3, epochs=3, image_size=32)
+    (run_dir / files.PREDICTIONS_VAL).write_text("image,XX\nISIC_0000000,1\n")  # another run's classes
+    m = reader.read_manifest(run_dir)
+    train = m[m["split"] == "train"]
+    image_id = train[train.groupby("lesion_id")["image_id"].transform("size") > 1]["image_id"].iloc[0]
+    at = case_app(run_dir, monkeypatch, image_id)
+    assert not at.exception and not at.error
+    sibling = lesion.siblings_of(m, image_id)["image_id"].iloc[0]
+    assert tile_text(at, sibling) and at.button(key=f"lesion-open-{sibling}")
