@@ -213,6 +213,16 @@ def test_ids_with_extension_are_stems(tmp_path):
     manifest, spec, _ = load_manifest(tmp_path, dataset="generic", check_images=False, test_fraction=0,
                                       val_fraction=0)
     assert list(manifest["image_id"]) == ["a", "b"] and spec.codes == ("x", "y")
+    assert manifest["dx_type"].eq("").all()  # no dx_type column: unknown
+
+
+def test_generic_dx_type_column_kept_as_written_and_formulas_refused(tmp_path):
+    write_csv(tmp_path / "labels.csv", "image,label,dx_type\na,x,histo\nb,y,biopsy (punch)\nc,x,\n")
+    manifest, _, _ = load_manifest(tmp_path, dataset="generic", check_images=False, test_fraction=0, val_fraction=0)
+    assert list(manifest["dx_type"]) == ["histo", "biopsy (punch)", ""]
+    write_csv(tmp_path / "labels.csv", "image,label,dx_type\na,x,histo\nb,y,=HYPERLINK(1)\n")
+    with pytest.raises(UserError, match="column 'dx_type'.*row 3"):
+        load_manifest(tmp_path, dataset="generic", check_images=False, test_fraction=0, val_fraction=0)
 
 
 def test_missing_images_named(tmp_path):
