@@ -30,6 +30,7 @@ TERMS: dict[str, Term] = {
     "weight_above1": Term(
         "share of epochs found hard",
         "In what share of the passes over the training images this image got a weight above 1 (harder than average)."),
+    "confidence": Term("model's confidence", "The probability the model gave to a class (0 to 1)."),
     "p_given": Term(
         "model's confidence in the given label",
         "The probability the model gave to the label in the dataset (0 to 1)."),
@@ -75,7 +76,40 @@ TERMS: dict[str, Term] = {
         "flip in a study run) and the other reviewers' decisions until you have saved yours."),
     "split": Term("split", "Training, validation (used to choose the epoch and thresholds) or test (reported)."),
     "lambda": Term("λ (LOW's regularisation)", "Larger λ keeps LOW's weights closer to 1."),
+    "no_low": Term(
+        "this run did not use LOW: no difficulty weights",
+        "Its training gave every image the same weight (or weights of another method), so the views "
+        "show no model difficulty for it."),
+    "loss": Term("training loss", "How wrong the model was on this image's given label in that training pass (0 = right and sure)."),
+    "siblings": Term(
+        "other images of this lesion",
+        "Further images of the same skin lesion in the dataset (same lesion id); they should carry the same label."),
+    "lesion_conflict": Term(
+        "images of one lesion with different labels",
+        "Two images of the same lesion cannot have different diagnoses: one of the labels is probably wrong."),
+    "lesion_wide": Term(
+        "apply to the whole lesion",
+        "Records the same decision, under your name, for every training image of this lesion (one decision "
+        "per image, noted as applied lesion-wide). Validation and test images are never changed."),
+    "held_out": Term(
+        "held-out image",
+        "A validation or test image: the model was not trained on it, so it has no training history and is not reviewed here."),
 }
+
+DX_TYPES: dict[str, str] = {
+    "histo": "histopathology",
+    "follow_up": "follow-up",
+    "consensus": "expert consensus",
+    "confocal": "confocal microscopy",
+}
+"""HAM10000's `dx_type` codes spelled out; ISIC 2018's `diagnosis_confirm_type` is already in words."""
+
+
+def dx_type_text(value: object) -> str:
+    """How a label was confirmed, in words: a known code spelled out, anything else as given
+    (it comes from a file: escape it with `md()` before showing it in Markdown)."""
+    text = "" if value is None else str(value).strip()
+    return DX_TYPES.get(text.lower(), text)
 
 CLASS_COLOURS = ("#D55E00", "#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#000000", "#F0E442")
 """Okabe & Ito's colour-blind-safe palette, most distinct first (vermillion, blue, orange, green,
@@ -86,6 +120,12 @@ MEL vermillion, NV blue, BCC orange, AKIEC green, BKL purple, DF sky blue, VASC 
 def label(key: str) -> str:
     """The plain-language label of a term (KeyError for an unknown key: add it to TERMS)."""
     return TERMS[key].label
+
+
+def title(key: str) -> str:
+    """The label with its first letter capitalised, for the start of a line or a heading."""
+    text = label(key)
+    return text[:1].upper() + text[1:]
 
 
 def help_text(key: str) -> str:

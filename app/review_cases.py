@@ -12,6 +12,8 @@ from dermlow.rundir import files, reader
 from . import review_data as data
 from . import review_decisions as decisions
 from . import review_evidence as evidence
+from . import review_lesion as lesion
+from .glossary import class_scale, dx_type_text, help_text, label, title
 from .review_text import md
 
 TILE = 180  # thumbnail size in pixels
@@ -98,71 +100,138 @@ def galleries_view(run: reader.Run) -> None:
 
 # ---------------------------------------------------------------- case view
 
+def _leave_held_out() -> None:
+    st.session_state.pop("case_held_out", None)
+
+
 def case_selector_ui(summary: pd.DataFrame) -> str:
     """The training image to show: the one last opened, else the first."""
     ids = summary["image_id"].tolist()
     if st.session_state.get("case_select") not in ids:
         st.session_state["case_select"] = st.session_state.get("case_id") if st.session_state.get("case_id") in ids else ids[0]
-    choice = st.selectbox("Training image", ids, key="case_select")
+    choice = st.selectbox("Training image", ids, key="case_select", on_change=_leave_held_out)
     st.session_state["case_id"] = choice
     return choice
 
 
-def _line(frame: pd.DataFrame, y: str, title: str, **scale) -> alt.Chart:
+NEUTRAL = alt.Scale(range=["#444444"])  # a one-line chart: no class colour, so it is not read as a class
+
+
+def _line(frame: pd.DataFrame, y: str, axis_title: str, *, colours: alt.Scale | None = None, **scale) -> alt.Chart:
     return alt.Chart(frame).mark_line(point=True).encode(
-        x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)), y=alt.Y(f"{y}:Q", title=title, scale=alt.Scale(**scale)),
-        color=alt.Color("series:N", legend=alt.Legend(orient="bottom", title=None)))
+        x=alt.X("epoch:Q", title=label("epoch"), axis=alt.Axis(tickMinStep=1)),
+        y=alt.Y(f"{y}:Q", title=axis_title, scale=alt.Scale(**scale)),
+        color=alt.Color("series:N", scale=colours or alt.Undefined,
+                        legend=alt.Legend(orient="bottom", title=None, labelLimit=0, direction="vertical")),
+        tooltip=["series:N", alt.Tooltip("epoch:Q", title=label("epoch")), alt.Tooltip(f"{y}:Q", format=".3f")])
 
 
-def trajectory_charts(run: reader.Run, index: int) -> None:
-    """Weight, loss and probabilities of one image across the epochs."""
+def probability_series(t: pd.DataFrame, codes: list[str], given: int, other: int) -> pd.DataFrame:
+    """The confidence chart's lines, long format (epoch, series, value): the model's confidence in
+    the given label and, when logged, in the most likely other label, each series naming its class
+    ("given label: MEL", "most likely other label: NV")."""
+    probs = {f"{label('given')}: {codes[given]}": t["p_true"]}
+    if "p_other" in t and other >= 0:
+        probs[f"{label('other_label')}: {codes[other]}"] = t["p_other"]
+    return pd.DataFrame({"epoch": t["epoch"].to_numpy(), **{k: v.to_numpy() for k, v in probs.items()}}).melt(
+        id_vars="epoch", var_name="series")
+
+
+def trajectory_charts(run: reader.Run, row: pd.Series) -> None:
+    """Weight (LOW runs only), loss and probabilities of one image across the epochs."""
     traj = data.trajectories(str(run.path), data.stamp(run.path, files.WEIGHTS))
-    t = traj[traj["index"] == index].sort_values("epoch")
+    t = traj[traj["index"] == int(row["index"])].sort_values("epoch")
     cols = st.columns(3)
-    cols[0].altair_chart(_line(t.assign(series="LOW weight"), "weight", "weight"), width="stretch")
-    cols[1].altair_chart(_line(t.assign(series="loss"), "loss", "loss"), width="stretch")
-    probs = {"given label": t["p_true"]} | ({"strongest other label": t["p_other"]} if "p_other" in t else {})
-    plong = pd.DataFrame({"epoch": t["epoch"], **probs}).melt(id_vars="epoch", var_name="series")
-    cols[2].altair_chart(_line(plong, "value", "probability", domain=[0, 1]), width="stretch")
+    if lesion.uses_low(run.config):
+        one = alt.Chart(pd.DataFrame({"weight": [1.0]})).mark_rule(strokeDash=[4, 4], color="grey").encode(y="weight:Q")
+        cols[0].altair_chart(_line(t.assign(series=label("weight")), "weight", label("weight"), colours=NEUTRAL,
+                                   zero=False) + one, width="stretch")
+    else:
+        cols[0].info(title("no_low") + ".")
+    cols[1].altair_chart(_line(t.assign(series=label("loss")), "loss", label("loss"), colours=NEUTRAL), width="stretch")
+    given, other = int(row["label"]), int(row["other_label"])
+    plong = probability_series(t, run.codes, given, other)
+    classes = [given] + ([other] if plong["series"].nunique() > 1 else [])
+    colours = class_scale(run.codes).range  # each line in its class's colour, as in every view
+    scale = alt.Scale(domain=list(pd.unique(plong["series"])), range=[colours[c] for c in classes]) \
+        if isinstance(colours, list) else None
+    cols[2].altair_chart(_line(plong, "value", label("confidence"), colours=scale, domain=[0, 1]), width="stretch")
 
 
-def facts(run: reader.Run, row: pd.Series, scores: pd.DataFrame) -> None:
+def fact_lines(run: reader.Run, row: pd.Series, scores: pd.DataFrame, dx_type: str, *,
+               blind: bool = False) -> list[tuple[str, str | None]]:
+    """The case's facts as (Markdown line, glossary key for its tooltip), in the glossary's words.
+    `blind` leaves out the model's prediction, the most likely other label and how the label arose."""
     score = scores.loc[scores["index"] == row["index"]]
-    lines = [f"**Given label:** {md(run.class_label(int(row['label'])))}",
-             f"**Predicted (last epoch):** {md(run.class_label(int(row['predicted_last'])))}"
-             + ("" if pd.isna(row["pred_prob_last"]) else f", probability {row['pred_prob_last']:.2f}"),
-             f"**p(given label):** mean {row['p_true_mean']:.2f}, last {row['p_true_last']:.2f}",
-             f"**Mean weight:** {row['weight_mean']:.2f} (weight > 1 in {row['weight_above1']:.0%} of epochs)",
-             f"**Misclassified in** {row['misclassified']:.0%} of {int(row['epochs'])} epochs"]
-    if row["other_label"] >= 0:
-        prob = "" if pd.isna(row["other_prob"]) else f", mean probability {row['other_prob']:.2f}"
-        lines.append(f"**Most likely other label:** {md(run.class_label(int(row['other_label'])))}{prob}")
+    low = lesion.uses_low(run.config)
+    out: list[tuple[str, str | None]] = [(f"**{title('given')}:** {md(run.class_label(int(row['label'])))}", "given")]
+    if dx_type:
+        out.append((f"**{title('dx_type')}:** {md(dx_type_text(dx_type))}", "dx_type"))
+    if not blind:
+        prob = "" if pd.isna(row["pred_prob_last"]) else f", confidence {row['pred_prob_last']:.2f}"
+        out.append((f"**{title('predicted')} (last training pass):** "
+                    f"{md(run.class_label(int(row['predicted_last'])))}{prob}", "predicted"))
+        if row["other_label"] >= 0:
+            other = "" if pd.isna(row["other_prob"]) else f" (confidence {row['other_prob']:.2f} on average)"
+            out.append((f"**{title('other_label')}:** {md(run.class_label(int(row['other_label'])))}{other}",
+                        "other_label"))
+    out.append((f"**{title('p_given')}:** {row['p_true_mean']:.2f} on average, {row['p_true_last']:.2f} in the "
+                "last training pass", "p_given"))
+    if low:
+        out.append((f"**{title('weight_mean')}:** {row['weight_mean']:.2f}", "weight_mean"))
+        out.append((f"**{title('weight_above1')}:** {row['weight_above1']:.0%}", "weight_above1"))
+    else:
+        out.append((f"**{title('no_low')}.**", "no_low"))
+    out.append((f"**{title('misclassified')}:** {row['misclassified']:.0%} of {int(row['epochs'])} training passes",
+                "misclassified"))
     if not score.empty:
-        lines.append(f"**Flag score:** {score['score'].iloc[0]:.3f} (rank {int(score['rank'].iloc[0])} "
-                     f"of {len(scores)})")
-    if "flipped" in row and bool(row["flipped"]):
-        lines.append(f":orange[Label flipped on purpose for this study; original: "
-                     f"{md(run.class_label(int(row['original_label'])))}]")
-    st.markdown("  \n".join(lines))
+        out.append((f"**{title('flag_score')}:** {score['score'].iloc[0]:.3f} ({label('rank')} "
+                    f"{int(score['rank'].iloc[0])} of {len(scores)})", "flag_score"))
+    if not blind and "flipped" in row and bool(row["flipped"]):
+        out.append((f":orange[Label flipped on purpose for this study; original: "
+                    f"{md(run.class_label(int(row['original_label'])))}]", None))
+    return out
 
 
-def siblings(run: reader.Run, row: pd.Series) -> None:
-    lesion = row["lesion_id"]
-    if not isinstance(lesion, str) or not lesion:
-        st.caption("No lesion id recorded for this image.")
-        return
-    sib = run.manifest[(run.manifest["lesion_id"] == lesion) & (run.manifest["image_id"] != row["image_id"])]
-    st.subheader(f"Other images of lesion {md(lesion)}")
-    if sib.empty:
-        st.caption("None: this is the lesion's only image.")
-        return
-    cols = st.columns(PER_ROW)
-    for col, (_, s) in zip(cols, sib.head(PER_ROW).iterrows(), strict=False):
-        img, problem = data.load_image(run, s["path"], TILE)
-        col.image(img, width="stretch")
-        col.markdown(f"**{md(s['image_id'])}**  \n{md(s['split'])} · {md(run.codes[int(s['label'])])}")
-        if problem:
-            col.caption(f":red[{md(problem)}]")
+LABEL_FACTS = ("given", "dx_type")  # shown above the decision buttons; the other facts below them
+
+
+def facts(run: reader.Run, row: pd.Series, scores: pd.DataFrame, *, blind: bool = False,
+          keys: tuple[str, ...] | None = None, skip: tuple[str, ...] = ()) -> None:
+    """The case's facts (only `keys`, none of `skip`), one line each with its glossary tooltip."""
+    with st.container(gap=None):
+        for line, key in fact_lines(run, row, scores, dx_type_of(run, row), blind=blind):
+            if (keys is None or key in keys) and key not in skip:
+                st.markdown(line, help=help_text(key) if key else None)
+
+
+def dx_type_of(run: reader.Run, row: pd.Series) -> str:
+    """How the image's label was confirmed, from the manifest ("" when the data set does not say)."""
+    hit = run.manifest.loc[run.manifest["image_id"] == row["image_id"], "dx_type"]
+    return str(hit.iloc[0]) if len(hit) else ""
+
+
+def caption(run: reader.Run, image_id: str, path: str) -> str:
+    """The image caption: its id and its path relative to the data folder (never the full path)."""
+    return md(f"{image_id} — {lesion.shown_path(path, (run.config.get('data') or {}).get('data_dir'))}")
+
+
+def held_out_view(run: reader.Run, image_id: str, summary: pd.DataFrame) -> None:
+    """A validation or test image, read-only: picture, given label, confirmation, the lesion's other images."""
+    row = run.manifest.loc[run.manifest["image_id"] == image_id].iloc[0]
+    st.button("◀ Back to the training images", key="case-back", on_click=_leave_held_out)
+    st.info(f"{md(lesion.split_word(row['split']).capitalize())} image, shown read-only. {help_text('held_out')}")
+    lesion.lesion_warning(run, row)
+    left, right = st.columns([3, 6])
+    img, problem = data.load_image(run, row["path"])
+    if problem:
+        left.error(md(problem))
+    left.image(img, caption=caption(run, image_id, row["path"]), width="stretch")
+    lines = [f"**{title('given')}:** {md(run.class_label(int(row['label'])))}"]
+    if row.get("dx_type"):
+        lines.append(f"**{title('dx_type')}:** {md(dx_type_text(row['dx_type']))}")
+    right.markdown("  \n".join(lines))
+    lesion.siblings_panel(run, row, data.review_history(run), ("", False, False), summary=summary, decide=False)
 
 
 def case_view(run: reader.Run) -> None:
@@ -170,20 +239,29 @@ def case_view(run: reader.Run) -> None:
     summary = summary_or_stop(run)
     if summary is None:
         return
+    held = st.session_state.get("case_held_out")
+    if held in set(run.manifest["image_id"]) and held not in set(summary["image_id"]):
+        held_out_view(run, held, summary)
+        return
     image_id = case_selector_ui(summary)
     row = summary.loc[summary["image_id"] == image_id].iloc[0]
     scores = data.scored_cases(str(run.path), data.stamp(run.path, files.WEIGHTS, files.MANIFEST))
-    left, middle, right = st.columns([3, 3, 3])
+    lesion.lesion_warning(run, row)
+    history = data.review_history(run)
+    who = decisions.reviewer_ui(run)
+    name, _, blind = who
+    undecided = history[(history["image_id"] == image_id) & (history["reviewer"] == name)].empty
+    left, right = st.columns([2, 3])
     with left:
         img, problem = data.load_image(run, row["path"])
         if problem:
             st.error(md(problem))
-        st.image(img, caption=md(f"{image_id} — {row['path']}"), width="stretch")
-    with middle:
+        st.image(img, caption=caption(run, image_id, row["path"]), width="stretch")
         evidence.saliency_panel(run, image_id)
-    with right:
-        facts(run, row, scores)
-        decisions.decision_ui(run, row, data.review_history(run), decisions.reviewer_ui(run))
-    st.subheader("Across the epochs")
-    trajectory_charts(run, int(row["index"]))
-    siblings(run, row)
+    with right:  # the label, then the decision (its buttons above the fold at 1280x720), then the evidence
+        facts(run, row, scores, keys=LABEL_FACTS)
+        decisions.decision_ui(run, row, history, who)
+        facts(run, row, scores, blind=blind and undecided, skip=LABEL_FACTS)
+    lesion.siblings_panel(run, row, history, who, summary=summary)  # evidence first, the curves after
+    st.subheader("Across the training passes", help=help_text("epoch"))
+    trajectory_charts(run, row)

@@ -36,6 +36,7 @@ NAMES = [
     "Vascular lesion",
 ]
 COUNTS = (30, 110, 16, 10, 20, 8, 10)  # per class, all splits; imbalanced like ISIC 2018
+DX_TYPES = ["histo", "follow_up", "consensus", "confocal"]  # HAM10000's dx_type values
 HUES = [(60, 35, 30), (120, 75, 50), (170, 90, 110), (150, 60, 50), (110, 90, 60), (140, 100, 80), (170, 40, 60)]
 
 
@@ -62,6 +63,8 @@ def _lesions(counts: tuple[int, ...], rng: np.random.Generator) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=["lesion", "true"])
     frame["image_id"] = [f"ISIC_{i:07d}" for i in range(len(frame))]
     frame["lesion_id"] = [f"HAM_{k:07d}" for k in frame["lesion"]]
+    confirm = np.random.default_rng(lesion).choice(DX_TYPES, size=lesion, p=[0.5, 0.35, 0.1, 0.05])  # not `rng`: its draws stay as before
+    frame["dx_type"] = confirm[frame["lesion"].to_numpy()]  # one confirmation type per lesion, as HAM10000
     return frame
 
 
@@ -199,6 +202,7 @@ def make_run(
     image_size: int = 40,
     extra_columns: bool = False,
     relative_paths: bool = False,
+    dx_type: bool = True,
     sim: dict | None = None,
 ) -> Path:
     """Write run directory `root/name` and return its path.
@@ -225,6 +229,8 @@ def make_run(
         "path": rel if relative_paths else [str(data_dir / r) for r in rel],
         "label": given, "label_name": [CODES[c] for c in given], "split": split, "lesion_id": frame["lesion_id"],
     })
+    if dx_type:
+        manifest["dx_type"] = frame["dx_type"]
     if flip_frac > 0:
         manifest["flipped"] = flipped
         manifest["original_label"] = true
@@ -280,7 +286,7 @@ def _write_weights(run_dir: Path, rows: pd.DataFrame, extra: bool) -> None:
 def make_hostile_run(root: str | Path, name: str, *, text: str, epochs: int = 4, **kwargs) -> tuple[Path, str]:
     """A factory run whose strings were edited by hand, as an untrusted run folder can be: the
     training image with the highest mean weight gets image id `text`, class 1 gets code and name
-    `text` + " code" / " name", the run name and that image's lesion id become `text` too.
+    `text` + " code" / " name", the run name and that image's lesion id and dx_type become `text` too.
     Returns (run folder, the image id)."""
     import pyarrow.parquet as pq
 
@@ -291,7 +297,7 @@ def make_hostile_run(root: str | Path, name: str, *, text: str, epochs: int = 4,
     old = reader.ranked_by_weight(summary, 1, highest=True)["image_id"].iloc[0]
     manifest = reader.read_manifest(run_dir)
     hit = manifest["image_id"] == old
-    manifest.loc[hit, "image_id"], manifest.loc[hit, "lesion_id"] = text, text
+    manifest.loc[hit, "image_id"], manifest.loc[hit, "lesion_id"], manifest.loc[hit, "dx_type"] = text, text, text
     files.write_csv(run_dir / files.MANIFEST, manifest)
     table = pq.read_table(run_dir / files.WEIGHTS).to_pandas()
     table.loc[table["image_id"] == old, "image_id"] = text

@@ -135,7 +135,7 @@ def test_a_hostile_run_makes_the_page_fetch_nothing(tmp_path):
                 page.wait_for_timeout(2000)
                 shown = page.inner_text("body")
                 page.get_by_text("Case", exact=True).first.click()
-                page.get_by_text("Across the epochs").wait_for(timeout=60_000)
+                page.get_by_text("Across the training passes").wait_for(timeout=60_000)
                 page.wait_for_timeout(2000)
             finally:
                 browser.close()

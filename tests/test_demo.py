@@ -13,7 +13,7 @@ from sklearn.model_selection import cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from dermlow.data.demo import TABLE1_2018, class_counts, make_demo
+from dermlow.data.demo import CONFIRM_TYPES, TABLE1_2018, class_counts, make_demo
 from dermlow.data.isic import load_manifest
 from dermlow.errors import UserError
 
@@ -56,6 +56,9 @@ def test_2018_layout_and_round_trip(demo2018):
     assert skipped == [] and len(manifest) == 300
     assert manifest["label_name"].value_counts().to_dict() == class_counts(TABLE1_2018, 300, 8)
     assert manifest.groupby("lesion_id")["split"].nunique().max() == 1
+    # the demo's confirmation types reach the manifest (the app shows them), one per lesion
+    assert set(manifest["dx_type"]) == set(CONFIRM_TYPES)
+    assert manifest.groupby("lesion_id")["dx_type"].nunique().max() == 1
     with Image.open(manifest["path"][0]) as im:
         assert (im.format, im.mode, im.size) == ("JPEG", "RGB", (96, 72))
 

@@ -28,6 +28,7 @@ TEST_2018 = {"MEL": 171, "NV": 909, "BCC": 93, "AKIEC": 43, "BKL": 217, "DF": 44
 COUNTS_2017 = {"train": {"MEL": 374, "SK": 254, "NV": 1372}, "val": {"MEL": 30, "SK": 42, "NV": 78},
                "test": {"MEL": 117, "SK": 90, "NV": 393}}
 GT_2018 = "ISIC2018_Task3_Training_GroundTruth.csv"
+DX_TYPES = {"histo": 5340, "follow_up": 3704, "consensus": 902, "confocal": 69}  # HAM10000's dx_type
 
 
 def ham_as_2018(root: Path) -> Path:
@@ -39,9 +40,9 @@ def ham_as_2018(root: Path) -> Path:
     folder = root / "ISIC2018_Task3_Training_GroundTruth"  # as the official zip unpacks
     folder.mkdir(parents=True)
     gt.to_csv(folder / GT_2018, index=False)
-    meta.rename(columns={"image_id": "image"})[["image", "lesion_id"]].assign(
-        diagnosis_confirm_type="histopathology").to_csv(root / "ISIC2018_Task3_Training_LesionGroupings.csv",
-                                                        index=False)
+    meta.rename(columns={"image_id": "image", "dx_type": "diagnosis_confirm_type"})[
+        ["image", "lesion_id", "diagnosis_confirm_type"]].to_csv(root / "ISIC2018_Task3_Training_LesionGroupings.csv",
+                                                                 index=False)
     return root
 
 
@@ -87,7 +88,8 @@ def test_isic2017_official_counts(tmp_path):
     assert {s: counts[s].to_dict() for s in COUNTS_2017} == COUNTS_2017
     assert list(manifest["index"]) == list(range(2750)) and manifest["image_id"].is_monotonic_increasing
     assert manifest["path"].str.endswith(".jpg").all() and manifest["path"].map(lambda p: Path(p).is_absolute()).all()
-    assert list(manifest.columns) == ["index", "image_id", "path", "label", "label_name", "split", "lesion_id"]
+    assert list(manifest.columns) == ["index", "image_id", "path", "label", "label_name", "split", "lesion_id", "dx_type"]
+    assert manifest["dx_type"].eq("").all()  # ISIC 2017 says nothing about how labels were confirmed
     assert (manifest["label_name"] == [spec.codes[i] for i in manifest["label"]]).all()
 
 
@@ -102,6 +104,9 @@ def test_isic2018_official_test_and_lesions(tmp_path):
     train_val = manifest[manifest["split"] != "test"]
     assert train_val["label_name"].value_counts().to_dict() == HAM_COUNTS
     assert train_val["lesion_id"].nunique() == 7470
+    # the confirmation type of every training image, as the (genuine) HAM10000 metadata gives it
+    assert train_val["dx_type"].value_counts().to_dict() == DX_TYPES
+    assert test["dx_type"].eq("").all()  # the official test ground truth has none
     assert 0.09 < (train_val["split"] == "val").mean() < 0.11  # val carved from training, not test
 
 
@@ -110,6 +115,9 @@ def test_ham10000_counts(tmp_path):
     manifest, spec, _ = load_manifest(tmp_path, dataset="ham10000", check_images=False)
     assert manifest["label_name"].value_counts().to_dict() == HAM_COUNTS
     assert manifest["lesion_id"].nunique() == 7470 and spec.names[0] == "Melanoma"
+    assert manifest["dx_type"].value_counts().to_dict() == DX_TYPES
+    meta = pd.read_csv(FIXTURES / "HAM10000_metadata.csv", dtype=str).set_index("image_id")
+    assert (manifest.set_index("image_id")["dx_type"] == meta["dx_type"].reindex(manifest["image_id"])).all()
     assert manifest["path"].str.contains("HAM10000_images_part_1").all()
 
 
@@ -205,6 +213,16 @@ def test_ids_with_extension_are_stems(tmp_path):
     manifest, spec, _ = load_manifest(tmp_path, dataset="generic", check_images=False, test_fraction=0,
                                       val_fraction=0)
     assert list(manifest["image_id"]) == ["a", "b"] and spec.codes == ("x", "y")
+    assert manifest["dx_type"].eq("").all()  # no dx_type column: unknown
+
+
+def test_generic_dx_type_column_kept_as_written_and_formulas_refused(tmp_path):
+    write_csv(tmp_path / "labels.csv", "image,label,dx_type\na,x,histo\nb,y,biopsy (punch)\nc,x,\n")
+    manifest, _, _ = load_manifest(tmp_path, dataset="generic", check_images=False, test_fraction=0, val_fraction=0)
+    assert list(manifest["dx_type"]) == ["histo", "biopsy (punch)", ""]
+    write_csv(tmp_path / "labels.csv", "image,label,dx_type\na,x,histo\nb,y,=HYPERLINK(1)\n")
+    with pytest.raises(UserError, match="column 'dx_type'.*row 3"):
+        load_manifest(tmp_path, dataset="generic", check_images=False, test_fraction=0, val_fraction=0)
 
 
 def test_missing_images_named(tmp_path):

@@ -100,6 +100,16 @@ def test_manifest_without_a_column_is_a_user_error(tmp_path):
         reader.load_run(run_dir)
 
 
+def test_a_manifest_from_before_dx_type_loads_with_it_empty(tmp_path):
+    new = reader.load_run(make_run(tmp_path, "new", epochs=2, images=False)).manifest
+    assert set(new["dx_type"]) <= {"histo", "follow_up", "consensus", "confocal"}
+    assert (new.groupby("lesion_id")["dx_type"].nunique() == 1).all()  # one confirmation per lesion
+    old_dir = make_run(tmp_path, "old", epochs=2, images=False, dx_type=False)
+    assert "dx_type" not in pd.read_csv(old_dir / files.MANIFEST).columns
+    old = reader.load_run(old_dir).manifest
+    assert old["dx_type"].eq("").all() and list(old.columns) == list(new.columns)
+
+
 def test_truncated_and_deleted_weight_log(tmp_path):
     run_dir = make_run(tmp_path, epochs=2, images=False)
     file = run_dir / files.WEIGHTS

@@ -48,7 +48,9 @@ def test_every_run_file_is_present_with_its_schema(low_run):
                  files.PREDICTIONS, files.PREDICTIONS_VAL, files.CHECKPOINT, files.BEST, files.DONE):
         assert (low_run / name).is_file(), name
     manifest = pd.read_csv(low_run / files.MANIFEST)
-    assert list(manifest.columns[:7]) == ["index", "image_id", "path", "label", "label_name", "split", "lesion_id"]
+    assert list(manifest.columns[:8]) == ["index", "image_id", "path", "label", "label_name", "split", "lesion_id",
+                                          "dx_type"]
+    assert manifest["dx_type"].notna().all()  # the demo's lesion groupings say how each label was confirmed
     codes = json.loads((low_run / files.CLASSES).read_text())["codes"]
     assert codes == ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
     for name, split in ((files.PREDICTIONS, "test"), (files.PREDICTIONS_VAL, "val")):

@@ -45,7 +45,7 @@ class ArraySet(DataSource):
         manifest = pd.concat(parts, ignore_index=True)
         manifest.insert(0, "index", np.arange(len(manifest)))
         manifest["label_name"] = [bench.classes[y] for y in manifest["label"]]
-        manifest["lesion_id"] = ""
+        manifest["lesion_id"] = manifest["dx_type"] = ""
         # rows of the training array depend on the seed (digits split, imbalance): one folder per seed
         manifest["path"] = _export_pngs(bench, manifest, Path(data.data_dir) / "png" / f"{bench.name}-seed{seed}")
         counts = dict(zip(bench.classes, bench.counts.tolist(), strict=True))

@@ -8,7 +8,8 @@ datasets read the images through the colour-constancy cache.
 
 Manifest: one row per image: `index` (0..N-1 in image_id order, the join key), `image_id`, `path`
 (absolute), `label` (class index in the spec's order), `label_name` (class code), `split`
-("train" | "val" | "test"), `lesion_id` ("" when unknown).
+("train" | "val" | "test"), `lesion_id` ("" when unknown), `dx_type` (how the label was confirmed, as
+the metadata spells it: HAM10000's `dx_type`, ISIC 2018's `diagnosis_confirm_type`; "" when unknown).
 
 Image modes: every image that decodes cleanly (dermlow.data.image_check) is accepted. Greyscale, palette, RGBA, CMYK and 16-bit
 images are counted in one warning; the loader (`dermlow.data.loading.read_image`, OpenCV

@@ -74,23 +74,40 @@ def read_isic2017(root: Path, labels_csv: Path | None, image_dir: Path | None) -
     return parts, ISIC2017
 
 
-def _lesions_2018(root: Path, ids: pd.Series, gt: Path) -> pd.Series:
-    """Lesion id per image from the LesionGroupings CSV, else HAM10000 metadata ("" if unknown)."""
-    for name, image_col in (("ISIC2018_Task3_Training_LesionGroupings.csv", "image"),
-                            *((n, "image_id") for n in HAM_METADATA)):
+LESION_FILES_2018 = (("ISIC2018_Task3_Training_LesionGroupings.csv", "image", "diagnosis_confirm_type"),
+                     *((name, "image_id", "dx_type") for name in HAM_METADATA))
+"""Where ISIC 2018 lesion ids are: (file, image id column, confirmation type column), in the order tried."""
+
+
+def confirm_types(df: pd.DataFrame, column: str, path: Path) -> pd.Series | None:
+    """The diagnosis confirmation type column of a metadata file (None when it has none). The
+    values are kept as written (histo, follow_up, ... or ISIC 2018's long forms): the app spells them out."""
+    if column not in df.columns:
+        return None
+    refuse_formulas(df, column, path)
+    return df[column]
+
+
+def _lesions_2018(root: Path, ids: pd.Series, gt: Path) -> pd.DataFrame:
+    """lesion_id and dx_type per image (index as `ids`) from the LesionGroupings CSV, else HAM10000
+    metadata ("" where unknown)."""
+    for name, image_col, type_col in LESION_FILES_2018:
         if path := find(root, name):
             df = read_csv(path, [image_col, "lesion_id"])
             refuse_formulas(df, "lesion_id", path)
-            lesions = pd.Series(df["lesion_id"].to_numpy(), index=clean_ids(df, image_col, path))
+            index = clean_ids(df, image_col, path)
+            lesions = pd.Series(df["lesion_id"].to_numpy(), index=index)
             if not (known := ids.isin(lesions.index)).any():
                 raise UserError(f"{path}: shares no image ids with {gt}. Is it the lesion file of this data set?")
             if not known.all():
                 log.warning("%s: no lesion id for %d of %d training images; each is its own lesion",
                             path, int((~known).sum()), len(ids))
-            return ids.map(lesions).fillna("")
+            types = confirm_types(df, type_col, path)
+            by_id = pd.Series("" if types is None else types.to_numpy(), index=index)
+            return pd.DataFrame({"lesion_id": ids.map(lesions).fillna(""), "dx_type": ids.map(by_id).fillna("")})
     log.warning("%s: no ISIC2018_Task3_Training_LesionGroupings.csv or HAM10000 metadata: lesion ids unknown, "
                 "so a lesion-grouped split cannot keep a lesion's images together", root)
-    return pd.Series("", index=ids.index)
+    return pd.DataFrame({"lesion_id": "", "dx_type": ""}, index=ids.index)
 
 
 @register_reader("isic2018", label="ISIC 2018 Task 3", help="7 classes, lesion groupings", year=2018)
@@ -105,8 +122,9 @@ def read_isic2018(root: Path, labels_csv: Path | None, image_dir: Path | None) -
                             f"Download them with `dermlow data fetch --year 2018 --out {root}`")
     df = read_csv(gt, ["image", *codes])
     ids = clean_ids(df, "image", gt)
+    lesions = _lesions_2018(root, ids, gt)
     parts = [Part("train", gt, [image_folder(root, "ISIC2018_Task3_Training_Input", image_dir)],
-                  table(ids, onehot_labels(df, codes, gt), df, _lesions_2018(root, ids, gt)))]
+                  table(ids, onehot_labels(df, codes, gt), df, lesions["lesion_id"], lesions["dx_type"]))]
     for split, stem in (("val", "Validation"), ("test", "Test")):
         if csv := find(root, f"ISIC2018_Task3_{stem}_GroundTruth.csv"):
             d = read_csv(csv, ["image", *codes])
@@ -128,7 +146,8 @@ def read_ham10000(root: Path, labels_csv: Path | None, image_dir: Path | None) -
                          f"dx must be one of {', '.join(HAM_DX)}.")
     labels = dx.map({k: HAM10000.codes.index(v) for k, v in HAM_DX.items()}).to_numpy()
     folders = [image_dir] if image_dir else [image_folder(root, f"HAM10000_images_part_{i}") for i in (1, 2)]
-    return [Part("train", meta, folders, table(clean_ids(df, "image_id", meta), labels, df, df["lesion_id"]))], HAM10000
+    return [Part("train", meta, folders, table(clean_ids(df, "image_id", meta), labels, df, df["lesion_id"],
+                                               confirm_types(df, "dx_type", meta)))], HAM10000
 
 
 def _class_order(labels: pd.Series) -> list[str]:
@@ -141,11 +160,11 @@ def read_generic(root: Path, labels_csv: Path | None, image_dir: Path | None) ->
     csv = labels_csv or root / "labels.csv"
     if not csv.is_file():
         raise UserError(f"{csv}: not found. The generic reader needs a CSV with columns image,label "
-                        "(optional lesion_id) and an image folder: pass labels_csv and image_dir.")
+                        "(optional lesion_id, dx_type) and an image folder: pass labels_csv and image_dir.")
     df = read_csv(csv, ["image", "label"])
     if (bad := df["label"] == "").any():
         raise rows_error(csv, bad, df, "empty labels", "Give every image a class label.")
-    for column in ("label", "lesion_id"):
+    for column in ("label", "lesion_id"):  # dx_type: confirm_types
         if column in df.columns:
             refuse_formulas(df, column, csv)
     codes = _class_order(df["label"])
@@ -153,7 +172,8 @@ def read_generic(root: Path, labels_csv: Path | None, image_dir: Path | None) ->
     labels = df["label"].map({c: i for i, c in enumerate(codes)}).to_numpy()
     folder = image_dir or (root / "images" if (root / "images").is_dir() else root)
     lesion = df["lesion_id"] if "lesion_id" in df.columns else None
-    return [Part("train", csv, [folder], table(clean_ids(df, "image", csv), labels, df, lesion))], spec
+    return [Part("train", csv, [folder], table(clean_ids(df, "image", csv), labels, df, lesion,
+                                               confirm_types(df, "dx_type", csv)))], spec
 
 
 def load_manifest(data_dir: str | Path, *, dataset: str, **options) -> tuple[pd.DataFrame, DatasetSpec, list[str]]:

@@ -31,7 +31,7 @@ class Part(NamedTuple):
     split: str
     csv: Path
     folders: list[Path]
-    table: pd.DataFrame  # image_id, label, row, lesion_id
+    table: pd.DataFrame  # image_id, label, row, lesion_id, dx_type
 
 
 Read = tuple[list[Part], DatasetSpec]  # what a reader returns
@@ -107,9 +107,12 @@ def onehot_labels(df: pd.DataFrame, columns: list[str], path: Path, *, allow_non
     return np.where(total.to_numpy() == 0, -1, values.to_numpy().argmax(axis=1))
 
 
-def table(ids: pd.Series, labels: np.ndarray, df: pd.DataFrame, lesion: pd.Series | None = None) -> pd.DataFrame:
+def table(ids: pd.Series, labels: np.ndarray, df: pd.DataFrame, lesion: pd.Series | None = None,
+          dx_type: pd.Series | None = None) -> pd.DataFrame:
+    """A Part's rows: image_id, label, row (in the CSV), lesion_id and dx_type ("" when unknown)."""
     return pd.DataFrame({"image_id": ids.to_numpy(), "label": labels.astype(int), "row": df["row"].to_numpy(),
-                         "lesion_id": "" if lesion is None else lesion.to_numpy()})
+                         "lesion_id": "" if lesion is None else lesion.to_numpy(),
+                         "dx_type": "" if dx_type is None else dx_type.to_numpy()})
 
 
 def find(root: Path, name: str, *, is_dir: bool = False, depth: int = 2) -> Path | None:

@@ -18,8 +18,12 @@ from torch.utils.data import Dataset
 from dermlow.registry import Registry
 from dermlow.settings import finite, flag, require
 
-MANIFEST_COLUMNS = ["index", "image_id", "path", "label", "label_name", "split", "lesion_id"]
-"""The columns of every manifest (docs/run_directory.md), whatever the data set."""
+MANIFEST_COLUMNS = ["index", "image_id", "path", "label", "label_name", "split", "lesion_id", "dx_type"]
+"""The columns of every manifest (docs/run_directory.md), whatever the data set. `dx_type`: how the
+label was confirmed, as the data set's metadata spells it ("" when it has none)."""
+
+OPTIONAL_MANIFEST_COLUMNS = ("dx_type",)
+"""Manifest columns that manifests written before them lack: a reader fills them with ""."""
 
 SPLIT_METHODS = ("lesion", "random")
 TEST_SOURCES = ("split", "official")  # data.test: held out of the training images, or the official test set

@@ -32,6 +32,7 @@ from dermlow.data.shared_files import (  # noqa: F401  (re-exported: run files a
     unescape_cells,
 )
 from dermlow.data.sources import MANIFEST_COLUMNS as MANIFEST_COLUMNS  # the run folder's manifest layout
+from dermlow.data.sources import OPTIONAL_MANIFEST_COLUMNS as OPTIONAL_MANIFEST_COLUMNS
 
 log = logging.getLogger(__name__)
 

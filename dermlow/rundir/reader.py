@@ -20,7 +20,7 @@ import yaml
 
 from dermlow.errors import UserError, format_rows
 from dermlow.rundir import files
-from dermlow.rundir.files import MANIFEST_COLUMNS
+from dermlow.rundir.files import MANIFEST_COLUMNS, OPTIONAL_MANIFEST_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -129,19 +129,24 @@ def _read_config(run_dir: Path) -> dict:
 
 
 def read_manifest(run_dir: str | Path) -> pd.DataFrame:
-    """manifest.csv with its column types; a missing file or column is a UserError."""
+    """manifest.csv with its column types; a missing file or column is a UserError. Columns added
+    later (OPTIONAL_MANIFEST_COLUMNS: dx_type) are filled with "" for manifests written before them."""
     file = Path(run_dir) / files.MANIFEST
     if not file.is_file():
         raise UserError(f"{file} is missing: {Path(run_dir)} is not a complete run folder.")
     try:
         frame = pd.read_csv(file, dtype={"image_id": str, "path": str, "lesion_id": str, "split": str,
-                                         "label_name": str}, keep_default_na=False)
+                                         "label_name": str, "dx_type": str}, keep_default_na=False)
     except (OSError, ValueError, pd.errors.ParserError) as err:
         raise UserError(f"{file} cannot be read as CSV ({err}).") from None
     frame = files.unescape_cells(frame)
-    missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
+    required = [c for c in MANIFEST_COLUMNS if c not in OPTIONAL_MANIFEST_COLUMNS]
+    missing = [c for c in required if c not in frame.columns]
     if missing:
-        raise UserError(f"{file} lacks the column(s) {', '.join(missing)}; it needs {', '.join(MANIFEST_COLUMNS)}.")
+        raise UserError(f"{file} lacks the column(s) {', '.join(missing)}; it needs {', '.join(required)}.")
+    for column in OPTIONAL_MANIFEST_COLUMNS:
+        if column not in frame.columns:
+            frame[column] = ""
     if "flipped" in frame.columns:
         frame["flipped"] = frame["flipped"].astype(str).str.lower().isin(["true", "1"])
     return frame
