@@ -13,7 +13,6 @@ one's own decision is saved). Every string from a file is shown as plain text (`
 
 from __future__ import annotations
 
-from pathlib import PurePath
 from typing import NamedTuple
 
 import pandas as pd
@@ -25,11 +24,12 @@ from dermlow.rundir.review_store import Decision
 
 from . import review_data as data
 from . import review_flow as flow
+from . import review_lesion as lesion
 from . import review_queue as queue
 from .glossary import help_text, label
 from .review_text import md
 
-EXCLUDE_REASONS = ("image quality", "duplicate", "not a lesion", "other")
+EXCLUDE_REASONS = lesion.EXCLUDE_REASONS
 IMAGE_PX = 360  # the case image's longest side in the review panel
 SHORTCUTS = {"confirm": "1", "relabel": "2", "exclude": "3", "unsure": "4", "skip": "S", "back": "B"}
 """Keyboard shortcuts of the review queue's buttons (st.button(shortcut=...); C and R are reserved)."""
@@ -119,11 +119,11 @@ def _record(run_path: str, dataset: str, image_id: str, decision: str, codes: li
         queue.go_to(step.next_id)
 
 
-def saved_ui() -> None:
-    """What the last decision button saved (or why not), one line."""
+def saved_ui(where=st) -> None:
+    """What the last decision button saved (or why not), one line, in `where` (a column or st)."""
     saved = st.session_state.pop("review_saved", None)
     if saved:
-        st.markdown(f":{'red' if saved.startswith('Not saved') else 'green'}[{plain(saved)}]")
+        where.markdown(f":{'red' if saved.startswith('Not saved') else 'green'}[{plain(saved)}]")
 
 
 def decided_by(history: pd.DataFrame, image_id: str, me: str) -> bool:
@@ -217,13 +217,6 @@ def decision_ui(run: reader.Run, row: pd.Series, history: pd.DataFrame, who: tup
     others_ui(history, image_id, name, blind)
 
 
-def _shown_path(path: str) -> str:
-    """A manifest path as the caption shows it: as written when relative (to the data folder), the
-    file name alone when absolute (no server paths on screen)."""
-    p = PurePath(str(path))
-    return p.name if p.is_absolute() else str(p)
-
-
 def case_panel(run: reader.Run, row: pd.Series, history: pd.DataFrame, n_scores: int,
                who: tuple[str, bool, bool], step: Step) -> None:
     """One queued case: the image left (at most 360 px high), facts and decision controls right."""
@@ -233,11 +226,14 @@ def case_panel(run: reader.Run, row: pd.Series, history: pd.DataFrame, n_scores:
         img, problem = data.load_image(run, row["path"], IMAGE_PX)
         if problem:
             st.error(plain(problem))
-        st.image(img, caption=plain(f"{row['image_id']} — {_shown_path(row['path'])}"))
+        data_dir = (run.config.get("data") or {}).get("data_dir")
+        st.image(img, caption=plain(f"{row['image_id']} — {lesion.shown_path(row['path'], data_dir)}"))
     with right:
-        # lesion evidence (item 2, app/review_lesion.py) goes here: lesion.warning(run, row)
+        lesion.lesion_warning(run, row, compact=True)  # other images of this lesion with another label
         st.markdown("  \n".join(flow.facts_lines(run, row, n_scores, hidden)))
         decision_ui(run, row, history, who, step)
+    lesion.siblings_panel(run, row, history, who)
+
 
 def agreement_ui(status: review_status.ReviewStatus, me: str, blind: bool) -> None:
     st.subheader("Agreement between reviewers")
@@ -270,20 +266,22 @@ def _open_in_queue(image_id: str) -> None:
 
 
 def nav_ui(ids: list[str], pos: int, blind: bool) -> None:
-    """Back, Skip and 'Case n of N', in one row."""
-    nav = st.columns([1, 1, 4], vertical_alignment="center")
+    """Back, Skip, 'Case n of N' and what the last button saved, in one row (every decision control
+    of the case below must stay above the fold at 1280x720)."""
+    nav = st.columns([1, 1, 3, 3], vertical_alignment="center")
     nav[0].button("◀ Back", key="queue_prev", on_click=queue.step, args=(ids, -1), disabled=pos == 0,
                   shortcut=SHORTCUTS["back"], help="The case before this one.")
     nav[1].button("Skip ▶", key="queue_next", on_click=queue.step, args=(ids, 1), disabled=pos >= len(ids) - 1,
                   shortcut=SHORTCUTS["skip"], help="The next case, without deciding on this one.")
     order = "the model's suspicion, hidden in blind review" if blind else label("flag_score")
     nav[2].markdown(f"Case **{pos + 1}** of **{len(ids)}** (ordered by {order})")
+    saved_ui(nav[3])
 
 
 def review_view(run: reader.Run) -> None:
-    st.header("Review")
     scores_stamp = data.stamp(run.path, "sample_weights.parquet", "manifest.csv")
     if not (run.path / "sample_weights.parquet").exists():
+        st.header("Review")
         st.info("No epoch completed yet: the review queue fills in after the first epoch (use Reload).")
         return
     scores = data.scored_cases(str(run.path), scores_stamp)
@@ -300,7 +298,6 @@ def review_view(run: reader.Run) -> None:
         pos = queue.queue_position(cases)
         ids = cases["image_id"].tolist()
         nav_ui(ids, pos, blind)
-        saved_ui()
         case_panel(run, cases.iloc[pos], history, len(scores), who, Step(flow.next_case(ids, ids[pos])))
     status = review_status.review_status(run, history, rule=data.review_rule())
     st.subheader("Queue")

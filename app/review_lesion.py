@@ -30,7 +30,7 @@ SIBLING_SIZE = 240  # pixels: siblings are evidence, shown large
 SIBLINGS_PER_ROW = 4
 DECISIONS = {"confirm": "confirm each given label", "relabel": "relabel all to …", "exclude": "exclude all",
              "unsure": "unsure"}
-EXCLUDE_REASONS = ("image quality", "duplicate", "not a lesion", "other")  # as review_decisions
+EXCLUDE_REASONS = ("image quality", "duplicate", "not a lesion", "other")  # review_decisions uses these too
 SPLIT_WORDS = {"train": "training", "val": "validation", "test": "test", "meta": "meta (held out)",
                "excluded": "excluded"}
 
@@ -67,11 +67,13 @@ def split_word(split: object) -> str:
     return SPLIT_WORDS.get(str(split), str(split))
 
 
-def conflict_text(conflicts: pd.DataFrame, codes: list[str], own_label: int) -> str:
+def conflict_text(conflicts: pd.DataFrame, codes: list[str], own_label: int, *, compact: bool = False) -> str:
     """The warning's Markdown: which images of the lesion carry which other labels, in which split
-    (ids escaped)."""
+    (ids escaped); `compact`: one short line, without the explanation (the Review view's case panel)."""
     items = [f"**{md(r['image_id'])}** ({md(split_word(r['split']))}): **{md(codes[int(r['label'])])}**"
              for _, r in conflicts.iterrows()]
+    if compact:
+        return "Same lesion, another label: " + "; ".join(items)
     return (f"Other images of this lesion carry a different label than this image's "
             f"**{md(codes[int(own_label)])}**: " + "; ".join(items) + f". {help_text('lesion_conflict')}")
 
@@ -143,12 +145,13 @@ def open_image(image_id: str, split: str) -> None:
     state["view"] = "Case"
 
 
-def lesion_warning(run: reader.Run, row: pd.Series) -> bool:
-    """A warning when other images of this image's lesion carry a different given label; True if shown."""
+def lesion_warning(run: reader.Run, row: pd.Series, *, compact: bool = False) -> bool:
+    """A warning when other images of this image's lesion carry a different given label; True if
+    shown. `compact`: one short line (see conflict_text)."""
     conflicts = conflicting_labels(run.manifest, str(row["image_id"]))
     if conflicts.empty:
         return False
-    st.warning(conflict_text(conflicts, run.codes, int(row["label"])), icon="⚠️")
+    st.warning(conflict_text(conflicts, run.codes, int(row["label"]), compact=compact), icon="⚠️")
     return True
 
 

@@ -28,12 +28,15 @@ def _url_class(run: reader.Run) -> int | None:
 
 
 def queue_filter_ui(run: reader.Run) -> tuple[int | None, bool]:
-    """(given class to review, None for all; only cases I have not decided), restored from the address."""
+    """The view's title row: (given class to review, None for all; only cases I have not decided),
+    restored from the address."""
     if "queue_class" not in st.session_state and _url_class(run) is not None:
         st.session_state["queue_class"] = _url_class(run)
-    left, right = st.columns([2, 2], vertical_alignment="bottom")
-    cls = left.selectbox("Class", [None, *range(len(run.codes))], key="queue_class",
-                         format_func=lambda c: "All classes" if c is None else run.class_label(c))
+    title, left, right = st.columns([1, 2, 2], vertical_alignment="center")
+    title.subheader("Review", anchor=False)  # one row with the filters: the case's controls stay above the fold
+    cls = left.selectbox("Class", [None, *range(len(run.codes))], key="queue_class", label_visibility="collapsed",
+                         format_func=lambda c: "All classes" if c is None else run.class_label(c),
+                         help="The given class of the cases to review.")
     mine_only = right.checkbox("Only cases I have not decided", key="queue_undecided")
     if cls is None:
         st.query_params.pop("class", None)

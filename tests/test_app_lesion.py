@@ -249,7 +249,7 @@ def test_case_view_in_chromium_warns_above_the_fold(lesion_run, tmp_path):
                 seconds = time.monotonic() - started
                 page.wait_for_timeout(500)
                 top = warning.bounding_box()
-                confirm = page.get_by_role("button", name="Confirm label").bounding_box()
+                confirm = page.get_by_role("button", name="Confirm", exact=True).bounding_box()
                 page.screenshot(path=str(tmp_path / "case-1280x720.png"))
                 page.get_by_text("Other images of this lesion", exact=True).scroll_into_view_if_needed()
                 page.screenshot(path=str(tmp_path / "case-siblings-1280x720.png"))
@@ -273,3 +273,21 @@ def test_siblings_still_shown_when_the_saved_predictions_cannot_be_read(tmp_path
     assert not at.exception and not at.error
     sibling = lesion.siblings_of(m, image_id)["image_id"].iloc[0]
     assert tile_text(at, sibling) and at.button(key=f"lesion-open-{sibling}")
+
+
+def test_the_review_view_shows_the_lesion_warning_and_siblings_of_the_queued_case(lesion_run, monkeypatch):
+    """The Review view's case panel carries the same lesion evidence as the Case view."""
+    run_dir, rows = lesion_run
+    flipped = rows[(rows["split"] == "train") & rows["flipped"]].iloc[0]
+    monkeypatch.setenv("DERMLOW_RUNS", str(run_dir))
+    monkeypatch.delenv("DERMLOW_REVIEW_DB", raising=False)
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params.update({"view": "Review", "case": flipped["image_id"]})
+    at.run()
+    clean(at)
+    others = rows[(rows["label"] != flipped["label"]) & (rows["image_id"] != flipped["image_id"])]
+    assert at.warning and all(f"**{md(i)}**" in at.warning[0].value for i in others["image_id"])
+    for _, o in rows[rows["image_id"] != flipped["image_id"]].iterrows():
+        assert at.button(key=f"lesion-open-{o['image_id']}")
+    assert at.button(key=f"lesion-{flipped['lesion_id']}-apply")
+    assert not any(str(run_dir.parent) in c for c in image_captions(at))  # no absolute path in the caption

@@ -47,8 +47,10 @@ class Counter:
 
 
 def idle(page) -> None:
-    """Wait until the app has finished its rerun (Streamlit's running indicator is gone)."""
-    page.wait_for_function("""() => !document.querySelector('[data-testid="stStatusWidget"]')""", timeout=60_000)
+    """Wait until the app has finished its rerun: Streamlit's running indicator is gone and no element
+    of the previous run is left (stale copies of moved widgets would match twice)."""
+    page.wait_for_function("""() => !document.querySelector('[data-testid="stStatusWidget"]')
+                              && !document.querySelector('[data-stale="true"]')""", timeout=60_000)
 
 
 def wait_case(page, n: int) -> None:
@@ -68,7 +70,9 @@ def button(page, text: str):
 
 
 def picker(page, name: str):
-    return page.locator('[data-testid="stSelectbox"]:visible').filter(has_text=name)
+    """The case's own picker labelled `name` (the first on the page: the lesion-wide decision's
+    pickers, below the case, have the same labels)."""
+    return page.locator('[data-testid="stSelectbox"]:visible').filter(has_text=name).first
 
 
 def plan(run_dir: Path) -> list[tuple[str, str, str]]:
@@ -138,7 +142,7 @@ def test_twenty_cases_in_at_most_45_clicks(served, tmp_path):
                 elif decision == "relabel":
                     count.click(suggested)
                 elif decision == "confirm" and not keyed:  # once by keyboard: the shortcut, "1"
-                    note = page.get_by_role("textbox", name="Note (optional)")
+                    note = page.get_by_role("textbox", name="Note (optional)").first  # the case's (the lesion-wide one is below)
                     before = len(history())
                     note.fill("1")  # typing the key into a text box decides nothing
                     page.wait_for_timeout(500)
