@@ -1,0 +1,136 @@
+"""Runs compared class by class: sensitivity (recall), precision, AUC and support per class from a
+run's test predictions, with seeded percentile-bootstrap 95 % intervals, and paired intervals of
+the differences to a baseline.
+
+A *group* is one run, or a setup (runs that differ only by seed) given as the list of its runs'
+probabilities on the same test images; a group's value is the mean over its runs. Every group is
+evaluated on the same resampled test images in each bootstrap replicate (the test images are drawn
+with replacement, `n_boot` times, from `seed`), so:
+
+- a group's interval is the 2.5 / 97.5 % percentile of its (seed-averaged) metric over the
+  replicates: it reflects which test images happened to be drawn, not seed-to-seed variation;
+- a difference's interval is the percentile of (group - baseline) over the *same* replicates
+  (paired bootstrap), which is narrower than comparing two separate intervals when the runs
+  err on the same images.
+
+Replicates in which a class has no positives (recall, AUC) or is never predicted (precision)
+are left out of that class's interval (NaN-aware percentiles).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.stats import rankdata
+
+METRICS = ("recall", "precision", "auc")
+N_BOOT = 1000
+LEVEL = 0.95
+
+
+def class_metrics(y: np.ndarray, probs: np.ndarray) -> dict[str, np.ndarray]:
+    """Per class (length C arrays): recall, precision, auc (one vs rest) and support, from labels
+    `y` (N,) and probabilities `probs` (N, C); NaN where a ratio is undefined."""
+    y = np.asarray(y, dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    out = resampled_metrics(y, probs, np.arange(len(y))[None, :])
+    return {k: v[0] for k, v in out.items()}
+
+
+def bootstrap_indices(n: int, n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray:
+    """(n_boot, n) indices of test images drawn with replacement, reproducible from `seed`."""
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def resampled_metrics(y: np.ndarray, probs: np.ndarray, idx: np.ndarray) -> dict[str, np.ndarray]:
+    """recall, precision, auc and support per replicate and class ((B, C) arrays) for the test
+    images `idx` (B, n) of each replicate."""
+    y = np.asarray(y, dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    b, c = idx.shape[0], probs.shape[1]
+    ys, pred = y[idx], probs.argmax(axis=1)[idx]
+    rows = np.repeat(np.arange(b), idx.shape[1])
+    cm = np.bincount(rows * c * c + ys.ravel() * c + pred.ravel(), minlength=b * c * c).reshape(b, c, c)
+    tp = np.diagonal(cm, axis1=1, axis2=2).astype(np.float64)
+    support, called = cm.sum(axis=2).astype(np.float64), cm.sum(axis=1).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(support > 0, tp / support, np.nan)
+        precision = np.where(called > 0, tp / called, np.nan)
+    auc = np.full((b, c), np.nan)
+    for k in range(c):
+        pos = ys == k
+        n_pos = pos.sum(axis=1).astype(np.float64)
+        n_neg = idx.shape[1] - n_pos
+        ranks = rankdata(probs[idx, k], axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            auc[:, k] = np.where((n_pos > 0) & (n_neg > 0),
+                                 ((ranks * pos).sum(axis=1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg), np.nan)
+    return {"recall": recall, "precision": precision, "auc": auc, "support": support}
+
+
+def _interval(values: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """NaN-aware percentile interval over the replicates (axis 0) of each class."""
+    alpha = (1 - level) / 2
+    low, high = np.full(values.shape[1], np.nan), np.full(values.shape[1], np.nan)
+    for k in range(values.shape[1]):
+        v = values[:, k][~np.isnan(values[:, k])]
+        if len(v):
+            low[k], high[k] = np.quantile(v, [alpha, 1 - alpha])
+    return low, high
+
+
+def _group_mean(y: np.ndarray, members: list[np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
+    """Each metric averaged over a group's runs, replicate by replicate."""
+    parts = [resampled_metrics(y, p, idx) for p in members]
+    with np.errstate(invalid="ignore"):
+        return {m: np.nanmean(np.stack([p[m] for p in parts]), axis=0) if len(parts) > 1 else parts[0][m]
+                for m in METRICS}
+
+
+def compare_classes(y: np.ndarray, groups: dict[str, list[np.ndarray]], codes: list[str], *,
+                    baseline: str | None = None, n_boot: int = N_BOOT, seed: int = 0,
+                    level: float = LEVEL) -> pd.DataFrame:
+    """One row per (group, class, metric): value (mean over the group's runs), low / high (its
+    bootstrap interval), diff / diff_low / diff_high (group - baseline on the same replicates; NaN
+    without a baseline and for the baseline itself), seeds (runs in the group), support (test
+    images of the class). All values are fractions (0-1). `groups` maps a name to the (N, C)
+    probabilities of its runs on the test images whose labels are `y`, in the same order."""
+    y = np.asarray(y, dtype=np.int64)
+    if baseline is not None and baseline not in groups:
+        raise ValueError(f"baseline {baseline!r} is not one of the groups {sorted(groups)}")
+    idx = bootstrap_indices(len(y), n_boot, seed)
+    full = np.arange(len(y))[None, :]
+    point = {g: _group_mean(y, m, full) for g, m in groups.items()}
+    boot = {g: _group_mean(y, m, idx) for g, m in groups.items()}
+    support = np.bincount(y, minlength=len(codes))
+    rows = []
+    for g, members in groups.items():
+        for m in METRICS:
+            low, high = _interval(boot[g][m], level)
+            if baseline is None or g == baseline:
+                diff = d_low = d_high = np.full(len(codes), np.nan)
+            else:
+                diff = point[g][m][0] - point[baseline][m][0]
+                d_low, d_high = _interval(boot[g][m] - boot[baseline][m], level)
+            for k, code in enumerate(codes):
+                rows.append({"group": g, "class": code, "metric": m, "value": point[g][m][0][k],
+                             "low": low[k], "high": high[k], "diff": diff[k], "diff_low": d_low[k],
+                             "diff_high": d_high[k], "seeds": len(members), "support": int(support[k])})
+    return pd.DataFrame(rows)
+
+
+def aligned_probs(frames: list[pd.DataFrame], codes: list[str]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Labels and probabilities of several runs' test predictions (load_predictions frames) on
+    the same images, in the first frame's order. ValueError when the runs' test images or labels
+    differ (runs on other data cannot be compared image by image)."""
+    first = frames[0].set_index("image_id")
+    out = []
+    for f in frames:
+        g = f.set_index("image_id")
+        if set(g.index) != set(first.index):
+            raise ValueError("the runs were tested on different images")
+        g = g.loc[first.index]
+        if not np.array_equal(g["label"].to_numpy(), first["label"].to_numpy()):
+            raise ValueError("the runs give the same test images different labels")
+        out.append(g[codes].to_numpy(dtype=np.float64))
+    return first["label"].to_numpy(dtype=np.int64), out
