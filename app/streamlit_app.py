@@ -21,6 +21,7 @@ from typing import NamedTuple
 import streamlit as st
 from dermlow._app import glossary
 from dermlow._app import review_cases as cases
+from dermlow._app import review_compare as compare
 from dermlow._app import review_data as data
 from dermlow._app import review_decisions as decisions
 from dermlow._app import review_evidence as evidence
@@ -45,6 +46,7 @@ class View(NamedTuple):
 
 VIEWS = [
     View("Runs", "compare runs", results.runs_view, compares_runs=True),
+    View("Compare classes", "runs side by side, per class", compare.compare_view, compares_runs=True),
     View("Per-class", "metrics per class", results.per_class_view),
     View("Weights over training", "LOW weights per epoch", results.weights_view),
     View("Lesion galleries", "lowest / highest weighted", cases.galleries_view),

@@ -19,6 +19,8 @@ are left out of that class's interval (NaN-aware percentiles).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
@@ -82,7 +84,8 @@ def _interval(values: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]
 def _group_mean(y: np.ndarray, members: list[np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
     """Each metric averaged over a group's runs, replicate by replicate."""
     parts = [resampled_metrics(y, p, idx) for p in members]
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a class without positives in a replicate: NaN
         return {m: np.nanmean(np.stack([p[m] for p in parts]), axis=0) if len(parts) > 1 else parts[0][m]
                 for m in METRICS}
 
