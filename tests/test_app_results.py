@@ -3,12 +3,10 @@ drill-down, the galleries' filters and counts, and the charts' colours and axes.
 
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
 import pytest
 from run_factory import make_run
 from streamlit.testing.v1 import AppTest
-from test_app import APP, _charts, assert_clean, show
+from test_app import APP, assert_clean, show
 
 from dermlow.evidence import class_compare
 from dermlow.rundir import reader
