@@ -26,8 +26,8 @@ MEASURES = {"recall": "recall", "precision": "precision", "auc": "auc"}  # class
 def setup_name(run: reader.Run) -> str:
     """A setup's short name: method, λ and share of flipped labels (everything but the seed)."""
     s = setup_of(run)
-    parts = [s["method"], f"λ {s['lambda']}" if s["lambda"] else "", f"{s['flipped labels']:.0%} flipped"
-             if s["flipped labels"] else "", s["dataset"]]
+    parts = [s["method"], f"λ {s['lambda']}" if s["lambda"] else "", f"{s['flipped labels']} flipped"
+             if s["flipped labels"] != "0 %" else "", s["dataset"]]
     return " · ".join(p for p in parts if p)
 
 
