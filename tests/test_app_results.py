@@ -3,10 +3,12 @@ drill-down, the galleries' filters and counts, and the charts' colours and axes.
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 import pytest
 from run_factory import make_run
 from streamlit.testing.v1 import AppTest
-from test_app import APP, assert_clean, show
+from test_app import APP, _charts, assert_clean, show
 
 from dermlow.evidence import class_compare
 from dermlow.rundir import reader
@@ -66,3 +68,116 @@ def test_compare_view_pools_a_setup_over_its_seeds(pair, monkeypatch):
     want = class_compare.class_metrics(y, probs[0])["auc"][1] / 2 + class_compare.class_metrics(y, probs[1])["auc"][1] / 2
     row = table[(table["class"] == "NV") & (table["measure"] == "AUC")].iloc[0]
     assert row["CE + LOW · λ 1 · isic2018 (%, 2 seeds)"].startswith(f"{want * 100:.1f} [")
+
+
+def _tile_ids(at: AppTest) -> list[str]:
+    """Image ids of the gallery tiles on the page, in order (from their Markdown, unescaped)."""
+    out = []
+    for m in at.markdown:
+        text = m.value
+        if text.startswith("**") and "given **" in text:
+            out.append(text[2:text.index("**", 2)].replace("\\", ""))
+    return out
+
+
+def test_a_cell_filter_lists_exactly_that_cells_test_images(pair, monkeypatch):
+    run_dir = pair / "base"
+    at = show(app(run_dir, monkeypatch), "Lesion galleries")
+    at.selectbox(key="gallery_split").set_value("test").run()
+    at.selectbox(key="gallery_class").set_value(0).run()
+    at.selectbox(key="gallery_pred").set_value(1).run()
+    at.number_input(key="gallery_n").set_value(60).run()
+    assert_clean(at, "galleries test MEL→NV")
+    run = reader.load_run(run_dir)
+    pred = reader.load_predictions(run_dir, "test")
+    cell = pred[(pred["label"] == 0) & (pred[run.codes].to_numpy().argmax(1) == 1)]
+    assert len(cell) > 0
+    ids = _tile_ids(at)
+    assert sorted(ids) == sorted(cell["image_id"]) and len(set(ids)) == len(ids)
+    heads = [h.value for h in at.subheader]
+    low = (len(cell) + 1) // 2
+    assert heads[0].startswith(f"{low} least confident images of {len(cell)} ")
+    assert not any(b.key and b.key.startswith("open-") for b in at.button)  # test images: no case to open
+    p_given = cell["MEL"].to_numpy()
+    assert ids[0] == cell["image_id"].to_numpy()[p_given.argmin()]  # ranked by confidence in the given label
+
+
+def test_a_small_class_is_split_not_repeated_and_counted(pair, monkeypatch):
+    run_dir = pair / "base"
+    at = show(app(run_dir, monkeypatch), "Lesion galleries")
+    df = reader.load_run(run_dir).codes.index("DF")
+    at.selectbox(key="gallery_class").set_value(df).run()
+    at.number_input(key="gallery_n").set_value(60).run()
+    assert_clean(at, "galleries DF")
+    summary = reader.weight_summary(run_dir)
+    train_df = summary[summary["label"] == df]
+    low = [b.key[len("open-lowest-"):] for b in at.button if b.key and b.key.startswith("open-lowest-")]
+    high = [b.key[len("open-highest-"):] for b in at.button if b.key and b.key.startswith("open-highest-")]
+    assert not set(low) & set(high) and sorted(low + high) == sorted(train_df["image_id"])
+    n = len(train_df)
+    assert at.subheader[0].value.startswith(f"{(n + 1) // 2} lowest-weighted images of {n} ")
+    assert at.subheader[1].value.startswith(f"{n - (n + 1) // 2} highest-weighted images of {n} ")
+    assert max(train_df.set_index("image_id").loc[low, "weight_mean"]) <= min(
+        train_df.set_index("image_id").loc[high, "weight_mean"])
+
+
+def test_a_run_without_low_says_so(pair, monkeypatch):
+    run_dir = pair / "plain"
+    at = show(app(run_dir, monkeypatch), "Weights over training")
+    assert_clean(at, "weights, no LOW")
+    assert "trained without LOW" in at.info[0].value and not at.get("vega_lite_chart")
+    show(at, "Lesion galleries")
+    assert any("without LOW" in c.value for c in at.caption)
+    assert at.subheader[0].value.startswith("12 least confident images of ")
+
+
+def test_training_confusion_matrix_counts_the_last_epoch(pair, monkeypatch):
+    run_dir = pair / "base"
+    at = show(app(run_dir, monkeypatch), "Per-class")
+    at.radio(key="per_class_split").set_value("train").run()
+    assert_clean(at, "per-class train")
+    summary = reader.weight_summary(run_dir)
+    (spec, frame), *_ = _charts(at)
+    assert [p["name"] for p in spec["params"]] == ["cell"]  # the click selection
+    got = frame.set_index(["given", "predicted"])["images"]
+    codes = reader.load_run(run_dir).codes
+    want = pd.crosstab(summary["label"], summary["predicted_last"])
+    for (g, p), count in want.stack().items():
+        assert got[(codes[g], codes[p])] == count
+
+
+def test_charts_use_the_class_colours_and_a_fitted_weight_axis(pair, monkeypatch):
+    from dermlow._app.glossary import CLASS_COLOURS
+
+    run_dir = pair / "base"
+    at = show(app(run_dir, monkeypatch), "Per-class")
+    assert_clean(at, "per-class")
+    roc_spec = _charts(at)[1][0]
+    colour = roc_spec["layer"][0]["encoding"]["color"]
+    assert colour["scale"]["range"] == list(CLASS_COLOURS[:7]) and colour["legend"]["labelLimit"] == 0
+    assert colour["scale"]["domain"][0] == "MEL — Melanoma"
+    assert len(roc_spec["layer"]) == 2  # curves + the operating point of the class in focus
+    at.toggle(key="roc_zoom").set_value(True).run()
+    zoomed = _charts(at)[1][0]["layer"][0]["encoding"]
+    assert zoomed["x"]["scale"]["domain"] == [0.0, 0.3] and zoomed["y"]["scale"]["domain"] == [0.7, 1.0]
+    show(at, "Weights over training")
+    (spec, curves), *_ = _charts(at)
+    low, high = spec["layer"][0]["encoding"]["y"]["scale"]["domain"]
+    assert 0 < low <= min(curves["weight"].min(), 1) and high >= max(curves["weight"].max(), 1)
+    assert spec["layer"][1]["mark"]["type"] == "rule"
+    assert spec["layer"][0]["encoding"]["color"]["scale"]["range"] == list(CLASS_COLOURS[:7])
+
+
+def test_operating_marker_is_the_validation_threshold_on_this_split():
+    from dermlow._app.review_charts import operating_marker
+    from dermlow.evidence.operating_points import rates_at, threshold_for_specificity
+
+    rng = np.random.default_rng(0)
+    vp, tp = rng.random(200) < 0.3, rng.random(150) < 0.3
+    vs, ts = rng.random(200) + vp * 0.5, rng.random(150) + tp * 0.5
+    got = operating_marker(vp, vs, tp, ts)
+    t = threshold_for_specificity(vs[vp], vs[~vp], 0.9)
+    sens, spec = rates_at(ts[tp], ts[~tp], t)
+    assert got == {"threshold": t, "fpr": 1 - spec, "tpr": sens}
+    assert np.mean(vs[~vp] < t) >= 0.9
+    assert operating_marker(vp, vs, np.zeros(150, bool), ts) is None
