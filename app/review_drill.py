@@ -79,12 +79,17 @@ def halves(rows: pd.DataFrame, n: int, key: str) -> tuple[pd.DataFrame, pd.DataF
 
 # ---------------------------------------------------------------- confusion matrix
 
+CELL_PARAMS = ("cell", "cell_count")  # a click on a cell's square or on its count
+
+
 def confusion_chart(cm: np.ndarray, run: reader.Run) -> alt.LayerChart:
-    """Counts of given (rows) × predicted (columns) labels; a click selects one cell."""
+    """Counts of given (rows) × predicted (columns) labels; a click on a cell (its square or its
+    count) selects it."""
     frame = pd.DataFrame([(run.codes[i], run.codes[j], int(cm[i, j]), run.class_label(i), run.class_label(j))
                           for i in range(len(cm)) for j in range(len(cm))],
                          columns=["given", "predicted", "images", "given label", "predicted label"])
-    cell = alt.selection_point(name="cell", fields=["given", "predicted"], on="click", clear=False)
+    square, count = (alt.selection_point(name=n, fields=["given", "predicted"], on="click", clear=False)
+                     for n in CELL_PARAMS)
     base = alt.Chart(frame).encode(
         x=alt.X("predicted:N", sort=run.codes, title=label("predicted")),
         y=alt.Y("given:N", sort=run.codes, title=label("given")))
@@ -92,24 +97,31 @@ def confusion_chart(cm: np.ndarray, run: reader.Run) -> alt.LayerChart:
            "images:Q"]
     cells = base.mark_rect(cursor="pointer").encode(
         color=alt.Color("images:Q", scale=alt.Scale(scheme="blues"), legend=None),
-        stroke=alt.condition(cell, alt.value("#D55E00"), alt.value(None)), strokeWidth=alt.value(3),
-        tooltip=tip).add_params(cell)
-    text = base.mark_text().encode(text="images:Q", tooltip=tip,
-                                   color=alt.condition(alt.datum.images > cm.max() / 2, alt.value("white"), alt.value("black")))
+        stroke=alt.condition(square, alt.value("#D55E00"), alt.value(None), empty=False),
+        strokeWidth=alt.value(3), tooltip=tip).add_params(square)
+    text = base.mark_text(cursor="pointer").encode(
+        text="images:Q", tooltip=tip,
+        color=alt.condition(alt.datum.images > cm.max() / 2, alt.value("white"), alt.value("black"))).add_params(count)
     return (cells + text).properties(height=360)
+
+
+def picked_cell(state: dict | None, last: tuple | None) -> tuple[str, str] | None:
+    """The (given, predicted) codes just clicked, from the chart's selection state: of the cells
+    selected through the square or the count, the one that differs from `last` (the previous pick)."""
+    selection = (state or {}).get("selection") or {}
+    picks = [(p[0].get("given"), p[0].get("predicted")) for n in CELL_PARAMS if (p := selection.get(n))]
+    fresh = [p for p in picks if p != last]
+    return (fresh or picks or [None])[0]
 
 
 def _open_cell(split: str, codes: list[str]) -> None:
     """on_select callback: open the clicked cell's images in the galleries."""
-    state = st.session_state.get(f"cm_{split}")
-    picked = ((state or {}).get("selection") or {}).get("cell") or []
-    if not picked:
+    cell = picked_cell(st.session_state.get(f"cm_{split}"), st.session_state.get(f"cm_{split}_last"))
+    if cell is None or cell[0] not in codes or cell[1] not in codes:
         return
-    given, predicted = picked[0].get("given"), picked[0].get("predicted")
-    if given not in codes or predicted not in codes:
-        return
-    st.session_state.update(gallery_split=split, gallery_class=codes.index(given),
-                            gallery_pred=codes.index(predicted), view="Lesion galleries")
+    st.session_state[f"cm_{split}_last"] = cell
+    st.session_state.update(gallery_split=split, gallery_class=codes.index(cell[0]),
+                            gallery_pred=codes.index(cell[1]), view="Lesion galleries")
 
 
 def confusion_section(run: reader.Run, split: str, y: np.ndarray, predicted: np.ndarray) -> None:
@@ -119,7 +131,7 @@ def confusion_section(run: reader.Run, split: str, y: np.ndarray, predicted: np.
     st.subheader("Confusion matrix", help=help_text("cell"))
     cm = metrics.confusion(y, predicted, len(run.codes))
     st.altair_chart(confusion_chart(cm, run), width="stretch", key=f"cm_{split}", on_select=lambda: _open_cell(
-        split, run.codes), selection_mode="cell")
+        split, run.codes), selection_mode=list(CELL_PARAMS))
     st.caption("Rows: given label; columns: the model's prediction. Click a cell to see its images.")
 
 
@@ -160,8 +172,8 @@ def tile(run: reader.Run, row: pd.Series, section: str, split: str) -> None:
     img, problem = data.load_image(run, row["path"], TILE)
     st.image(img, width="stretch")
     pred = run.codes[int(row["predicted"])] + ("" if pd.isna(row["confidence"]) else f" {row['confidence']:.2f}")
-    value = (f"mean weight **{row['weight']:.2f}**" if not pd.isna(row["weight"])
-             else f"p(given) **{row['p_given']:.2f}**")
+    value = (f"{label('weight_mean')}: **{row['weight']:.2f}**" if not pd.isna(row["weight"])
+             else f"{label('p_given')}: **{row['p_given']:.2f}**")
     st.markdown(f"**{md(row['image_id'])}**  \ngiven **{md(run.codes[int(row['given'])])}** · pred {md(pred)}  \n{value}")
     if problem:
         st.caption(f":red[{md(problem)}]")
@@ -221,5 +233,5 @@ def galleries_view(run: reader.Run) -> None:
     for part, name, section in ((low, names[0], "lowest"), (high, names[1], "highest")):
         if part.empty:
             continue
-        st.subheader(f"{len(part)} {name} images of {len(shown)} — {md(where)}")
+        st.subheader(f"{len(part)} {name} {'image' if len(part) == 1 else 'images'} of {len(shown)} — {md(where)}")
         gallery(run, part, section, split)

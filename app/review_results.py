@@ -222,7 +222,9 @@ def weights_view(run: reader.Run) -> None:
     st.subheader("Distribution of weights per epoch")
     q = data.weight_quantiles(str(run.path), stamp)
     base = alt.Chart(q).encode(x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)))
-    band = base.mark_area(opacity=0.2).encode(y=alt.Y("p5:Q", title="weight"), y2="p95:Q")
+    band = base.mark_area(opacity=0.2).encode(
+        y=alt.Y("p5:Q", title=label("weight"), scale=alt.Scale(domain=charts.weight_domain(q[["p5", "p95"]].to_numpy()))),
+        y2="p95:Q")
     iqr = base.mark_area(opacity=0.4).encode(y="p25:Q", y2="p75:Q")
     st.altair_chart(band + iqr + base.mark_line().encode(y="median:Q") + charts.reference_rule(), width="stretch")
     st.caption("Light band: 5–95 % of the images; dark band: 25–75 %; line: median.")

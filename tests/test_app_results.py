@@ -96,7 +96,7 @@ def test_a_cell_filter_lists_exactly_that_cells_test_images(pair, monkeypatch):
     assert sorted(ids) == sorted(cell["image_id"]) and len(set(ids)) == len(ids)
     heads = [h.value for h in at.subheader]
     low = (len(cell) + 1) // 2
-    assert heads[0].startswith(f"{low} least confident images of {len(cell)} ")
+    assert heads[0].startswith(f"{low} least confident {'image' if low == 1 else 'images'} of {len(cell)} ")
     assert not any(b.key and b.key.startswith("open-") for b in at.button)  # test images: no case to open
     p_given = cell["MEL"].to_numpy()
     assert ids[0] == cell["image_id"].to_numpy()[p_given.argmin()]  # ranked by confidence in the given label
@@ -138,7 +138,7 @@ def test_training_confusion_matrix_counts_the_last_epoch(pair, monkeypatch):
     assert_clean(at, "per-class train")
     summary = reader.weight_summary(run_dir)
     (spec, frame), *_ = _charts(at)
-    assert [p["name"] for p in spec["params"]] == ["cell"]  # the click selection
+    assert [p["name"] for p in spec["params"]] == ["cell", "cell_count"]  # the click selections
     got = frame.set_index(["given", "predicted"])["images"]
     codes = reader.load_run(run_dir).codes
     want = pd.crosstab(summary["label"], summary["predicted_last"])
@@ -170,6 +170,7 @@ def test_charts_use_the_class_colours_and_a_fitted_weight_axis(pair, monkeypatch
 
 def test_operating_marker_is_the_validation_threshold_on_this_split():
     from dermlow._app.review_charts import operating_marker
+
     from dermlow.evidence.operating_points import rates_at, threshold_for_specificity
 
     rng = np.random.default_rng(0)
@@ -181,3 +182,22 @@ def test_operating_marker_is_the_validation_threshold_on_this_split():
     assert got == {"threshold": t, "fpr": 1 - spec, "tpr": sens}
     assert np.mean(vs[~vp] < t) >= 0.9
     assert operating_marker(vp, vs, np.zeros(150, bool), ts) is None
+
+
+def test_picked_cell_is_the_fresh_click():
+    from dermlow._app.review_drill import picked_cell
+
+    state = {"selection": {"cell": [{"given": "MEL", "predicted": "NV"}], "cell_count": [{"given": "BCC", "predicted": "NV"}]}}
+    assert picked_cell(state, ("MEL", "NV")) == ("BCC", "NV")
+    assert picked_cell(state, ("BCC", "NV")) == ("MEL", "NV")
+    assert picked_cell({"selection": {"cell": []}}, None) is None
+
+
+def test_runs_tables_put_metrics_first_in_percent(pair, monkeypatch):
+    at = app(pair, monkeypatch)
+    assert_clean(at, "runs")
+    top, every = at.dataframe[0].value, at.dataframe[1].value
+    assert list(top.columns[:6]) == ["method", "Acc", "BAcc", "mAUC", "mF1", "runs"]
+    assert "run names" in top.columns and "base, base_b" in set(top["run names"])
+    assert list(every.columns[:5]) == ["run", "Acc", "BAcc", "mAUC", "mF1"]
+    assert set(every["flipped labels"]) == {"0 %"}
