@@ -24,10 +24,10 @@ VIEWPORT = {"width": 1280, "height": 720}
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
-    """Two runs on the same images (one seed): LOW λ 1, and a better-learning one with λ 2."""
+    """Two runs on the same images (one seed): LOW λ 1, and another (learning rate of the simulation up) with λ 2."""
     root = tmp_path_factory.mktemp("browser_results") / "runs"
     make_run(root, "base", seed=0, epochs=5, image_size=64)
-    make_run(root, "better", seed=0, epochs=5, image_size=64, sim={"learn": 5.0}, lam=2.0, images=False)
+    make_run(root, "other", seed=0, epochs=5, image_size=64, sim={"learn": 5.0}, lam=2.0, images=False)
     return root
 
 
@@ -71,9 +71,11 @@ def test_a_confusion_cell_click_lists_its_images(two_runs, tmp_path):
                 started = time.monotonic()
                 counts = chart.locator(".mark-text text")  # the number drawn on the cell: where one clicks
                 counts.nth(int(g) * len(run.codes) + int(p)).click()
-                heading = page.get_by_text(f"images of {len(want)} — given {run.class_label(int(g))}", exact=False)
+                heading = page.get_by_text(f" of {len(want)} — given {run.class_label(int(g))}", exact=False)
                 heading.first.wait_for(timeout=60_000)
                 seconds = time.monotonic() - started
+                for image_id in sorted(want):
+                    page.get_by_text(image_id, exact=True).first.wait_for(timeout=30_000)
                 _busy_done(page)
                 text = page.inner_text('[data-testid="stMain"]')
                 page.screenshot(path=str(shots / "cell_images_1280x720.png"))
@@ -81,7 +83,7 @@ def test_a_confusion_cell_click_lists_its_images(two_runs, tmp_path):
                 page.get_by_text("Per-class", exact=True).click()
                 page.get_by_text("Rows: given label").wait_for(timeout=60_000)
                 cells.first.click(position={"x": 3, "y": 3})
-                page.get_by_text(f"images of {cm[0, 0]} — given {run.class_label(0)}", exact=False).first.wait_for(
+                page.get_by_text(f" of {cm[0, 0]} — given {run.class_label(0)}", exact=False).first.wait_for(
                     timeout=60_000)
             finally:
                 browser.close()
@@ -134,7 +136,7 @@ def test_two_runs_compared_per_class_with_intervals_in_view(two_runs, tmp_path):
     first = {h["text"]: h["right"] for h in every}
     assert all(first[m] <= VIEWPORT["width"] for m in ("run", "BAcc", "Acc", "mAUC", "mF1")), every  # metrics in view
     names = [h["text"] for h in headers]
-    assert any(n.startswith("base (%") for n in names) and any(n.startswith("better − base") for n in names), names
+    assert any(n.startswith("base (%") for n in names) and any(n.startswith("other − base") for n in names), names
     inside = [h for h in headers if h["text"].strip()]
     assert all(h["right"] <= min(h["gridRight"], VIEWPORT["width"]) + 1 for h in inside), headers  # no hidden column
     print(f"compare view answered in {seconds:.2f} s")
