@@ -95,10 +95,16 @@ def cached_compare(groups: tuple[tuple[str, tuple[str, ...]], ...], baseline: st
     codes = reader.load_run(groups[0][1][0]).codes
     if any(f.empty for f in frames):
         raise UserError("A selected run has no test predictions yet (predictions.csv is written after its first epoch).")
+    missing = [c for f in frames for c in codes if c not in f.columns]
+    if missing:
+        raise UserError(f"The selected runs have different classes (missing {', '.join(sorted(set(missing)))}).")
     try:
         y, probs = class_compare.aligned_probs(frames, codes)
-    except (ValueError, KeyError) as err:
-        raise UserError(f"These runs cannot be compared image by image: {err}.") from None
+    except ValueError:  # tested on other images (e.g. a split per seed): unpaired bootstrap
+        unpaired: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        for name, f in zip(names, frames, strict=True):
+            unpaired.setdefault(name, []).append((f["label"].to_numpy(), f[codes].to_numpy(dtype=float)))
+        return class_compare.compare_classes_unpaired(unpaired, codes, baseline=baseline), codes
     members: dict[str, list[np.ndarray]] = {}
     for name, p in zip(names, probs, strict=True):
         members.setdefault(name, []).append(p)
@@ -128,6 +134,10 @@ def compare_view(run_dirs: list[str]) -> None:
     baseline = right.selectbox("Baseline", chosen, key=f"cmp_baseline_{int(by_setup)}", help=help_text("baseline"))
     measures = st.multiselect("Measures", list(MEASURES), default=list(MEASURES), key="cmp_measures",
                               format_func=lambda m: label(MEASURES[m]))
+    waiting = [r.name for g in chosen for r in groups[g] if not (r.path / files.PREDICTIONS).is_file()]
+    if waiting:
+        st.info(md(f"No test predictions yet for {', '.join(waiting)}: they are written after the first epoch."))
+        return
     key = tuple((g, tuple(str(r.path) for r in groups[g])) for g in chosen)
     stamp = tuple(data.stamp(r.path, files.PREDICTIONS) for g in chosen for r in groups[g])
     try:
@@ -142,8 +152,14 @@ def compare_view(run_dirs: list[str]) -> None:
         label("support"): st.column_config.NumberColumn(label("support"), help=help_text("support"), width="small"),
     })
     seeds = ", ".join(f"{g}: {len(groups[g])}" for g in chosen)
+    paired = bool(long["paired"].all())
+    if not paired:
+        st.warning("These runs were tested on different images (their splits differ): each run is resampled on "
+                   "its own test images and the differences' intervals are unpaired (wider), and the images "
+                   "column is the mean over the runs.")
     st.caption(md(f"Test images, in %. Each cell: value [{label('ci')}]: {help_text('ci')} "
-                  f"Differences: {help_text('diff')} Seeds per column: {seeds}."
+                  f"Differences: {help_text('diff') if paired else 'unpaired bootstrap, see above.'} "
+                  f"Seeds per column: {seeds}."
                   + (" A setup's value is the mean over its seeds; its interval comes from the same resampled "
                      "test images for every seed (test-image uncertainty, not seed-to-seed spread)."
                      if by_setup else "")))

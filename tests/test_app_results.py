@@ -201,3 +201,19 @@ def test_runs_tables_put_metrics_first_in_percent(pair, monkeypatch):
     assert "run names" in top.columns and "base, base_b" in set(top["run names"])
     assert list(every.columns[:5]) == ["run", "Acc", "BAcc", "mAUC", "mF1"]
     assert set(every["flipped labels"]) == {"0 %"}
+
+
+def test_runs_on_other_test_images_are_compared_unpaired(tmp_path, monkeypatch):
+    make_run(tmp_path, "s0", seed=0, epochs=3, images=False)
+    make_run(tmp_path, "s1", seed=1, epochs=3, images=False)  # another split: other test images
+    at = show(app(tmp_path, monkeypatch), "Compare classes")
+    assert not at.exception and not at.error
+    assert "different images" in at.warning[0].value
+    table = at.dataframe[0].value
+    frames = {n: reader.load_predictions(tmp_path / n, "test") for n in ("s0", "s1")}
+    codes = reader.load_run(tmp_path / "s0").codes
+    want = class_compare.compare_classes_unpaired(
+        {n: [(f["label"].to_numpy(), f[codes].to_numpy())] for n, f in frames.items()}, codes, baseline="s0")
+    r = want[(want["group"] == "s1") & (want["class"] == "NV") & (want["metric"] == "auc")].iloc[0]
+    row = table[(table["class"] == "NV") & (table["measure"] == "AUC")].iloc[0]
+    assert row["s1 − s0 (% points)"] == f"{r['diff'] * 100:+.1f} [{r['diff_low'] * 100:+.1f}, {r['diff_high'] * 100:+.1f}]"

@@ -97,3 +97,18 @@ def test_aligned_probs_reorders_and_refuses_other_images():
     np.testing.assert_allclose(probs[1], probs[0])
     with pytest.raises(ValueError, match="different images"):
         cc.aligned_probs([a, a.assign(image_id=["x", "z"])], ["A", "B"])
+
+
+def test_unpaired_comparison_on_other_test_images():
+    y0, p0 = hand_made(0, n=150, skill=0.5)
+    y1, p1 = hand_made(1, n=180, skill=3.0)
+    t = cc.compare_classes_unpaired({"weak": [(y0, p0)], "strong": [(y1, p1)]}, CODES, baseline="weak", n_boot=300)
+    assert not t["paired"].any()
+    rec = t[(t["group"] == "strong") & (t["metric"] == "recall")]
+    np.testing.assert_allclose(rec["value"], recall_score(y1, p1.argmax(1), average=None))
+    np.testing.assert_allclose(rec["diff"], recall_score(y1, p1.argmax(1), average=None)
+                               - recall_score(y0, p0.argmax(1), average=None))
+    assert (rec["diff_low"] > 0).all() and (rec["support"] == 60).all()
+    paired = cc.compare_classes(y0, {"a": [p0]}, CODES, n_boot=300)
+    alone = cc.compare_classes_unpaired({"a": [(y0, p0)]}, CODES, n_boot=300)
+    pd.testing.assert_frame_equal(paired.drop(columns="paired"), alone.drop(columns="paired"))  # same draws, seed 0

@@ -90,24 +90,11 @@ def _group_mean(y: np.ndarray, members: list[np.ndarray], idx: np.ndarray) -> di
                 for m in METRICS}
 
 
-def compare_classes(y: np.ndarray, groups: dict[str, list[np.ndarray]], codes: list[str], *,
-                    baseline: str | None = None, n_boot: int = N_BOOT, seed: int = 0,
-                    level: float = LEVEL) -> pd.DataFrame:
-    """One row per (group, class, metric): value (mean over the group's runs), low / high (its
-    bootstrap interval), diff / diff_low / diff_high (group - baseline on the same replicates; NaN
-    without a baseline and for the baseline itself), seeds (runs in the group), support (test
-    images of the class). All values are fractions (0-1). `groups` maps a name to the (N, C)
-    probabilities of its runs on the test images whose labels are `y`, in the same order."""
-    y = np.asarray(y, dtype=np.int64)
-    if baseline is not None and baseline not in groups:
-        raise ValueError(f"baseline {baseline!r} is not one of the groups {sorted(groups)}")
-    idx = bootstrap_indices(len(y), n_boot, seed)
-    full = np.arange(len(y))[None, :]
-    point = {g: _group_mean(y, m, full) for g, m in groups.items()}
-    boot = {g: _group_mean(y, m, idx) for g, m in groups.items()}
-    support = np.bincount(y, minlength=len(codes))
+def _rows(point: dict, boot: dict, seeds: dict, support: dict, codes: list[str], baseline: str | None,
+          level: float, paired: bool) -> pd.DataFrame:
+    """The long table of compare_classes from each group's point values and replicate values."""
     rows = []
-    for g, members in groups.items():
+    for g in point:
         for m in METRICS:
             low, high = _interval(boot[g][m], level)
             if baseline is None or g == baseline:
@@ -118,8 +105,56 @@ def compare_classes(y: np.ndarray, groups: dict[str, list[np.ndarray]], codes: l
             for k, code in enumerate(codes):
                 rows.append({"group": g, "class": code, "metric": m, "value": point[g][m][0][k],
                              "low": low[k], "high": high[k], "diff": diff[k], "diff_low": d_low[k],
-                             "diff_high": d_high[k], "seeds": len(members), "support": int(support[k])})
+                             "diff_high": d_high[k], "seeds": seeds[g], "support": int(support[g][k]),
+                             "paired": paired})
     return pd.DataFrame(rows)
+
+
+def compare_classes(y: np.ndarray, groups: dict[str, list[np.ndarray]], codes: list[str], *,
+                    baseline: str | None = None, n_boot: int = N_BOOT, seed: int = 0,
+                    level: float = LEVEL) -> pd.DataFrame:
+    """One row per (group, class, metric): value (mean over the group's runs), low / high (its
+    bootstrap interval), diff / diff_low / diff_high (group - baseline on the same replicates; NaN
+    without a baseline and for the baseline itself), seeds (runs in the group), support (test
+    images of the class), paired (True). All values are fractions (0-1). `groups` maps a name to
+    the (N, C) probabilities of its runs on the test images whose labels are `y`, in the same order."""
+    y = np.asarray(y, dtype=np.int64)
+    if baseline is not None and baseline not in groups:
+        raise ValueError(f"baseline {baseline!r} is not one of the groups {sorted(groups)}")
+    idx = bootstrap_indices(len(y), n_boot, seed)
+    full = np.arange(len(y))[None, :]
+    point = {g: _group_mean(y, m, full) for g, m in groups.items()}
+    boot = {g: _group_mean(y, m, idx) for g, m in groups.items()}
+    support = np.bincount(y, minlength=len(codes))
+    return _rows(point, boot, {g: len(m) for g, m in groups.items()}, dict.fromkeys(groups, support), codes,
+                 baseline, level, paired=True)
+
+
+def compare_classes_unpaired(groups: dict[str, list[tuple[np.ndarray, np.ndarray]]], codes: list[str], *,
+                             baseline: str | None = None, n_boot: int = N_BOOT, seed: int = 0,
+                             level: float = LEVEL) -> pd.DataFrame:
+    """compare_classes for runs tested on different images (e.g. a split drawn per seed): each run
+    given as (labels, probabilities) is resampled on its own test images (seed + its position), a
+    group's replicate is the mean of its runs' replicates, and a difference's interval comes from
+    independent replicates (unpaired bootstrap: wider than a paired one). support: the mean over
+    the group's runs (rounded); paired: False."""
+    if baseline is not None and baseline not in groups:
+        raise ValueError(f"baseline {baseline!r} is not one of the groups {sorted(groups)}")
+    point, boot, support, position = {}, {}, {}, 0
+    for g, members in groups.items():
+        parts_point, parts_boot, counts = [], [], []
+        for y, p in members:
+            y = np.asarray(y, dtype=np.int64)
+            parts_point.append(resampled_metrics(y, p, np.arange(len(y))[None, :]))
+            parts_boot.append(resampled_metrics(y, p, bootstrap_indices(len(y), n_boot, seed + position)))
+            counts.append(np.bincount(y, minlength=len(codes)))
+            position += 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            point[g] = {m: np.nanmean(np.stack([q[m] for q in parts_point]), axis=0) for m in METRICS}
+            boot[g] = {m: np.nanmean(np.stack([q[m] for q in parts_boot]), axis=0) for m in METRICS}
+        support[g] = np.rint(np.mean(counts, axis=0))
+    return _rows(point, boot, {g: len(m) for g, m in groups.items()}, support, codes, baseline, level, paired=False)
 
 
 def aligned_probs(frames: list[pd.DataFrame], codes: list[str]) -> tuple[np.ndarray, list[np.ndarray]]:
