@@ -23,7 +23,6 @@ import warnings
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 
 METRICS = ("recall", "precision", "auc")
 N_BOOT = 1000
@@ -58,16 +57,25 @@ def resampled_metrics(y: np.ndarray, probs: np.ndarray, idx: np.ndarray) -> dict
     with np.errstate(invalid="ignore", divide="ignore"):
         recall = np.where(support > 0, tp / support, np.nan)
         precision = np.where(called > 0, tp / called, np.nan)
-    auc = np.full((b, c), np.nan)
-    for k in range(c):
-        pos = ys == k
-        n_pos = pos.sum(axis=1).astype(np.float64)
-        n_neg = idx.shape[1] - n_pos
-        ranks = rankdata(probs[idx, k], axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            auc[:, k] = np.where((n_pos > 0) & (n_neg > 0),
-                                 ((ranks * pos).sum(axis=1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg), np.nan)
+    draws = np.bincount((rows * len(y) + idx.ravel()), minlength=b * len(y)).reshape(b, len(y)).astype(np.float64)
+    auc = np.column_stack([_weighted_auc(y == k, probs[:, k], draws) for k in range(c)])
     return {"recall": recall, "precision": precision, "auc": auc, "support": support}
+
+
+def _weighted_auc(positive: np.ndarray, scores: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    """One-vs-rest AUC of each replicate, an image counted as often as it was drawn (`draws`,
+    (B, N)): the share of (positive, negative) pairs ordered right, ties counting one half; NaN
+    without positives or negatives. One sort for all replicates (Mann-Whitney with weights)."""
+    order = np.argsort(scores, kind="stable")
+    s, pos = scores[order], positive[order]
+    w = draws[:, order]
+    neg_w, pos_w = w * ~pos, w * pos
+    below = np.concatenate([np.zeros((len(w), 1)), np.cumsum(neg_w, axis=1)], axis=1)
+    left, right = np.searchsorted(s, s, "left"), np.searchsorted(s, s, "right")
+    ordered = (pos_w * (below[:, left] + 0.5 * (below[:, right] - below[:, left]))).sum(axis=1)
+    n_pos, n_neg = pos_w.sum(axis=1), neg_w.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((n_pos > 0) & (n_neg > 0), ordered / (n_pos * n_neg), np.nan)
 
 
 def _interval(values: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
