@@ -62,6 +62,7 @@ TERMS: dict[str, Term] = {
     "bacc": Term("balanced accuracy", "Sensitivity averaged over the classes: every class counts the same."),
     "acc": Term("accuracy", "Share of images classified correctly (dominated by the commonest class)."),
     "mauc": Term("mean AUC", "AUC averaged over the classes."),
+    "f1": Term("F1", "The harmonic mean of sensitivity and precision: high only when both are."),
     "mf1": Term("mean F1", "F1 (the harmonic mean of sensitivity and precision) averaged over the classes."),
     "ece": Term(
         "calibration error (ECE)",

@@ -15,7 +15,7 @@ from dermlow.rundir import reader
 
 from .glossary import class_scale, label
 
-LEGEND = {"labelLimit": 0, "orient": "bottom", "columns": 4}  # full names, never truncated
+LEGEND = {"labelLimit": 0, "orient": "bottom"}  # full names, never truncated (columns: as the width allows)
 ZOOM = {"fpr": (0.0, 0.3), "tpr": (0.7, 1.0)}
 MARKER_SPECIFICITY = 0.90
 DASHES = {"training": [6, 3], "training (weighted)": [2, 2], "training (accuracy)": [6, 3], "validation": [1, 0],
@@ -46,7 +46,7 @@ def class_weights_chart(curves: pd.DataFrame, run: reader.Run) -> alt.LayerChart
     lines = alt.Chart(curves).mark_line(point=True).encode(
         x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1), title=label("epoch")),
         y=alt.Y("weight:Q", title=label("weight_mean"), scale=alt.Scale(domain=weight_domain(curves["weight"]))),
-        color=alt.Color("class:N", scale=class_colours(run), legend=alt.Legend(title=None, **LEGEND)),
+        color=alt.Color("class:N", scale=class_colours(run), legend=alt.Legend(title=None, columns=2, **LEGEND)),
         tooltip=["class:N", "epoch:Q", alt.Tooltip("weight:Q", format=".3f")])
     return alt.layer(lines, reference_rule()).properties(height=340)
 
@@ -59,7 +59,7 @@ def curves_chart(frame: pd.DataFrame, names: dict[str, str], title: str) -> alt.
     return alt.Chart(long).mark_line(point=True).encode(
         x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1), title=label("epoch")),
         y=alt.Y("value:Q", title=title, scale=alt.Scale(zero=False)),
-        color=alt.Color("curve:N", sort=shown, legend=alt.Legend(title=None, **LEGEND),
+        color=alt.Color("curve:N", sort=shown, legend=alt.Legend(title=None, columns=2, **LEGEND),
                         scale=alt.Scale(domain=shown, range=["#0072B2", "#56B4E9", "#D55E00", "#000000"][: len(shown)])),
         strokeDash=alt.StrokeDash("curve:N", sort=shown, legend=None,
                                   scale=alt.Scale(domain=shown, range=[DASHES.get(s, [1, 0]) for s in shown])),
@@ -87,7 +87,7 @@ def roc_chart(roc: pd.DataFrame, run: reader.Run, *, zoom: bool = False, marker:
     x = alt.X("false positive rate:Q", scale=alt.Scale(domain=x_dom, clamp=False), title="1 − specificity (FPR)")
     y = alt.Y("true positive rate:Q", scale=alt.Scale(domain=y_dom, clamp=False), title=label("recall"))
     lines = alt.Chart(roc).mark_line(clip=True).encode(
-        x=x, y=y, color=alt.Color("class:N", scale=class_colours(run), legend=alt.Legend(title=None, **LEGEND)),
+        x=x, y=y, color=alt.Color("class:N", scale=class_colours(run), legend=alt.Legend(title=None, columns=1, **LEGEND)),
         opacity=alt.condition(alt.datum["class"] == focus, alt.value(1.0), alt.value(0.55)) if focus else alt.value(0.9),
         strokeWidth=alt.condition(alt.datum["class"] == focus, alt.value(3), alt.value(1.5)) if focus else alt.value(2),
         tooltip=["class:N", alt.Tooltip("false positive rate:Q", format=".3f"),

@@ -187,7 +187,7 @@ def per_class_view(run: reader.Run) -> None:
         st.dataframe(report.drop(columns=["code", "name"]).style.format(
             {"precision": "{:.1%}", "recall": "{:.1%}", "f1": "{:.1%}", "auc": "{:.1%}"}, na_rep="—"), hide_index=True,
             column_config={k: st.column_config.Column(label(k), help=help_text(k))
-                           for k in ("precision", "recall", "auc", "support")})
+                           for k in ("precision", "recall", "f1", "auc", "support")})
         left, right = st.columns(2)
         with left:
             drill.confusion_section(run, split, y, probs.argmax(1))

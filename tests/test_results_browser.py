@@ -68,6 +68,11 @@ def test_a_confusion_cell_click_lists_its_images(two_runs, tmp_path):
                 cells.nth(len(run.codes) ** 2 - 1).wait_for(timeout=30_000)
                 chart.scroll_into_view_if_needed()
                 page.screenshot(path=str(shots / "confusion_1280x720.png"))
+                page.get_by_text("Zoom to the top-left corner").click()
+                _busy_done(page)
+                page.wait_for_timeout(500)
+                roc = page.locator('[data-testid="stMain"] [data-testid="stVegaLiteChart"]').nth(1)
+                roc.screenshot(path=str(shots / "roc_zoom.png"))
                 started = time.monotonic()
                 counts = chart.locator(".mark-text text")  # the number drawn on the cell: where one clicks
                 counts.nth(int(g) * len(run.codes) + int(p)).click()
@@ -85,6 +90,11 @@ def test_a_confusion_cell_click_lists_its_images(two_runs, tmp_path):
                 cells.first.click(position={"x": 3, "y": 3})
                 page.get_by_text(f" of {cm[0, 0]} — given {run.class_label(0)}", exact=False).first.wait_for(
                     timeout=60_000)
+                page.get_by_text("Weights over training", exact=True).click()
+                page.get_by_text("Dashed grey line").wait_for(timeout=60_000)
+                _busy_done(page)
+                page.wait_for_timeout(500)
+                page.screenshot(path=str(shots / "weights_1280x720.png"))
             finally:
                 browser.close()
     shown = {i for i in want if i in text}
