@@ -157,6 +157,11 @@ def test_charts_use_the_class_colours_and_a_fitted_weight_axis(pair, monkeypatch
     assert colour["scale"]["range"] == list(CLASS_COLOURS[:7]) and colour["legend"]["labelLimit"] == 0
     assert colour["scale"]["domain"][0] == "MEL — Melanoma"
     assert len(roc_spec["layer"]) == 2  # curves + the operating point of the class in focus
+    curves = [spec for spec, _ in _charts(at) if spec.get("encoding", {}).get("strokeDash")]
+    assert len(curves) == 2  # loss and balanced accuracy: training dashed, validation solid
+    dash = curves[0]["encoding"]["strokeDash"]["scale"]
+    assert dash["range"][dash["domain"].index("validation")] == [1, 0] and len({str(r) for r in dash["range"]}) == len(
+        dash["range"])
     at.toggle(key="roc_zoom").set_value(True).run()
     zoomed = _charts(at)[1][0]["layer"][0]["encoding"]
     assert zoomed["x"]["scale"]["domain"] == [0.0, 0.3] and zoomed["y"]["scale"]["domain"] == [0.7, 1.0]
