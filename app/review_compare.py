@@ -83,6 +83,27 @@ def compare_table(long: pd.DataFrame, codes: list[str], baseline: str | None,
     return pd.DataFrame(rows)
 
 
+WIDE_MAX = 2  # more runs than this: one row per run (compare_rows), so every column fits 1280 px
+
+
+def compare_rows(long: pd.DataFrame, codes: list[str], baseline: str | None, measures: list[str]) -> pd.DataFrame:
+    """The table for many runs: one row per (class, measure, run); columns class, measure, images,
+    run, value [95 % interval] in %, difference to the baseline [interval] in % points."""
+    groups = list(dict.fromkeys(long["group"]))
+    rows = []
+    for code in codes:
+        for m in measures:
+            part = long[(long["class"] == code) & (long["metric"] == m)].set_index("group")
+            for g in groups:
+                r = part.loc[g]
+                rows.append({"class": code, "measure": label(MEASURES[m]), label("support"): int(r["support"]),
+                             "run": g + (f" ({int(r['seeds'])} seeds)" if r["seeds"] > 1 else ""),
+                             "value (%)": cell(r["value"], r["low"], r["high"]),
+                             f"− {baseline} (% points)" if baseline else "difference": cell(
+                                 r["diff"], r["diff_low"], r["diff_high"], signed=True)})
+    return pd.DataFrame(rows)
+
+
 @st.cache_data(show_spinner="Bootstrapping the test images (1,000 resamples)…", max_entries=16)
 def cached_compare(groups: tuple[tuple[str, tuple[str, ...]], ...], baseline: str | None,
                    stamp: tuple) -> tuple[pd.DataFrame, list[str]]:
@@ -127,7 +148,7 @@ def compare_view(run_dirs: list[str]) -> None:
                           format_func=lambda s: {"runs": "runs", "setups": "setups (over seeds)"}[s]) == "setups"
     groups = groups_of(runs, by_setup)
     names = list(groups)
-    chosen = middle.multiselect("Runs" if not by_setup else "Setups", names, default=names[:3], key=f"cmp_groups_{int(by_setup)}")
+    chosen = middle.multiselect("Runs" if not by_setup else "Setups", names, default=names[:2], key=f"cmp_groups_{int(by_setup)}")
     if not chosen:
         st.info("Choose at least one run.")
         return
@@ -145,7 +166,8 @@ def compare_view(run_dirs: list[str]) -> None:
     except UserError as err:
         st.error(md(err))
         return
-    table = compare_table(long, codes, baseline if len(chosen) > 1 else None, measures or list(MEASURES))
+    shape = compare_table if len(chosen) <= WIDE_MAX else compare_rows
+    table = shape(long, codes, baseline if len(chosen) > 1 else None, measures or list(MEASURES))
     st.dataframe(table, hide_index=True, key="cmp_table", column_config={
         "measure": st.column_config.TextColumn("measure", help="; ".join(
             f"{label(k)}: {help_text(k)}" for k in MEASURES.values())),

@@ -34,6 +34,7 @@ def test_compare_view_shows_the_pure_functions_numbers(pair, monkeypatch):
     at = show(app(pair, monkeypatch), "Compare classes")
     at.sidebar.multiselect(key="compare").set_value([str(pair / n) for n in ("base", "better")]).run()
     assert_clean(at, "compare")
+    at.multiselect(key="cmp_groups_0").set_value(["base", "better"]).run()
     at.selectbox(key="cmp_baseline_0").set_value("base").run()
     table = at.dataframe[0].value
     frames = [reader.load_predictions(pair / n, "test") for n in ("base", "better")]
@@ -62,12 +63,19 @@ def test_compare_view_pools_a_setup_over_its_seeds(pair, monkeypatch):
     names = at.multiselect(key="cmp_groups_1").options
     assert names == ["CE + LOW · λ 1 · isic2018", "CE + LOW · λ 2 · isic2018", "CE · isic2018"]
     table = at.dataframe[0].value
-    assert "CE + LOW · λ 1 · isic2018 (%, 2 seeds)" in table.columns and "CE · isic2018 (%)" in table.columns
+    assert "CE + LOW · λ 1 · isic2018 (%, 2 seeds)" in table.columns and "CE + LOW · λ 2 · isic2018 (%)" in table.columns
     codes = reader.load_run(pair / "base").codes
     y, probs = class_compare.aligned_probs([reader.load_predictions(pair / n, "test") for n in runs], codes)
     want = class_compare.class_metrics(y, probs[0])["auc"][1] / 2 + class_compare.class_metrics(y, probs[1])["auc"][1] / 2
     row = table[(table["class"] == "NV") & (table["measure"] == "AUC")].iloc[0]
     assert row["CE + LOW · λ 1 · isic2018 (%, 2 seeds)"].startswith(f"{want * 100:.1f} [")
+    at.multiselect(key="cmp_groups_1").set_value(names).run()  # three setups: one row per setup, narrow
+    long = at.dataframe[0].value
+    assert list(long.columns) == ["class", "measure", "images", "run", "value (%)",
+                                  "− CE + LOW · λ 1 · isic2018 (% points)"]
+    assert len(long) == 3 * 3 * len(codes)
+    mine = long[(long["class"] == "NV") & (long["measure"] == "AUC") & (long["run"] == "CE + LOW · λ 1 · isic2018 (2 seeds)")]
+    assert mine["value (%)"].iloc[0].startswith(f"{want * 100:.1f} [") and mine.iloc[0, -1] == "—"  # the baseline
 
 
 def _tile_ids(at: AppTest) -> list[str]:
