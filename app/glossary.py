@@ -68,6 +68,18 @@ TERMS: dict[str, Term] = {
         "calibration error (ECE)",
         "How far the stated confidence is from the observed accuracy, averaged over 15 confidence bins; 0 is perfect."),
     "ci": Term("95 % interval", "Bootstrap 95 % confidence interval: test images resampled 1,000 times (seeded)."),
+    "baseline": Term("baseline", "The run (or setup) the others are compared with: differences are other − baseline."),
+    "diff": Term(
+        "difference to the baseline",
+        "In % points, with a paired bootstrap 95 % interval (the same resampled test images for both): an "
+        "interval that excludes 0 means the difference is unlikely to be chance in the choice of test images."),
+    "cell": Term(
+        "confusion-matrix cell",
+        "The images with this given label (row) that the model called this class (column). Click a cell to list them."),
+    "operating_point": Term(
+        "operating point",
+        "The threshold on the class's probability chosen on the validation images for ≥ 90 % specificity; "
+        "the marker shows where it falls on the ROC curve."),
     "seeds": Term("seeds", "Repeats of the same setup with another random start; more seeds, surer comparisons."),
     "lesion": Term("lesion", "One skin lesion; the dataset may hold several images of it (HAM10000 `lesion_id`)."),
     "blind": Term(
@@ -76,21 +88,6 @@ TERMS: dict[str, Term] = {
         "flip in a study run) and the other reviewers' decisions until you have saved yours."),
     "split": Term("split", "Training, validation (used to choose the epoch and thresholds) or test (reported)."),
     "lambda": Term("λ (LOW's regularisation)", "Larger λ keeps LOW's weights closer to 1."),
-    "baseline": Term("baseline", "The run (or setup) the others are compared with: differences are other − baseline."),
-    "diff": Term(
-        "difference to the baseline",
-        "In % points, with a paired bootstrap 95 % interval (the same resampled test images for both): an "
-        "interval that excludes 0 means the difference is unlikely to be chance in the choice of test images."),
-    "confidence_given": Term(
-        "model's confidence in the given label (last epoch)",
-        "Used to rank the images of a run trained without LOW: low = the model doubts the given label."),
-    "cell": Term(
-        "confusion-matrix cell",
-        "The images with this given label (row) that the model called this class (column). Click a cell to list them."),
-    "operating_point": Term(
-        "operating point",
-        "The threshold on the class's probability chosen on the validation images for ≥ 90 % specificity; "
-        "the marker shows where it falls on the ROC curve."),
 }
 
 CLASS_COLOURS = ("#D55E00", "#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#000000", "#F0E442")
