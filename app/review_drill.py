@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from dermlow import metrics
 from dermlow.rundir import files, reader
 
 from . import review_cases as cases
@@ -126,8 +127,6 @@ def _open_cell(split: str, codes: list[str]) -> None:
 
 def confusion_section(run: reader.Run, split: str, y: np.ndarray, predicted: np.ndarray) -> None:
     """The clickable confusion matrix of `split` (a click opens the cell's images)."""
-    from dermlow import metrics
-
     st.subheader("Confusion matrix", help=help_text("cell"))
     cm = metrics.confusion(y, predicted, len(run.codes))
     st.altair_chart(confusion_chart(cm, run), width="stretch", key=f"cm_{split}", on_select=lambda: _open_cell(

@@ -87,9 +87,11 @@ def test_a_confusion_cell_click_lists_its_images(two_runs, tmp_path):
                 # back, and a click on the square of the first diagonal cell (off its number)
                 page.get_by_text("Per-class", exact=True).click()
                 page.get_by_text("Rows: given label").wait_for(timeout=60_000)
+                _busy_done(page)
                 cells.first.click(position={"x": 3, "y": 3})
                 page.get_by_text(f" of {cm[0, 0]} — given {run.class_label(0)}", exact=False).first.wait_for(
                     timeout=60_000)
+                _busy_done(page)
                 page.get_by_text("Weights over training", exact=True).click()
                 page.get_by_text("Dashed grey line").wait_for(timeout=60_000)
                 _busy_done(page)
