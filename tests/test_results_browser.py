@@ -42,6 +42,19 @@ def _busy_done(page) -> None:
     page.wait_for_function("""() => !document.querySelector('[data-testid="stStatusWidget"]')""", timeout=60_000)
 
 
+def _go(page, view: str, marker: str, tries: int = 3) -> None:
+    """Open a view from the sidebar and wait for `marker` text; the click is repeated when a rerun
+    still under way swallowed it (seen under heavy load)."""
+    for attempt in range(tries):
+        page.get_by_text(view, exact=True).first.click(timeout=60_000)
+        try:
+            page.get_by_text(marker).first.wait_for(timeout=20_000)
+            return
+        except Exception:  # playwright's TimeoutError
+            if attempt == tries - 1:
+                raise
+
+
 def test_a_confusion_cell_click_lists_its_images(two_runs, tmp_path):
     from playwright import sync_api
 
@@ -61,8 +74,7 @@ def test_a_confusion_cell_click_lists_its_images(two_runs, tmp_path):
             try:
                 page = browser.new_page(viewport=VIEWPORT)
                 page.goto(url, wait_until="domcontentloaded")
-                page.get_by_text("Per-class", exact=True).click(timeout=60_000)
-                page.get_by_text("Rows: given label").wait_for(timeout=60_000)
+                _go(page, "Per-class", "Rows: given label")
                 chart = page.locator('[data-testid="stMain"] [data-testid="stVegaLiteChart"]').first
                 cells = chart.locator(".mark-rect path")
                 cells.nth(len(run.codes) ** 2 - 1).wait_for(timeout=30_000)
@@ -85,15 +97,13 @@ def test_a_confusion_cell_click_lists_its_images(two_runs, tmp_path):
                 text = page.inner_text('[data-testid="stMain"]')
                 page.screenshot(path=str(shots / "cell_images_1280x720.png"))
                 # back, and a click on the square of the first diagonal cell (off its number)
-                page.get_by_text("Per-class", exact=True).click()
-                page.get_by_text("Rows: given label").wait_for(timeout=60_000)
+                _go(page, "Per-class", "Rows: given label")
                 _busy_done(page)
                 cells.first.click(position={"x": 3, "y": 3})
                 page.get_by_text(f" of {cm[0, 0]} — given {run.class_label(0)}", exact=False).first.wait_for(
                     timeout=60_000)
                 _busy_done(page)
-                page.get_by_text("Weights over training", exact=True).click()
-                page.get_by_text("Dashed grey line").wait_for(timeout=60_000)
+                _go(page, "Weights over training", "Dashed grey line")
                 _busy_done(page)
                 page.wait_for_timeout(500)
                 page.screenshot(path=str(shots / "weights_1280x720.png"))
