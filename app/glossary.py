@@ -63,11 +63,24 @@ TERMS: dict[str, Term] = {
     "bacc": Term("balanced accuracy", "Sensitivity averaged over the classes: every class counts the same."),
     "acc": Term("accuracy", "Share of images classified correctly (dominated by the commonest class)."),
     "mauc": Term("mean AUC", "AUC averaged over the classes."),
+    "f1": Term("F1", "The harmonic mean of sensitivity and precision: high only when both are."),
     "mf1": Term("mean F1", "F1 (the harmonic mean of sensitivity and precision) averaged over the classes."),
     "ece": Term(
         "calibration error (ECE)",
         "How far the stated confidence is from the observed accuracy, averaged over 15 confidence bins; 0 is perfect."),
     "ci": Term("95 % interval", "Bootstrap 95 % confidence interval: test images resampled 1,000 times (seeded)."),
+    "baseline": Term("baseline", "The run (or setup) the others are compared with: differences are other − baseline."),
+    "diff": Term(
+        "difference to the baseline",
+        "In % points, with a paired bootstrap 95 % interval (the same resampled test images for both): an "
+        "interval that excludes 0 means the difference is unlikely to be chance in the choice of test images."),
+    "cell": Term(
+        "confusion-matrix cell",
+        "The images with this given label (row) that the model called this class (column). Click a cell to list them."),
+    "operating_point": Term(
+        "operating point",
+        "The threshold on the class's probability chosen on the validation images for ≥ 90 % specificity; "
+        "the marker shows where it falls on the ROC curve."),
     "seeds": Term("seeds", "Repeats of the same setup with another random start; more seeds, surer comparisons."),
     "lesion": Term("lesion", "One skin lesion; the dataset may hold several images of it (HAM10000 `lesion_id`)."),
     "blind": Term(

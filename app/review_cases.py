@@ -1,4 +1,4 @@
-"""Views of single training images: lesion galleries and the case view (review_decisions: the review)."""
+"""Views of single training images: the case view (review_drill: the galleries; review_decisions: the review)."""
 
 from __future__ import annotations
 
@@ -48,54 +48,6 @@ def summary_or_stop(run: reader.Run) -> pd.DataFrame | None:
         st.info("No epoch logged yet: the galleries appear after the first completed epoch.")
         return None
     return summary
-
-
-def prediction_text(run: reader.Run, row: pd.Series) -> str:
-    """'NV 0.83' for the last epoch's prediction (its probability when the log allows)."""
-    p = row["pred_prob_last"]
-    return run.codes[int(row["predicted_last"])] + ("" if pd.isna(p) else f" {p:.2f}")
-
-
-def tile(run: reader.Run, row: pd.Series, section: str) -> None:
-    """One gallery tile: image, true and predicted label, mean weight, and an Open button."""
-    img, problem = data.load_image(run, row["path"], TILE)
-    st.image(img, width="stretch")
-    st.markdown(f"**{md(row['image_id'])}**  \ntrue **{md(run.codes[int(row['label'])])}** · "
-                f"pred {md(prediction_text(run, row))}  \nmean weight **{row['weight_mean']:.2f}**")
-    if problem:
-        st.caption(f":red[{md(problem)}]")
-    st.button("Open", key=f"open-{section}-{row['image_id']}", on_click=open_case, args=(row["image_id"],))
-
-
-def gallery(run: reader.Run, rows: pd.DataFrame, section: str) -> None:
-    for start in range(0, len(rows), PER_ROW):
-        cols = st.columns(PER_ROW)
-        for col, (_, row) in zip(cols, rows.iloc[start : start + PER_ROW].iterrows(), strict=False):
-            with col:
-                tile(run, row, section)
-
-
-def gallery_options_ui(run: reader.Run) -> tuple[int | None, int]:
-    """(class to show, None for all; number of images per gallery)."""
-    left, right = st.columns([2, 1])
-    label = left.selectbox("Class", [None, *range(len(run.codes))], key="gallery_class",
-                           format_func=lambda c: "All classes" if c is None else run.class_label(c))
-    n = right.number_input("Images per gallery", min_value=1, max_value=60, value=12, step=6, key="gallery_n")
-    return label, int(n)
-
-
-def galleries_view(run: reader.Run) -> None:
-    st.header("Lesion galleries")
-    st.caption("Training images ranked by the LOW weight averaged over all epochs so far. Low weight: the "
-               "model found them easy. High weight: hard, atypical or possibly mislabeled.")
-    summary = summary_or_stop(run)
-    if summary is None:
-        return
-    label, n = gallery_options_ui(run)
-    where = "all classes" if label is None else run.class_label(label)
-    for highest, section in ((False, "lowest"), (True, "highest")):
-        st.subheader(f"{n} {section}-weighted images — {md(where)}")
-        gallery(run, reader.ranked_by_weight(summary, n, label=label, highest=highest), section)
 
 
 # ---------------------------------------------------------------- case view

@@ -15,8 +15,11 @@ from dermlow.method.weightings import WEIGHTINGS
 from dermlow.rundir import files, reader
 
 from . import review_cases as cases
+from . import review_charts as charts
 from . import review_data as data
+from . import review_drill as drill
 from . import review_evidence as evidence
+from .glossary import help_text, label
 from .review_text import md
 
 SCORES = {"acc": "Acc", "bacc": "BAcc", "mauc": "mAUC", "mf1": "mF1"}
@@ -39,7 +42,7 @@ def setup_of(run: reader.Run) -> dict:
     return {"dataset": (c.get("data") or {}).get("dataset", ""), "model": (c.get("model") or {}).get("name", ""),
             "method": method, "loss": LOSSES.label(loss), "weighting": weighting or "none",
             "lambda": "" if lam is None else f"{lam:g}", "epochs": run.epochs_planned or "",
-            "flipped labels": (c.get("data") or {}).get("flip_labels") or 0}
+            "flipped labels": f"{((c.get('data') or {}).get('flip_labels') or 0) * 100:g} %"}
 
 
 def best_row(run: reader.Run) -> pd.Series | None:
@@ -60,10 +63,11 @@ def run_rows(loaded: list[reader.Run]) -> pd.DataFrame:
         row = {"run": run.name, **setup_of(run), "seed": (run.config.get("run") or {}).get("seed", ""),
                "status": "finished" if run.done else f"training ({run.epochs_done}/{run.epochs_planned or '?'})",
                "best epoch": int(best["epoch"]) if best is not None else None}
-        for key, label in SCORES.items():
-            row[label] = float(best[f"test_{key}"]) if best is not None and f"test_{key}" in best else np.nan
+        for key, name in SCORES.items():
+            row[name] = float(best[f"test_{key}"]) if best is not None and f"test_{key}" in best else np.nan
         rows.append(row)
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    return out[["run", *SCORES.values(), *[c for c in out.columns if c not in ("run", *SCORES.values())]]]
 
 
 def _mean_std(values: pd.Series) -> str:
@@ -77,16 +81,19 @@ def setups_table(rows: pd.DataFrame) -> pd.DataFrame:
     """Mean ± standard deviation (in %) over the seeds of each setup, like the paper's Tables 3/4."""
     keys = ["dataset", "model", "method", "lambda", "epochs", "flipped labels"]
     grouped = rows.groupby(keys, sort=False, dropna=False)
-    out = grouped.agg(runs=("run", "size")).reset_index()
-    for label in SCORES.values():
-        out[label] = grouped[label].apply(_mean_std).to_numpy()
-    return out
+    out = grouped.agg(runs=("run", "size"), names=("run", ", ".join)).reset_index()
+    for name in SCORES.values():
+        out[name] = grouped[name].apply(_mean_std).to_numpy()
+    out = out.rename(columns={"names": "run names"})
+    first = ["method", *SCORES.values(), "runs"]
+    return out[first + [c for c in out.columns if c not in first]]
 
 
 def runs_view(run_dirs: list[str]) -> None:
     st.header("Runs")
     st.caption("Test-split metrics at the epoch with the best validation balanced accuracy "
-               "(the checkpoint whose predictions are saved). Mean ± standard deviation over seeds, in %.")
+               "(the checkpoint whose predictions are saved). Mean ± standard deviation over seeds, in %. "
+               "Per class, with 95 % intervals: the Compare classes view.")
     loaded, problems = [], []
     for d in run_dirs:
         try:
@@ -100,14 +107,14 @@ def runs_view(run_dirs: list[str]) -> None:
     rows = run_rows(loaded)
     st.dataframe(setups_table(rows), hide_index=True)
     with st.expander("Every run"):
-        st.dataframe(rows.style.format({k: "{:.3f}" for k in SCORES.values()}, na_rep="—"), hide_index=True)
+        st.dataframe(rows.style.format({k: "{:.1%}" for k in SCORES.values()}, na_rep="—"), hide_index=True)
 
 
 # ---------------------------------------------------------------- per class
 
 def split_ui(key: str) -> str:
-    return st.radio("Split", ["test", "val"], horizontal=True, key=key,
-                    format_func=lambda s: {"test": "Test", "val": "Validation"}[s])
+    return st.radio("Split", ["test", "val", "train"], horizontal=True, key=key, help=help_text("split"),
+                    format_func=lambda s: {"test": "Test", "val": "Validation", "train": "Training (last epoch)"}[s])
 
 
 def roc_frame(y: np.ndarray, probs: np.ndarray, run: reader.Run) -> pd.DataFrame:
@@ -123,14 +130,6 @@ def roc_frame(y: np.ndarray, probs: np.ndarray, run: reader.Run) -> pd.DataFrame
     return pd.concat(parts) if parts else pd.DataFrame()
 
 
-def confusion_chart(cm: np.ndarray, run: reader.Run) -> alt.Chart:
-    frame = pd.DataFrame([(run.codes[i], run.codes[j], int(cm[i, j])) for i in range(len(cm)) for j in range(len(cm))],
-                         columns=["true", "predicted", "images"])
-    base = alt.Chart(frame).encode(x=alt.X("predicted:N", sort=run.codes), y=alt.Y("true:N", sort=run.codes))
-    cells = base.mark_rect().encode(color=alt.Color("images:Q", scale=alt.Scale(scheme="blues")))
-    return (cells + base.mark_text().encode(text="images:Q")).properties(height=360)
-
-
 def training_curves(run: reader.Run) -> None:
     m = run.metrics
     if m.empty:
@@ -139,15 +138,41 @@ def training_curves(run: reader.Run) -> None:
     left, right = st.columns(2)
     loss = {k: v for k, v in CURVES["loss"].items() if k in m}
     bacc = {k: v for k, v in CURVES["bacc"].items() if k in m}
-    left.caption("Loss per epoch")
-    left.line_chart(m.set_index("epoch")[list(loss)].rename(columns=loss))
+    left.caption("Loss per epoch (dashed: training; solid: validation)")
+    left.altair_chart(charts.curves_chart(m, loss, "loss"), width="stretch")
     right.caption("Balanced accuracy per epoch")
-    right.line_chart(m.set_index("epoch")[list(bacc)].rename(columns=bacc))
+    right.altair_chart(charts.curves_chart(m, bacc, label("bacc")), width="stretch")
+
+
+def roc_section(run: reader.Run, split: str, y: np.ndarray, probs: np.ndarray) -> None:
+    """ROC curves in the class colours, a zoom to the top-left corner, and the operating point of
+    the class in focus (the Operating points section's class)."""
+    st.subheader("ROC curves (one vs rest)", help=help_text("operating_point"))
+    roc = roc_frame(y, probs, run)
+    if roc.empty:
+        return
+    zoom = st.toggle("Zoom to the top-left corner", key="roc_zoom",
+                     help="1 − specificity 0–30 %, sensitivity 70–100 %: where a useful classifier operates.")
+    c = st.session_state.get("op_class", run.codes.index("MEL") if "MEL" in run.codes else 0)
+    val = data.predictions(str(run.path), "val", data.stamp(run.path, files.PREDICTIONS_VAL))
+    marker = None if val.empty else charts.operating_marker(
+        val["label"].to_numpy() == c, val[run.codes[c]].to_numpy(dtype=float), y == c, probs[:, c])
+    st.altair_chart(charts.roc_chart(roc, run, zoom=zoom, marker=marker, focus=run.class_label(c)), width="stretch")
+    if marker is not None:
+        st.caption(md(f"Diamond: {run.class_label(c)} at the threshold {marker['threshold']:.3f} chosen on the "
+                      f"validation images for ≥ {charts.MARKER_SPECIFICITY:.0%} specificity (sensitivity "
+                      f"{marker['tpr']:.0%}, specificity {1 - marker['fpr']:.0%} here). Change the class under "
+                      "Operating points."))
 
 
 def per_class_view(run: reader.Run) -> None:
     st.header("Per-class results")
     split = split_ui("per_class_split")
+    if split == "train":
+        drill.train_confusion(run)
+        st.subheader("Training curves")
+        training_curves(run)
+        return
     pred = data.predictions(str(run.path), split, data.stamp(run.path, files.PREDICTIONS, files.PREDICTIONS_VAL))
     if pred.empty:
         st.info(f"No {split} predictions yet: they are written after the first epoch.")
@@ -157,20 +182,17 @@ def per_class_view(run: reader.Run) -> None:
         report.insert(0, "class", [run.class_label(i) for i in range(len(run.codes))])
         overall = metrics.classification_metrics(y, probs)
         cols = st.columns(4)
-        for col, (key, label) in zip(cols, SCORES.items(), strict=True):
-            col.metric(label, f"{overall[key] * 100:.1f} %")
+        for col, (key, name) in zip(cols, SCORES.items(), strict=True):
+            col.metric(name, f"{overall[key] * 100:.1f} %", help=f"{label(key)}: {help_text(key)}")
         st.dataframe(report.drop(columns=["code", "name"]).style.format(
-            {"precision": "{:.3f}", "recall": "{:.3f}", "f1": "{:.3f}", "auc": "{:.3f}"}, na_rep="—"), hide_index=True)
+            {"precision": "{:.1%}", "recall": "{:.1%}", "f1": "{:.1%}", "auc": "{:.1%}"}, na_rep="—"), hide_index=True,
+            column_config={k: st.column_config.Column(label(k), help=help_text(k))
+                           for k in ("precision", "recall", "f1", "auc", "support")})
         left, right = st.columns(2)
-        left.subheader("Confusion matrix")
-        left.altair_chart(confusion_chart(metrics.confusion(y, probs.argmax(1), len(run.codes)), run), width="stretch")
-        right.subheader("ROC curves (one vs rest)")
-        roc = roc_frame(y, probs, run)
-        if not roc.empty:
-            order = [run.class_label(c) for c in range(len(run.codes))]
-            right.altair_chart(alt.Chart(roc).mark_line().encode(
-                x="false positive rate:Q", y="true positive rate:Q", color=alt.Color("class:N", sort=order),
-            ).properties(height=360), width="stretch")
+        with left:
+            drill.confusion_section(run, split, y, probs.argmax(1))
+        with right:
+            roc_section(run, split, y, probs)
         evidence.calibration_section(run, split, pred)
         evidence.operating_points_section(run, split, pred)
     st.subheader("Training curves")
@@ -181,7 +203,11 @@ def per_class_view(run: reader.Run) -> None:
 
 def weights_view(run: reader.Run) -> None:
     st.header("Weights over training")
-    st.caption("The weight LOW gave each training image in each epoch (1 = an ordinary sample).")
+    if not drill.uses_low(run):
+        st.info(md(f"This run was trained without LOW (weighting: {setup_of(run)['weighting']}), so there is no "
+                   "LOW weight to show. The galleries rank its images by the model's confidence in the given label."))
+        return
+    st.caption(f"{label('weight')}: {help_text('weight')}")
     if cases.not_started(run):
         return
     stamp = data.stamp(run.path, files.WEIGHTS)
@@ -191,15 +217,16 @@ def weights_view(run: reader.Run) -> None:
         return
     curves["class"] = [run.class_label(c) for c in curves["label"]]
     st.subheader("Average weight per class")
-    order = [run.class_label(c) for c in range(len(run.codes))]
-    st.altair_chart(alt.Chart(curves).mark_line(point=True).encode(
-        x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)), y=alt.Y("weight:Q", title="mean weight"), color=alt.Color("class:N", sort=order)), width="stretch")
+    st.altair_chart(charts.class_weights_chart(curves, run), width="stretch")
+    st.caption("Dashed grey line: weight 1, an average image; the y-axis is fitted to the data.")
     st.subheader("Distribution of weights per epoch")
     q = data.weight_quantiles(str(run.path), stamp)
     base = alt.Chart(q).encode(x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)))
-    band = base.mark_area(opacity=0.2).encode(y=alt.Y("p5:Q", title="weight"), y2="p95:Q")
+    band = base.mark_area(opacity=0.2).encode(
+        y=alt.Y("p5:Q", title=label("weight"), scale=alt.Scale(domain=charts.weight_domain(q[["p5", "p95"]].to_numpy()))),
+        y2="p95:Q")
     iqr = base.mark_area(opacity=0.4).encode(y="p25:Q", y2="p75:Q")
-    st.altair_chart(band + iqr + base.mark_line().encode(y="median:Q"), width="stretch")
+    st.altair_chart(band + iqr + base.mark_line().encode(y="median:Q") + charts.reference_rule(), width="stretch")
     st.caption("Light band: 5–95 % of the images; dark band: 25–75 %; line: median.")
     epochs = sorted(curves["epoch"].unique())
     epoch = st.select_slider("Epoch", options=epochs, value=epochs[-1]) if len(epochs) > 1 else epochs[0]

@@ -21,8 +21,10 @@ from typing import NamedTuple
 import streamlit as st
 from dermlow._app import glossary
 from dermlow._app import review_cases as cases
+from dermlow._app import review_compare as compare
 from dermlow._app import review_data as data
 from dermlow._app import review_decisions as decisions
+from dermlow._app import review_drill as drill
 from dermlow._app import review_evidence as evidence
 from dermlow._app import review_results as results
 from dermlow._app.review_text import md
@@ -45,9 +47,10 @@ class View(NamedTuple):
 
 VIEWS = [
     View("Runs", "compare runs", results.runs_view, compares_runs=True),
+    View("Compare classes", "runs side by side, per class", compare.compare_view, compares_runs=True),
     View("Per-class", "metrics per class", results.per_class_view),
     View("Weights over training", "LOW weights per epoch", results.weights_view),
-    View("Lesion galleries", "lowest / highest weighted", cases.galleries_view),
+    View("Lesion galleries", "images by split, given × predicted", drill.galleries_view),
     View("Case", "one image in detail", cases.case_view),
     View("Review", "queue, decisions, agreement", decisions.review_view),
     View("Duplicates", "near-identical images, leaks", evidence.duplicates_view),

@@ -16,7 +16,7 @@ from dermlow import metrics
 from dermlow.rundir import files, reader, review_store
 
 APP = str(Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py")
-VIEWS = ["Runs", "Per-class", "Weights over training", "Lesion galleries", "Case", "Review"]
+VIEWS = ["Runs", "Compare classes", "Per-class", "Weights over training", "Lesion galleries", "Case", "Review"]
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def test_every_view_renders_for_each_run(root, monkeypatch):
         for view in VIEWS:
             show(at, view)
             assert_clean(at, view)
-            if view != "Runs":
+            if view not in ("Runs", "Compare classes"):  # the views comparing runs have no run box
                 assert at.sidebar.selectbox(key="run").value == str(run_dir)
 
 
@@ -79,7 +79,8 @@ def _charts(at: AppTest) -> list[tuple[dict, pd.DataFrame]]:
     for element in at.get("vega_lite_chart"):
         spec = json.loads(element.proto.spec)
         data = {d.name: pa.ipc.open_stream(d.data.data).read_all().to_pandas() for d in element.proto.datasets}
-        out.append((spec, data[spec["data"]["name"]] if "data" in spec else pd.DataFrame()))
+        name = (spec.get("data") or (spec.get("layer") or [{}])[0].get("data") or {}).get("name")  # a layer: its first
+        out.append((spec, data[name] if name in data else pd.DataFrame()))
     return out
 
 
@@ -116,7 +117,7 @@ def test_weights_view_plots_the_class_means_of_the_weight_log(root, monkeypatch)
     log = pd.read_parquet(run_dir / files.WEIGHTS, columns=["epoch", "label", "weight"])
     means = log.groupby(["epoch", "label"])["weight"].mean()
     (class_spec, curves), (_, quantiles), (_, histogram) = _charts(at)
-    assert class_spec["encoding"]["y"]["field"] == "weight"
+    assert (class_spec.get("layer") or [class_spec])[0]["encoding"]["y"]["field"] == "weight"
     plotted = curves.set_index(["epoch", "label"])["weight"].sort_index()
     assert plotted.index.equals(means.index) and log["epoch"].nunique() == 6
     np.testing.assert_allclose(plotted.to_numpy(), means.to_numpy(), rtol=1e-6)
