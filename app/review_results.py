@@ -229,7 +229,8 @@ def weights_view(run: reader.Run) -> None:
     st.altair_chart(band + iqr + base.mark_line().encode(y="median:Q") + charts.reference_rule(), width="stretch")
     st.caption("Light band: 5–95 % of the images; dark band: 25–75 %; line: median.")
     epochs = sorted(curves["epoch"].unique())
-    epoch = st.select_slider("Epoch", options=epochs, value=epochs[-1]) if len(epochs) > 1 else epochs[0]
+    epoch = st.select_slider(label("epoch"), options=epochs, value=epochs[-1], help=help_text("epoch")) \
+        if len(epochs) > 1 else epochs[0]
     w = data.epoch_weights(str(run.path), int(epoch), stamp)
     counts, edges = np.histogram(w, bins=40)
     hist = pd.DataFrame({"from": edges[:-1], "to": edges[1:], "images": counts})

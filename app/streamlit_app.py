@@ -49,7 +49,7 @@ VIEWS = [
     View("Runs", "compare runs", results.runs_view, compares_runs=True),
     View("Compare classes", "runs side by side, per class", compare.compare_view, compares_runs=True),
     View("Per-class", "metrics per class", results.per_class_view),
-    View("Weights over training", "LOW weights per epoch", results.weights_view),
+    View("Weights over training", "model difficulty (LOW weight) per training pass", results.weights_view),
     View("Lesion galleries", "images by split, given × predicted", drill.galleries_view),
     View("Case", "one image in detail", cases.case_view),
     View("Review", "queue, decisions, agreement", decisions.review_view),

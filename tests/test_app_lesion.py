@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -230,6 +231,8 @@ def test_case_view_in_chromium_warns_above_the_fold(lesion_run, tmp_path):
     sync_api = require("playwright.sync_api", "the browser tests drive Chromium with Playwright (pip install playwright)")
     run_dir, rows = lesion_run
     target = rows[(rows["split"] == "train") & rows["flipped"]].iloc[0]["image_id"]
+    shots = Path(os.environ.get("DERMLOW_SCREENSHOTS") or tmp_path)  # docs/screenshots holds the committed ones
+    shots.mkdir(parents=True, exist_ok=True)
     for url in _serve(run_dir):
         with sync_api.sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
@@ -250,17 +253,17 @@ def test_case_view_in_chromium_warns_above_the_fold(lesion_run, tmp_path):
                 page.wait_for_timeout(500)
                 top = warning.bounding_box()
                 confirm = page.get_by_role("button", name="Confirm", exact=True).bounding_box()
-                page.screenshot(path=str(tmp_path / "case-1280x720.png"))
+                page.screenshot(path=str(shots / "case-1280x720.png"))
                 page.get_by_text("Other images of this lesion", exact=True).scroll_into_view_if_needed()
-                page.screenshot(path=str(tmp_path / "case-siblings-1280x720.png"))
+                page.screenshot(path=str(shots / "case-siblings-1280x720.png"))
                 page.get_by_role("button", name="Apply to all 3 training images of this lesion").scroll_into_view_if_needed()
-                page.screenshot(path=str(tmp_path / "case-lesion-decision-1280x720.png"))
+                page.screenshot(path=str(shots / "case-lesion-decision-1280x720.png"))
             finally:
                 browser.close()
     print(f"case view with the lesion warning and the siblings after {seconds:.2f} s")
     assert top is not None and top["y"] + top["height"] < 720  # above the fold
     assert confirm is not None and confirm["y"] + confirm["height"] < 720  # so are the decision buttons
-    assert (tmp_path / "case-1280x720.png").stat().st_size > 10_000
+    assert (shots / "case-1280x720.png").stat().st_size > 10_000
 
 
 def test_siblings_still_shown_when_the_saved_predictions_cannot_be_read(tmp_path, monkeypatch):
