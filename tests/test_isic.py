@@ -134,6 +134,8 @@ def test_images_found_by_extension_and_folder(tmp_path):
 
 
 def test_missing_folder_and_empty_folder_suggest_fetch_and_demo(tmp_path):
+    import dermlow.data.prepare  # noqa: F401 (registers every data set, the benchmark arrays such as digits too)
+
     with pytest.raises(UserError, match=r"no such folder.*dermlow data fetch --year 2018.*dermlow data demo"):
         load_manifest(tmp_path / "nope", dataset="isic2018")
     with pytest.raises(UserError, match=r"ISIC2018_Task3_Training_GroundTruth\.csv.*data fetch --year 2018 --out"):
