@@ -225,41 +225,35 @@ def test_a_run_without_low_says_so_instead_of_flat_weights(tmp_path, monkeypatch
 def test_case_view_in_chromium_warns_above_the_fold(lesion_run, tmp_path):
     """At 1280x720 the conflict warning and the lesion's decision are reachable; screenshot for docs."""
     from conftest import require
-    from test_app_browser import ARGS, CHROMIUM, _serve
+    from test_app_browser import CHROMIUM, _serve, open_page
 
     require(CHROMIUM, "the browser test needs Chromium (Debian package `chromium`: `make chromium`)")
-    sync_api = require("playwright.sync_api", "the browser tests drive Chromium with Playwright (pip install playwright)")
+    require("playwright.sync_api", "the browser tests drive Chromium with Playwright (pip install playwright)")
     run_dir, rows = lesion_run
     target = rows[(rows["split"] == "train") & rows["flipped"]].iloc[0]["image_id"]
     shots = Path(os.environ.get("DERMLOW_SCREENSHOTS") or tmp_path)  # docs/screenshots holds the committed ones
     shots.mkdir(parents=True, exist_ok=True)
     for url in _serve(run_dir):
-        with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-            try:
-                page = browser.new_page(viewport={"width": 1280, "height": 720})
-                page.goto(url, wait_until="domcontentloaded")
-                page.get_by_text("Case", exact=True).first.click(timeout=60_000)
-                box = page.get_by_role("combobox", name="Training image")
-                box.click(timeout=60_000)
-                page.keyboard.type(target)
-                started = time.monotonic()
-                page.keyboard.press("Enter")
-                warning = page.get_by_text("Other images of this lesion carry a different label")
-                warning.wait_for(timeout=30_000)
-                page.get_by_role("button", name="Apply to all 3 training images of this lesion").wait_for(timeout=30_000)
-                page.get_by_text(f"{target} — {target}.").wait_for(timeout=30_000)  # the caption: rerun done
-                seconds = time.monotonic() - started
-                page.wait_for_timeout(500)
-                top = warning.bounding_box()
-                confirm = page.get_by_role("button", name="Confirm", exact=True).bounding_box()
-                page.screenshot(path=str(shots / "case-1280x720.png"))
-                page.get_by_text("Other images of this lesion", exact=True).scroll_into_view_if_needed()
-                page.screenshot(path=str(shots / "case-siblings-1280x720.png"))
-                page.get_by_role("button", name="Apply to all 3 training images of this lesion").scroll_into_view_if_needed()
-                page.screenshot(path=str(shots / "case-lesion-decision-1280x720.png"))
-            finally:
-                browser.close()
+        with open_page(url, {"width": 1280, "height": 720}) as page:
+            page.get_by_text("Case", exact=True).first.click(timeout=60_000)
+            box = page.get_by_role("combobox", name="Training image")
+            box.click(timeout=60_000)
+            page.keyboard.type(target)
+            started = time.monotonic()
+            page.keyboard.press("Enter")
+            warning = page.get_by_text("Other images of this lesion carry a different label")
+            warning.wait_for(timeout=30_000)
+            page.get_by_role("button", name="Apply to all 3 training images of this lesion").wait_for(timeout=30_000)
+            page.get_by_text(f"{target} — {target}.").wait_for(timeout=30_000)  # the caption: rerun done
+            seconds = time.monotonic() - started
+            page.wait_for_timeout(500)
+            top = warning.bounding_box()
+            confirm = page.get_by_role("button", name="Confirm", exact=True).bounding_box()
+            page.screenshot(path=str(shots / "case-1280x720.png"))
+            page.get_by_text("Other images of this lesion", exact=True).scroll_into_view_if_needed()
+            page.screenshot(path=str(shots / "case-siblings-1280x720.png"))
+            page.get_by_role("button", name="Apply to all 3 training images of this lesion").scroll_into_view_if_needed()
+            page.screenshot(path=str(shots / "case-lesion-decision-1280x720.png"))
     print(f"case view with the lesion warning and the siblings after {seconds:.2f} s")
     assert top is not None and top["y"] + top["height"] < 720  # above the fold
     assert confirm is not None and confirm["y"] + confirm["height"] < 720  # so are the decision buttons

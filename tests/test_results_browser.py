@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from run_factory import make_run
-from test_app_browser import ARGS, CHROMIUM, _serve, browser_dependencies  # noqa: F401 (autouse fixture)
+from test_app_browser import _serve, browser_dependencies, open_page  # noqa: F401 (autouse fixture)
 
 from dermlow.rundir import reader
 
@@ -56,7 +56,6 @@ def _go(page, view: str, marker: str, tries: int = 3) -> None:
 
 
 def test_a_confusion_cell_click_lists_its_images(two_runs, tmp_path):
-    from playwright import sync_api
 
     run_dir = two_runs / "base"
     run = reader.load_run(run_dir)
@@ -69,46 +68,40 @@ def test_a_confusion_cell_click_lists_its_images(two_runs, tmp_path):
     want = set(pred["image_id"][(y == g) & (top == p)])
     shots = _shots(tmp_path)
     for url in _serve(two_runs):
-        with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-            try:
-                page = browser.new_page(viewport=VIEWPORT)
-                page.goto(url, wait_until="domcontentloaded")
-                _go(page, "Per-class", "Rows: given label")
-                chart = page.locator('[data-testid="stMain"] [data-testid="stVegaLiteChart"]').first
-                cells = chart.locator(".mark-rect path")
-                cells.nth(len(run.codes) ** 2 - 1).wait_for(timeout=30_000)
-                chart.scroll_into_view_if_needed()
-                page.screenshot(path=str(shots / "confusion_1280x720.png"))
-                page.get_by_text("Zoom to the top-left corner").click()
-                _busy_done(page)
-                page.wait_for_timeout(500)
-                roc = page.locator('[data-testid="stMain"] [data-testid="stVegaLiteChart"]').nth(1)
-                roc.screenshot(path=str(shots / "roc_zoom.png"))
-                started = time.monotonic()
-                counts = chart.locator(".mark-text text")  # the number drawn on the cell: where one clicks
-                counts.nth(int(g) * len(run.codes) + int(p)).click()
-                heading = page.get_by_text(f" of {len(want)} — given {run.class_label(int(g))}", exact=False)
-                heading.first.wait_for(timeout=60_000)
-                seconds = time.monotonic() - started
-                for image_id in sorted(want):
-                    page.get_by_text(image_id, exact=True).first.wait_for(timeout=30_000)
-                _busy_done(page)
-                text = page.inner_text('[data-testid="stMain"]')
-                page.screenshot(path=str(shots / "cell_images_1280x720.png"))
-                # back, and a click on the square of the first diagonal cell (off its number)
-                _go(page, "Per-class", "Rows: given label")
-                _busy_done(page)
-                cells.first.click(position={"x": 3, "y": 3})
-                page.get_by_text(f" of {cm[0, 0]} — given {run.class_label(0)}", exact=False).first.wait_for(
-                    timeout=60_000)
-                _busy_done(page)
-                _go(page, "Weights over training", "Dashed grey line")
-                _busy_done(page)
-                page.wait_for_timeout(500)
-                page.screenshot(path=str(shots / "weights_1280x720.png"))
-            finally:
-                browser.close()
+        with open_page(url, VIEWPORT) as page:
+            _go(page, "Per-class", "Rows: given label")
+            chart = page.locator('[data-testid="stMain"] [data-testid="stVegaLiteChart"]').first
+            cells = chart.locator(".mark-rect path")
+            cells.nth(len(run.codes) ** 2 - 1).wait_for(timeout=30_000)
+            chart.scroll_into_view_if_needed()
+            page.screenshot(path=str(shots / "confusion_1280x720.png"))
+            page.get_by_text("Zoom to the top-left corner").click()
+            _busy_done(page)
+            page.wait_for_timeout(500)
+            roc = page.locator('[data-testid="stMain"] [data-testid="stVegaLiteChart"]').nth(1)
+            roc.screenshot(path=str(shots / "roc_zoom.png"))
+            started = time.monotonic()
+            counts = chart.locator(".mark-text text")  # the number drawn on the cell: where one clicks
+            counts.nth(int(g) * len(run.codes) + int(p)).click()
+            heading = page.get_by_text(f" of {len(want)} — given {run.class_label(int(g))}", exact=False)
+            heading.first.wait_for(timeout=60_000)
+            seconds = time.monotonic() - started
+            for image_id in sorted(want):
+                page.get_by_text(image_id, exact=True).first.wait_for(timeout=30_000)
+            _busy_done(page)
+            text = page.inner_text('[data-testid="stMain"]')
+            page.screenshot(path=str(shots / "cell_images_1280x720.png"))
+            # back, and a click on the square of the first diagonal cell (off its number)
+            _go(page, "Per-class", "Rows: given label")
+            _busy_done(page)
+            cells.first.click(position={"x": 3, "y": 3})
+            page.get_by_text(f" of {cm[0, 0]} — given {run.class_label(0)}", exact=False).first.wait_for(
+                timeout=60_000)
+            _busy_done(page)
+            _go(page, "Weights over training", "Dashed grey line")
+            _busy_done(page)
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(shots / "weights_1280x720.png"))
     shown = {i for i in want if i in text}
     assert shown == want, (sorted(want - shown), len(want))
     assert f"predicted {run.class_label(int(p))}" in text and "Test" in text
@@ -116,45 +109,38 @@ def test_a_confusion_cell_click_lists_its_images(two_runs, tmp_path):
 
 
 def test_two_runs_compared_per_class_with_intervals_in_view(two_runs, tmp_path):
-    from playwright import sync_api
 
     shots = _shots(tmp_path)
     for url in _serve(two_runs):
-        with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-            try:
-                page = browser.new_page(viewport=VIEWPORT)
-                page.goto(url, wait_until="domcontentloaded")
-                page.get_by_text("Every run").click(timeout=60_000)  # the Runs view opens first
-                page.wait_for_function("""() => document.querySelectorAll(
-                    '[data-testid="stMain"] [data-testid="stDataFrame"] [role="columnheader"]').length >= 12""",
-                                       timeout=30_000)
-                every = page.evaluate("""() => [...document.querySelectorAll('[data-testid="stMain"] [data-testid="stDataFrame"]')]
-                    .slice(-1).flatMap(g => [...g.querySelectorAll('[role="columnheader"]')].map(
-                        h => ({text: h.innerText, right: h.getBoundingClientRect().right})))""")
-                page.screenshot(path=str(shots / "runs_1280x720.png"))
-                page.get_by_text("Compare classes", exact=True).click(timeout=60_000)
-                started = time.monotonic()
-                grid = page.locator('[data-testid="stMain"] [data-testid="stDataFrame"]').first
-                grid.wait_for(timeout=90_000)
-                page.get_by_text("Seeds per column", exact=False).wait_for(timeout=90_000)
-                seconds = time.monotonic() - started
-                _busy_done(page)
-                grid.scroll_into_view_if_needed()
-                page.wait_for_function("""() => document.querySelectorAll(
-                    '[data-testid="stMain"] [data-testid="stDataFrame"] [role="columnheader"]').length >= 6""",
-                                       timeout=30_000)
-                headers = page.evaluate("""() => {
-                    const g = document.querySelector('[data-testid="stMain"] [data-testid="stDataFrame"]');
-                    const box = g.getBoundingClientRect();
-                    return [...g.querySelectorAll('[role="columnheader"]')].map(h => {
-                        const r = h.getBoundingClientRect();
-                        return {text: h.innerText, left: r.left, right: r.right, gridRight: box.right};
-                    });
-                }""")
-                page.screenshot(path=str(shots / "compare_classes_1280x720.png"))
-            finally:
-                browser.close()
+        with open_page(url, VIEWPORT) as page:
+            page.get_by_text("Every run").click(timeout=60_000)  # the Runs view opens first
+            page.wait_for_function("""() => document.querySelectorAll(
+                '[data-testid="stMain"] [data-testid="stDataFrame"] [role="columnheader"]').length >= 12""",
+                                   timeout=30_000)
+            every = page.evaluate("""() => [...document.querySelectorAll('[data-testid="stMain"] [data-testid="stDataFrame"]')]
+                .slice(-1).flatMap(g => [...g.querySelectorAll('[role="columnheader"]')].map(
+                    h => ({text: h.innerText, right: h.getBoundingClientRect().right})))""")
+            page.screenshot(path=str(shots / "runs_1280x720.png"))
+            page.get_by_text("Compare classes", exact=True).click(timeout=60_000)
+            started = time.monotonic()
+            grid = page.locator('[data-testid="stMain"] [data-testid="stDataFrame"]').first
+            grid.wait_for(timeout=90_000)
+            page.get_by_text("Seeds per column", exact=False).wait_for(timeout=90_000)
+            seconds = time.monotonic() - started
+            _busy_done(page)
+            grid.scroll_into_view_if_needed()
+            page.wait_for_function("""() => document.querySelectorAll(
+                '[data-testid="stMain"] [data-testid="stDataFrame"] [role="columnheader"]').length >= 6""",
+                                   timeout=30_000)
+            headers = page.evaluate("""() => {
+                const g = document.querySelector('[data-testid="stMain"] [data-testid="stDataFrame"]');
+                const box = g.getBoundingClientRect();
+                return [...g.querySelectorAll('[role="columnheader"]')].map(h => {
+                    const r = h.getBoundingClientRect();
+                    return {text: h.innerText, left: r.left, right: r.right, gridRight: box.right};
+                });
+            }""")
+            page.screenshot(path=str(shots / "compare_classes_1280x720.png"))
     first = {h["text"]: h["right"] for h in every}
     assert all(first[m] <= VIEWPORT["width"] for m in ("run", "BAcc", "Acc", "mAUC", "mF1")), every  # metrics in view
     names = [h["text"] for h in headers]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import test_app_browser
-from test_app_browser import ARGS, CHROMIUM
+from test_app_browser import open_page
 
 browser_dependencies = test_app_browser.browser_dependencies  # Chromium and Playwright, or skip
 served = test_app_browser.served  # the app over make_run(..., "demo", flip_frac=0.1)
@@ -109,80 +109,74 @@ def test_twenty_cases_in_at_most_45_clicks(served, tmp_path):
 
     def history():
         return review_store.read_history(run_dir, review_store.dataset_key(run.config))
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        try:
-            page = browser.new_page(viewport=VIEWPORT)
-            page.goto(served, wait_until="domcontentloaded")
-            count.click(page.get_by_text("Review", exact=True))
-            name = page.get_by_role("textbox", name="Your name")
-            name.fill("Dr Ada")
-            count.press(name, "Enter")
-            confirm = button(page, "Confirm & next")
-            page.wait_for_function("""() => [...document.querySelectorAll('button')].some(
-                b => b.innerText.includes('Confirm & next') && !b.disabled)""", timeout=60_000)
-            idle(page)
-            controls = {"confirm": confirm, "relabel": button(page, "Relabel"),
-                        "exclude": button(page, "Exclude & next"),
-                        "unsure": button(page, "Unsure & next"),
-                        "skip": button(page, "Skip"), "back": button(page, "Back"),
-                        "relabel picker": picker(page, "Relabel to"), "reason picker": picker(page, "Exclusion reason")}
-            outside = [k for k, loc in controls.items() if not in_view(page, loc)]
-            page.screenshot(path=str(shots / "review.png"))
-            keyed, typed_saved = None, None
-            for i, (_, decision, code) in enumerate(cases):
-                suggested = button(page, f"Relabel to {code} & next")
+    with open_page(served, VIEWPORT) as page:
+        count.click(page.get_by_text("Review", exact=True))
+        name = page.get_by_role("textbox", name="Your name")
+        name.fill("Dr Ada")
+        count.press(name, "Enter")
+        confirm = button(page, "Confirm & next")
+        page.wait_for_function("""() => [...document.querySelectorAll('button')].some(
+            b => b.innerText.includes('Confirm & next') && !b.disabled)""", timeout=60_000)
+        idle(page)
+        controls = {"confirm": confirm, "relabel": button(page, "Relabel"),
+                    "exclude": button(page, "Exclude & next"),
+                    "unsure": button(page, "Unsure & next"),
+                    "skip": button(page, "Skip"), "back": button(page, "Back"),
+                    "relabel picker": picker(page, "Relabel to"), "reason picker": picker(page, "Exclusion reason")}
+        outside = [k for k, loc in controls.items() if not in_view(page, loc)]
+        page.screenshot(path=str(shots / "review.png"))
+        keyed, typed_saved = None, None
+        for i, (_, decision, code) in enumerate(cases):
+            suggested = button(page, f"Relabel to {code} & next")
+            start = time.monotonic()
+            if decision == "relabel" and suggested.count() == 0:  # the suggestion is not the original
+                count.click(picker(page, "Relabel to"))
+                count.click(page.get_by_role("option").filter(has_text=f"{code} —"))
+                idle(page)
                 start = time.monotonic()
-                if decision == "relabel" and suggested.count() == 0:  # the suggestion is not the original
-                    count.click(picker(page, "Relabel to"))
-                    count.click(page.get_by_role("option").filter(has_text=f"{code} —"))
-                    idle(page)
-                    start = time.monotonic()
-                    count.click(suggested)
-                elif decision == "relabel":
-                    count.click(suggested)
-                elif decision == "confirm" and not keyed:  # once by keyboard: the shortcut, "1"
-                    note = page.get_by_role("textbox", name="Note (optional)").first  # the case's (the lesion-wide one is below)
-                    before = len(history())
-                    note.fill("1")  # typing the key into a text box decides nothing
-                    page.wait_for_timeout(500)
-                    typed_saved = len(history()) - before
-                    note.fill("")
-                    note.evaluate("e => e.blur()")  # (a check, not part of the flow: no click counted)
-                    start = time.monotonic()
-                    page.keyboard.press(SHORTCUT_CONFIRM)
-                    count.keys += 1
-                    keyed = i
-                else:
-                    count.click(controls[decision])
-                wait_case(page, i + 2)
-                count.waits.append(time.monotonic() - start)
-            clicks_for_cases = count.clicks - 1  # less the click on "Review"
-            # blind review: a fresh look at the next case, remembered for the name
-            count.click(page.get_by_text("Blind review", exact=True))
-            page.get_by_text("Blind review: the model's view of this case is hidden").wait_for(timeout=60_000)
-            idle(page)
-            blind_relabel_disabled = button(page, "Relabel & next").is_disabled()
-            blind_picker_empty = "choose a class" in picker(page, "Relabel to").evaluate(
-                "e => e.innerText + ' ' + [...e.querySelectorAll('input')].map(i => i.placeholder).join(' ')")
-            page.screenshot(path=str(shots / "review-blind.png"))
-            # a click on a row of the queue table opens its case (case 2: decided, so nothing is hidden)
-            table = page.locator('[data-testid="stDataFrame"]:visible').first
-            table.scroll_into_view_if_needed()
-            box = table.bounding_box()
-            page.mouse.click(box["x"] + 12, box["y"] + HEADER_PX + ROW_PX * 1 + ROW_PX / 2)
-            wait_case(page, 2)
-            revealed = page.get_by_text("Suspicion rank:").count()
-            # a reload keeps the place, the name and blind review
-            page.reload(wait_until="domcontentloaded")
-            wait_case(page, 2)  # no click on "Review": the address (?view=) brings the reload back to it
-            name_box = page.get_by_role("textbox", name="Your name")
-            sync_api.expect(name_box).to_have_value("Dr Ada", timeout=20_000)  # may settle after the case text
-            kept_name = name_box.input_value()
-            kept_blind = page.get_by_text("Blind review: the model's view of this case is hidden").count()
-            kept_blind_box = page.get_by_role("checkbox", name="Blind review").is_checked()
-        finally:
-            browser.close()
+                count.click(suggested)
+            elif decision == "relabel":
+                count.click(suggested)
+            elif decision == "confirm" and not keyed:  # once by keyboard: the shortcut, "1"
+                note = page.get_by_role("textbox", name="Note (optional)").first  # the case's (the lesion-wide one is below)
+                before = len(history())
+                note.fill("1")  # typing the key into a text box decides nothing
+                page.wait_for_timeout(500)
+                typed_saved = len(history()) - before
+                note.fill("")
+                note.evaluate("e => e.blur()")  # (a check, not part of the flow: no click counted)
+                start = time.monotonic()
+                page.keyboard.press(SHORTCUT_CONFIRM)
+                count.keys += 1
+                keyed = i
+            else:
+                count.click(controls[decision])
+            wait_case(page, i + 2)
+            count.waits.append(time.monotonic() - start)
+        clicks_for_cases = count.clicks - 1  # less the click on "Review"
+        # blind review: a fresh look at the next case, remembered for the name
+        count.click(page.get_by_text("Blind review", exact=True))
+        page.get_by_text("Blind review: the model's view of this case is hidden").wait_for(timeout=60_000)
+        idle(page)
+        blind_relabel_disabled = button(page, "Relabel & next").is_disabled()
+        blind_picker_empty = "choose a class" in picker(page, "Relabel to").evaluate(
+            "e => e.innerText + ' ' + [...e.querySelectorAll('input')].map(i => i.placeholder).join(' ')")
+        page.screenshot(path=str(shots / "review-blind.png"))
+        # a click on a row of the queue table opens its case (case 2: decided, so nothing is hidden)
+        table = page.locator('[data-testid="stDataFrame"]:visible').first
+        table.scroll_into_view_if_needed()
+        box = table.bounding_box()
+        page.mouse.click(box["x"] + 12, box["y"] + HEADER_PX + ROW_PX * 1 + ROW_PX / 2)
+        wait_case(page, 2)
+        revealed = page.get_by_text("Suspicion rank:").count()
+        # a reload keeps the place, the name and blind review
+        page.reload(wait_until="domcontentloaded")
+        wait_case(page, 2)  # no click on "Review": the address (?view=) brings the reload back to it
+        name_box = page.get_by_role("textbox", name="Your name")
+        sync_api.expect(name_box).to_have_value("Dr Ada", timeout=20_000)  # may settle after the case text
+        kept_name = name_box.input_value()
+        kept_blind = page.get_by_text("Blind review: the model's view of this case is hidden").count()
+        kept_blind_box = page.get_by_role("checkbox", name="Blind review").is_checked()
     waits = sorted(count.waits)
     print(f"\nreview flow at 1280x720: {CASES} cases, {clicks_for_cases} clicks + {count.keys} keypresses (name, one shortcut) "
           f"+ 1 click to open Review; click -> next case: median {statistics.median(waits):.2f} s, "
