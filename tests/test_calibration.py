@@ -166,3 +166,19 @@ def test_all_correct_validation_has_no_temperature_to_fit(tmp_path):
     files.write_csv(run_dir / files.PREDICTIONS_VAL, val)
     record = calibrate_run(run_dir)
     assert record["temperature"] == 1.0 and "no temperature was fitted" in record["note"]
+
+
+def test_a_temperature_fitted_on_flipped_validation_labels_is_flagged(tmp_path):
+    """With data.flip_val the validation labels are noisy on purpose: the record and the log say so,
+    with the count from the manifest; without flips nothing is said."""
+    run_dir = make_run(tmp_path, epochs=3, images=False)
+    assert "warning" not in calibrate_run(run_dir)
+    manifest = reader.read_manifest(run_dir)
+    val_rows = manifest.index[manifest["split"] == "val"][:3]
+    manifest["flipped"] = False
+    manifest.loc[val_rows, "flipped"] = True
+    files.write_csv(run_dir / files.MANIFEST, manifest)
+    record = calibrate_run(run_dir)
+    n_val = int((manifest["split"] == "val").sum())
+    assert record["warning"].startswith(f"3 of the {n_val} validation labels were flipped on purpose")
+    assert read_calibration(run_dir)["warning"] == record["warning"]

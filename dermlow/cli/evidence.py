@@ -98,6 +98,7 @@ def _calibration_lines(args: argparse.Namespace, main, val) -> list[str]:
         lines = [f"temperature scaling: T = {record['temperature']:.4f}, fitted on {len(val.labels)} validation images "
                  f"(written to calibration.json and the *_calibrated.csv predictions)"]
         lines += [f"  {_change(record, s)}" for s in record["splits"]]
+        lines += [f"  warning: {record['warning']}"] if record.get("warning") else []
         if args.split == "val":
             lines.append("  (the val numbers are in-sample: the temperature was fitted on them)")
         return lines

@@ -28,7 +28,7 @@ from dermlow.evidence.calibration import (
     temperature_identifiable,
 )
 from dermlow.rundir import files
-from dermlow.rundir.reader import load_predictions, load_run
+from dermlow.rundir.reader import load_predictions, load_run, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,14 @@ RAW = {"val": files.PREDICTIONS_VAL, "test": files.PREDICTIONS}
 CALIBRATED = {"val": files.PREDICTIONS_VAL_CALIBRATED, "test": files.PREDICTIONS_CALIBRATED}
 METHOD = ("temperature scaling: p_T = softmax(log p / T), one T fitted by L-BFGS on the validation NLL "
           f"(Guo et al. 2017); ECE with {N_BINS} equal-width bins, top-label")
+
+
+def flipped_validation_labels(run_dir: str | Path) -> int:
+    """How many validation labels of the run were flipped on purpose (`data.flip_val`), from its manifest."""
+    manifest = read_manifest(run_dir)
+    if "flipped" not in manifest.columns:
+        return 0
+    return int(manifest.loc[manifest["split"] == "val", "flipped"].astype(bool).sum())
 
 
 def _split_summary(y: np.ndarray, raw: np.ndarray, calibrated: np.ndarray) -> dict:
@@ -63,6 +71,12 @@ def calibrate_predictions(run_dir: str | Path, predictions: dict[str, pd.DataFra
         record["note"] = (f"all {len(val)} validation predictions are correct: the NLL has no minimum (it keeps "
                           "falling as T -> 0), so no temperature was fitted and T = 1 (probabilities unchanged)")
         log.warning("%s: %s", run_dir, record["note"])
+    if flipped := flipped_validation_labels(run_dir):
+        record["warning"] = (f"{flipped} of the {len(val)} validation labels were flipped on purpose (data.flip_val): "
+                             "T is fitted to noisy labels and can make calibration on clean labels worse "
+                             "(docs/results.md, noisy-label benchmark); fit it on clean labels before using "
+                             "the calibrated probabilities")
+        log.warning("%s: %s", run_dir, record["warning"])
     for split, frame in predictions.items():
         y, raw = frame["label"].to_numpy(), frame[codes].to_numpy(dtype=float)
         calibrated = apply_temperature(raw, temperature) if len(frame) else raw
