@@ -20,6 +20,7 @@ from dermlow.rundir import files, reader
 
 from . import review_cases as cases
 from . import review_data as data
+from . import review_lesion as lesion
 from .glossary import help_text, label
 from .review_text import md
 
@@ -27,11 +28,6 @@ TILE = 180
 PER_ROW = 6
 SPLITS = {"train": "Training (last epoch)", "val": "Validation", "test": "Test"}
 ROWS = ["image_id", "index", "path", "given", "predicted", "confidence", "p_given", "weight"]
-
-
-def uses_low(run: reader.Run) -> bool:
-    """True when the run's weights come from LOW (other weightings: rank by confidence instead)."""
-    return ((run.config.get("weighting") or {}).get("name") or "none") == "low"
 
 
 def train_rows(summary: pd.DataFrame) -> pd.DataFrame:
@@ -212,7 +208,7 @@ def galleries_view(run: reader.Run) -> None:
     rows = gallery_rows(run, split)
     if rows is None:
         return
-    by_weight = split == "train" and uses_low(run)
+    by_weight = split == "train" and lesion.uses_low(run.config)
     key = "weight" if by_weight else "p_given"
     if by_weight:
         st.caption(f"Ranked by {label('weight_mean')}: {help_text('weight_mean')} Low: the model found them easy; "

@@ -19,6 +19,7 @@ from . import review_charts as charts
 from . import review_data as data
 from . import review_drill as drill
 from . import review_evidence as evidence
+from . import review_lesion as lesion
 from .glossary import help_text, label
 from .review_text import md
 
@@ -203,7 +204,7 @@ def per_class_view(run: reader.Run) -> None:
 
 def weights_view(run: reader.Run) -> None:
     st.header("Weights over training")
-    if not drill.uses_low(run):
+    if not lesion.uses_low(run.config):
         st.info(md(f"This run was trained without LOW (weighting: {setup_of(run)['weighting']}), so there is no "
                    "LOW weight to show. The galleries rank its images by the model's confidence in the given label."))
         return

@@ -288,3 +288,10 @@ def test_the_review_view_shows_the_lesion_warning_and_siblings_of_the_queued_cas
         assert at.button(key=f"lesion-open-{o['image_id']}")
     assert at.button(key=f"lesion-{flipped['lesion_id']}-apply")
     assert not any(str(run_dir.parent) in c for c in image_captions(at))  # no absolute path in the caption
+
+
+def test_which_runs_have_low_weights_one_rule_for_every_view():
+    """Old configs without a weighting section were LOW runs; every other weighting is not LOW."""
+    assert lesion.uses_low({}) and lesion.uses_low({"weighting": {"lam": 1.0}})
+    assert lesion.uses_low({"weighting": {"name": "low"}})
+    assert not any(lesion.uses_low({"weighting": {"name": n}}) for n in ("none", "mwnet", "mentornet", "spl", "is"))
