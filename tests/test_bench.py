@@ -85,6 +85,19 @@ def test_grid_expands_low_over_lambdas_and_maps_methods_to_loss_and_weighting():
     assert low.run.name == "low-lam0.1-lr0.1-seed1"
 
 
+def test_a_low_variant_can_have_its_own_lambdas():
+    """--lams-for low_balanced_ce=100,10: that variant's lambdas replace --lams, the others keep them."""
+    own = bench_grid.parse_method_lams(["low_balanced_ce=100,10"], ["none", "low", "low_balanced_ce"])
+    assert own == {"low_balanced_ce": [100.0, 10.0]}
+    points = bench_grid.make_grid(["none", "low", "low_balanced_ce"], [1.0, 0.1], [0.01], [0], own)
+    lams = {(p.method, p.lam) for p in points}
+    assert lams == {("none", None), ("low", 1.0), ("low", 0.1), ("low_balanced_ce", 100.0), ("low_balanced_ce", 10.0)}
+    for bad, match in ((["focal=1"], "not a LOW method"), (["low_focal=1"], "not a LOW method"),
+                       (["low_balanced_ce"], "METHOD=L1,L2"), (["low_balanced_ce=-1"], "positive")):
+        with pytest.raises(UserError, match=match):
+            bench_grid.parse_method_lams(bad, ["none", "low", "low_balanced_ce", "focal"])
+
+
 # ---------------------------------------------------------------------------- selection (pure logic)
 def fake_results() -> pd.DataFrame:
     """Two setups x two lrs x three seeds where validation and test disagree on the better lr."""

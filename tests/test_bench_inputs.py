@@ -65,6 +65,18 @@ def test_bench_flag_reaches_every_run(monkeypatch, tmp_path):
     assert cfg.data.max_per_class == 1000
 
 
+def test_lams_for_reaches_the_grid_spec(monkeypatch, tmp_path):
+    from dermlow.bench import grid
+    from dermlow.cli.main import main
+
+    seen = []
+    monkeypatch.setattr(grid, "run_grid", lambda spec: seen.append(spec) or __import__("pandas").DataFrame())
+    main(["bench", "--dataset", "digits-imbalanced", "--methods", "none,low,low_balanced_ce", "--lams", "1",
+          "--lams-for", "low_balanced_ce=100,10", "--out", str(tmp_path)])
+    assert seen[0].lams == [1.0] and seen[0].method_lams == {"low_balanced_ce": [100.0, 10.0]}
+    assert main(["bench", "--dataset", "digits", "--methods", "none", "--lams-for", "low=1"]) == 2  # not in --methods
+
+
 def test_pad_images_is_centred_black():
     x = np.full((2, 28, 28), 200, np.uint8)
     y = pad_images(x, 32)

@@ -99,6 +99,8 @@ class BenchSpec:
     model: str | None = None
     methods: list[str] = field(default_factory=lambda: ["none", "low", "focal", "spl", "is"])
     lams: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.1, 0.01])
+    # per-LOW-variant lambdas (--lams-for low_balanced_ce=100,10): that variant's g has another scale
+    method_lams: dict[str, list[float]] = field(default_factory=dict)
     seeds: list[int] = field(default_factory=lambda: list(range(5)))
     lrs: list[float] | None = None  # None: the config's single lr
     epochs: int | None = None
@@ -142,6 +144,23 @@ def parse_numbers(text: str, what: str) -> list[float]:
     return list(dict.fromkeys(values))
 
 
+def parse_method_lams(items: list[str], chosen: list[str]) -> dict[str, list[float]]:
+    """['low_balanced_ce=100,10'] -> {'low_balanced_ce': [100.0, 10.0]}: lambdas for one LOW variant
+    of `chosen` (the --methods), instead of --lams (UserError for another method or a bad value)."""
+    out: dict[str, list[float]] = {}
+    for item in items:
+        method, sep, values = str(item).partition("=")
+        method = method.strip()
+        if not sep or not method:
+            raise UserError(f"--lams-for takes METHOD=L1,L2 (e.g. low_balanced_ce=100,10), got '{item}'.")
+        if method not in chosen or not is_low(method):
+            low = [m for m in chosen if is_low(m)]
+            raise UserError(f"--lams-for {method}: not a LOW method of this grid's --methods "
+                            f"(its LOW methods: {', '.join(low) or 'none'}).")
+        out[method] = parse_numbers(values, f"--lams-for {method}")
+    return out
+
+
 def parse_methods(text: str) -> list[str]:
     """'none,low,focal' -> ['none', 'low', 'focal'], each a key of `methods()`."""
     chosen = [m.strip() for m in str(text).split(",") if m.strip()]
@@ -168,6 +187,7 @@ def check_spec(spec: BenchSpec) -> None:
         raise UserError(f"--select must be final or best, got '{spec.select}'.")
     parse_methods(",".join(spec.methods))
     parse_numbers(",".join(str(x) for x in spec.lams), "--lams")
+    parse_method_lams([f"{m}={','.join(str(x) for x in v)}" for m, v in spec.method_lams.items()], spec.methods)
     if spec.lrs is not None:
         parse_numbers(",".join(str(x) for x in spec.lrs), "--lrs")
 
@@ -186,13 +206,15 @@ def config_path(spec: BenchSpec) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ grid
-def make_grid(methods: list[str], lams: list[float], lrs: list[float], seeds: list[int]) -> list[GridPoint]:
-    """All runs, seed-major (an interrupted grid has whole seeds done), LOW expanded over lams."""
+def make_grid(methods: list[str], lams: list[float], lrs: list[float], seeds: list[int],
+              method_lams: dict[str, list[float]] | None = None) -> list[GridPoint]:
+    """All runs, seed-major (an interrupted grid has whole seeds done), each LOW method expanded over
+    its own lambdas (`method_lams`) or else `lams`."""
     points = []
     for seed in seeds:
         for lr in lrs:
             for method in methods:
-                for lam in (lams if is_low(method) else [None]):
+                for lam in ((method_lams or {}).get(method, lams) if is_low(method) else [None]):
                     points.append(GridPoint(method, lam, lr, seed))
     return points
 
@@ -274,7 +296,7 @@ def run_grid(spec: BenchSpec, *, train_fn: Callable[..., Path] | None = None) ->
     check_spec(spec)
     layers = base_layers(spec)
     lrs = spec.lrs or [config.resolve(*layers).optim.lr]
-    points = make_grid(spec.methods, spec.lams, lrs, spec.seeds)
+    points = make_grid(spec.methods, spec.lams, lrs, spec.seeds, spec.method_lams)
     configs = [point_config(layers, p) for p in points]  # every config checked before any training
     states = [run_state(spec.group_dir / p.name, c) for p, c in zip(points, configs, strict=True)]
     todo = sum(s != "done" for s in states)
@@ -304,7 +326,7 @@ def run_grid(spec: BenchSpec, *, train_fn: Callable[..., Path] | None = None) ->
 def grid_description(spec: BenchSpec, lrs: list[float]) -> dict[str, Any]:
     """The grid's settings, shown at the top of summary.md."""
     return {"dataset": spec.dataset, "model": spec.model_name, "config": str(config_path(spec)),
-            "methods": spec.methods, "lams": spec.lams, "lrs": lrs, "seeds": spec.seeds,
+            "methods": spec.methods, "lams": spec.lams, "method_lams": spec.method_lams, "lrs": lrs, "seeds": spec.seeds,
             "epochs": spec.epochs, "overrides": spec.overrides, "select": spec.select}
 
 

@@ -168,7 +168,8 @@ def summary_markdown(results: pd.DataFrame, grid: dict[str, Any]) -> str:
     rule = grid.get("select", "final")
     other = "best" if rule == "final" else "final"
     n_coll, n_runs = int(results["collapsed"].sum()), len(results)
-    lams = (f"LOW lambdas {', '.join(f'{x:g}' for x in grid['lams'])} (scale: weighting.grad_scale of the "
+    own = "".join(f", {m}: {', '.join(f'{x:g}' for x in v)}" for m, v in (grid.get("method_lams") or {}).items())
+    lams = (f"LOW lambdas {', '.join(f'{x:g}' for x in grid['lams'])}{own} (scale: weighting.grad_scale of the "
             "config, per_sample unless overridden); ") if results["lam"].notna().any() else ""
     parts = [
         f"# {grid['dataset']} / {grid['model']}: benchmark summary", "",

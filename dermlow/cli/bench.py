@@ -28,6 +28,10 @@ def add_bench(subparsers) -> None:
                    help=f"comma list of {', '.join(methods())}: a weighting with cross-entropy (none = plain CE; "
                    "low: one run per lambda) or a loss without weighting (default none,low,focal,spl,is)")
     p.add_argument("--lams", default="1,0.5,0.1,0.01", help="LOW's lambdas, per-sample scale (default 1,0.5,0.1,0.01)")
+    p.add_argument("--lams-for", action="append", default=[], metavar="METHOD=L1,L2",
+                   help="lambdas for one LOW method instead of --lams (repeatable), e.g. low_balanced_ce=100,10: "
+                   "class-balanced CE's weights scale g by up to their square, so its lambda lives on another "
+                   "scale (docs/results.md)")
     p.add_argument("--seeds", type=int, default=5, help="number of seeds, 0..N-1 (default 5)")
     p.add_argument("--lrs", help="comma list of learning rates to select from on validation (default: the config's)")
     p.add_argument("--epochs", type=int, help="epochs per run (default: the config's)")
@@ -68,6 +72,7 @@ def _bench(args: argparse.Namespace) -> int:
     spec = grid.BenchSpec(
         dataset=args.dataset, model=args.model, methods=grid.parse_methods(args.methods),
         lams=grid.parse_numbers(args.lams, "--lams"), seeds=list(range(args.seeds)),
+        method_lams=grid.parse_method_lams(args.lams_for, grid.parse_methods(args.methods)),
         lrs=grid.parse_numbers(args.lrs, "--lrs") if args.lrs else None, epochs=args.epochs,
         data_dir=args.data_dir, out=args.out, download=args.download, device=args.device,
         num_workers=args.workers, config=str(args.config) if args.config else None,
