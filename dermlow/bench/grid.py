@@ -99,8 +99,7 @@ class BenchSpec:
     model: str | None = None
     methods: list[str] = field(default_factory=lambda: ["none", "low", "focal", "spl", "is"])
     lams: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.1, 0.01])
-    # per-LOW-variant lambdas (--lams-for low_balanced_ce=100,10): that variant's g has another scale
-    method_lams: dict[str, list[float]] = field(default_factory=dict)
+    method_lams: dict[str, list[float]] = field(default_factory=dict)  # --lams-for: a LOW variant's own lambdas
     seeds: list[int] = field(default_factory=lambda: list(range(5)))
     lrs: list[float] | None = None  # None: the config's single lr
     epochs: int | None = None
@@ -148,15 +147,12 @@ def parse_method_lams(items: list[str], chosen: list[str]) -> dict[str, list[flo
     """['low_balanced_ce=100,10'] -> {'low_balanced_ce': [100.0, 10.0]}: lambdas for one LOW variant
     of `chosen` (the --methods), instead of --lams (UserError for another method or a bad value)."""
     out: dict[str, list[float]] = {}
-    for item in items:
-        method, sep, values = str(item).partition("=")
-        method = method.strip()
-        if not sep or not method:
-            raise UserError(f"--lams-for takes METHOD=L1,L2 (e.g. low_balanced_ce=100,10), got '{item}'.")
-        if method not in chosen or not is_low(method):
-            low = [m for m in chosen if is_low(m)]
-            raise UserError(f"--lams-for {method}: not a LOW method of this grid's --methods "
-                            f"(its LOW methods: {', '.join(low) or 'none'}).")
+    for method, sep, values in (str(item).partition("=") for item in items):
+        if not sep or not method.strip():
+            raise UserError(f"--lams-for takes METHOD=L1,L2 (e.g. low_balanced_ce=100,10), got '{method}{sep}{values}'.")
+        if (method := method.strip()) not in chosen or not is_low(method):
+            raise UserError(f"--lams-for {method}: not a LOW method of this grid's --methods (its LOW methods: "
+                            f"{', '.join(m for m in chosen if is_low(m)) or 'none'}).")
         out[method] = parse_numbers(values, f"--lams-for {method}")
     return out
 
