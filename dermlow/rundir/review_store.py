@@ -30,11 +30,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 import sqlite3
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import pandas as pd
 
@@ -127,6 +130,23 @@ def now_utc() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
+T = TypeVar("T")
+
+
+def _when_not_busy(step: Callable[[], T], timeout: float) -> T:
+    """Run `step`, again while SQLite answers "database is locked" (up to `timeout` seconds). When
+    several processes open a new database at once, switching it to WAL and the first schema
+    transaction can get SQLITE_BUSY at once, without the busy handler (SQLite's deadlock avoidance)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return step()
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01 + 0.04 * random.random())
+
+
 class ReviewStore:
     """An open review database (create it with `open_store` or `ReviewStore(path)`)."""
 
@@ -143,9 +163,9 @@ class ReviewStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
             self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-            self._conn.execute("PRAGMA journal_mode = WAL")
+            _when_not_busy(lambda: self._conn.execute("PRAGMA journal_mode = WAL"), timeout)
             self._conn.execute("PRAGMA synchronous = FULL")
-            self._create_schema()
+            _when_not_busy(self._create_schema, timeout)
         except sqlite3.DatabaseError as err:
             raise UserError(f"{self.path} cannot be opened as a review database ({err}); it is not an "
                             "SQLite file written by dermlow, or it is damaged.") from None
