@@ -163,11 +163,6 @@ def dx_type_of(run: reader.Run, row: pd.Series) -> str:
     return str(hit.iloc[0]) if len(hit) else ""
 
 
-def caption(run: reader.Run, image_id: str, path: str) -> str:
-    """The image caption: its id and its path relative to the data folder (never the full path)."""
-    return md(f"{image_id} — {lesion.shown_path(path, (run.config.get('data') or {}).get('data_dir'))}")
-
-
 def held_out_view(run: reader.Run, image_id: str, summary: pd.DataFrame) -> None:
     """A validation or test image, read-only: picture, given label, confirmation, the lesion's other images."""
     row = run.manifest.loc[run.manifest["image_id"] == image_id].iloc[0]
@@ -178,7 +173,7 @@ def held_out_view(run: reader.Run, image_id: str, summary: pd.DataFrame) -> None
     img, problem = data.load_image(run, row["path"])
     if problem:
         left.error(md(problem))
-    left.image(img, caption=caption(run, image_id, row["path"]), width="stretch")
+    left.image(img, caption=lesion.caption(run, image_id, row["path"]), width="stretch")
     lines = [f"**{title('given')}:** {md(run.class_label(int(row['label'])))}"]
     if row.get("dx_type"):
         lines.append(f"**{title('dx_type')}:** {md(dx_type_text(row['dx_type']))}")
@@ -201,19 +196,17 @@ def case_view(run: reader.Run) -> None:
     lesion.lesion_warning(run, row)
     history = data.review_history(run)
     who = decisions.reviewer_ui(run)
-    name, _, blind = who
-    undecided = history[(history["image_id"] == image_id) & (history["reviewer"] == name)].empty
     left, right = st.columns([2, 3])
     with left:
         img, problem = data.load_image(run, row["path"])
         if problem:
             st.error(md(problem))
-        st.image(img, caption=caption(run, image_id, row["path"]), width="stretch")
+        st.image(img, caption=lesion.caption(run, image_id, row["path"]), width="stretch")
         evidence.saliency_panel(run, image_id)
     with right:  # the label, then the decision (its buttons above the fold at 1280x720), then the evidence
         facts(run, row, scores, keys=LABEL_FACTS)
         decisions.decision_ui(run, row, history, who)
-        facts(run, row, scores, blind=blind and undecided, skip=LABEL_FACTS)
+        facts(run, row, scores, blind=bool(decisions.blind_hidden(history, image_id, who)), skip=LABEL_FACTS)
     lesion.siblings_panel(run, row, history, who, summary=summary)  # evidence first, the curves after
     st.subheader("Across the training passes", help=help_text("epoch"))
     trajectory_charts(run, row)

@@ -226,8 +226,7 @@ def case_panel(run: reader.Run, row: pd.Series, history: pd.DataFrame, n_scores:
         img, problem = data.load_image(run, row["path"], IMAGE_PX)
         if problem:
             st.error(plain(problem))
-        data_dir = (run.config.get("data") or {}).get("data_dir")
-        st.image(img, caption=plain(f"{row['image_id']} — {lesion.shown_path(row['path'], data_dir)}"))
+        st.image(img, caption=lesion.caption(run, str(row["image_id"]), row["path"]))
     with right:
         lesion.lesion_warning(run, row, compact=True)  # other images of this lesion with another label
         st.markdown("  \n".join(flow.facts_lines(run, row, n_scores, hidden)))

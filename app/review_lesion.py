@@ -108,6 +108,11 @@ def shown_path(path: object, data_dir: object) -> str:
     return p.name
 
 
+def caption(run: reader.Run, image_id: str, path: str) -> str:
+    """An image's caption, as Markdown: its id and its path relative to the data folder (`shown_path`)."""
+    return md(f"{image_id} — {shown_path(path, (run.config.get('data') or {}).get('data_dir'))}")
+
+
 def uses_low(config: dict) -> bool:
     """Whether the run's weights are LOW's (config weighting.name "low"; older configs without a
     weighting section were LOW runs)."""
